@@ -1,0 +1,411 @@
+"""Where the session's MySQL-compatible server comes from: process, docker or url.
+
+No pytest import. Each backend yields a ``RunningServer``: an administrative
+``Endpoint`` plus a ``stop()`` that releases everything the backend started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pymysql
+
+from .errors import DbleakError, Redactor
+from .probe import Endpoint
+
+log = logging.getLogger(__name__)
+
+_SEARCH_PATH = ("/usr/sbin", "/usr/local/sbin", "/usr/local/mysql/bin", "/opt/mysql/bin")
+ADMIN_USER = "dbleak_admin"
+
+# Small InnoDB files make the template cheap to copy (~20 MB instead of ~110 MB), and
+# durability settings that a throwaway test server does not need make DDL fast.
+_INNODB_FILES = (
+    "--innodb-log-file-size=8M",
+    "--innodb-data-file-path=ibdata1:4M:autoextend",
+    "--innodb-autoextend-increment=1",
+)
+_FAST_FLAGS = (
+    "--innodb-buffer-pool-size=64M",
+    "--innodb-flush-log-at-trx-commit=0",
+    "--innodb-doublewrite=0",
+    "--skip-name-resolve",
+    "--skip-log-bin",
+)
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """Facts about the session's server (the ``dbleak_server`` fixture)."""
+
+    backend: str
+    host: str
+    port: int
+    socket: str | None
+    version: str
+    admin_url: str = field(repr=False)
+
+    @property
+    def is_mariadb(self) -> bool:
+        return "mariadb" in self.version.lower()
+
+    def __repr__(self) -> str:  # the admin URL holds a password: never print it
+        return (
+            f"ServerInfo(backend={self.backend!r}, host={self.host!r}, port={self.port}, "
+            f"socket={self.socket!r}, version={self.version!r})"
+        )
+
+
+@dataclass
+class RunningServer:
+    """A server the session can use; ``stop`` releases what the backend started."""
+
+    backend: str
+    endpoint: Endpoint
+    owned: bool  # the plugin started it: every client connection on it is ours
+    stop: Callable[[], None] = lambda: None
+
+    @property
+    def where(self) -> str:
+        return f"{self.endpoint.host}:{self.endpoint.port}"
+
+
+# -- url -----------------------------------------------------------------------
+def parse_mysql_url(url: str) -> Endpoint:
+    """An admin Endpoint from `mysql://user:pw@host:port`; rejects other databases."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DbleakError("--dbleak-mysql-url: not a URL (expected mysql://user:pw@host:port)") from None
+    backend = parsed.get_backend_name()
+    if backend not in ("mysql", "mariadb"):
+        raise DbleakError(
+            f"--dbleak-mysql-url: a mysql:// or mariadb:// URL is needed, got {backend}://"
+        )
+    unix_socket = parsed.query.get("unix_socket")
+    if isinstance(unix_socket, tuple):
+        unix_socket = unix_socket[0]
+    return Endpoint(
+        host=parsed.host or "127.0.0.1", port=parsed.port or 3306,
+        user=parsed.username or "root", password=parsed.password or "",
+        unix_socket=unix_socket,
+    )
+
+
+def start_url(url: str, timeout: float) -> RunningServer:
+    endpoint = parse_mysql_url(url)
+    return RunningServer("url", endpoint, owned=False)
+
+
+# -- docker ----------------------------------------------------------------------
+def docker_available() -> bool:
+    """True when a Docker daemon answers a ping within a second."""
+    try:
+        import docker  # testcontainers' dependency
+    except ImportError:
+        return False
+    try:
+        client = docker.from_env(timeout=1)
+    except Exception:  # noqa: BLE001 - no socket, no config: no daemon
+        return False
+    try:
+        return bool(client.ping())
+    except Exception:  # noqa: BLE001 - the daemon did not answer
+        return False
+    finally:
+        client.close()
+
+
+def start_docker(image: str, timeout: float) -> RunningServer:
+    try:
+        from testcontainers.mysql import MySqlContainer
+    except ImportError:
+        raise DbleakError(
+            "the docker backend needs testcontainers: pip install 'pytest-dbleak[docker]'"
+        ) from None
+    if not docker_available():
+        raise DbleakError("the docker backend needs a running Docker daemon; none answered")
+    root_password = secrets.token_hex(16)
+    container = MySqlContainer(
+        image, username="dbleak", password=secrets.token_hex(16),
+        root_password=root_password, dbname="dbleak",
+    )
+    try:
+        container.start()  # testcontainers waits for the server; Ryuk reaps it if we die
+    except Exception as exc:  # noqa: BLE001 - docker SDK and wait errors vary by version
+        with contextlib.suppress(Exception):
+            container.stop()
+        raise DbleakError(f"the {image} container did not start: {_one_line(exc)}") from None
+    host = container.get_container_host_ip()
+    port = int(container.get_exposed_port(3306))
+    endpoint = Endpoint(host=host, port=port, user="root", password=root_password)
+    return RunningServer("docker", endpoint, owned=True, stop=container.stop)
+
+
+# -- process ---------------------------------------------------------------------
+def find_mysqld(explicit: str | None) -> str | None:
+    if explicit:
+        path = shutil.which(explicit) or (explicit if os.access(explicit, os.X_OK) else None)
+        if path is None:
+            raise DbleakError(f"--dbleak-mysqld: {explicit} is not an executable file")
+        return path
+    search = os.pathsep.join([os.environ.get("PATH", ""), *_SEARCH_PATH])
+    for name in ("mariadbd", "mysqld"):
+        found = shutil.which(name, path=search)
+        if found:
+            return found
+    return None
+
+
+def _is_mariadb(binary: str) -> bool:
+    real = os.path.realpath(binary)
+    if "mariadb" in os.path.basename(real):
+        return True
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
+    return "mariadb" in out.stdout.lower()
+
+
+def _template_key(binary: str) -> str:
+    real = os.path.realpath(binary)
+    st = os.stat(real)
+    raw = f"{real}:{st.st_size}:{int(st.st_mtime)}:{os.geteuid()}:{' '.join(_INNODB_FILES)}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def _user_flags() -> list[str]:
+    # mysqld refuses to run as root unless told to.
+    return ["--user=root"] if os.geteuid() == 0 else []
+
+
+def ensure_template(binary: str, cache: Path) -> Path:
+    """An initialised datadir for `binary`, built once and shared by every session.
+
+    Parallel sessions (pytest-xdist, several pytest runs) serialise on a lock file, and
+    the template appears atomically by rename, so nobody copies a half-built one.
+    """
+    cache.mkdir(parents=True, exist_ok=True)
+    template = cache / f"template-{_template_key(binary)}"
+    if (template / "READY").exists():
+        return template
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (template / "READY").exists():
+            return template
+        build = Path(tempfile.mkdtemp(prefix="building-", dir=cache))
+        try:
+            _initialise(binary, build / "data")
+            (build / "READY").write_text(binary + "\n")
+            shutil.rmtree(template, ignore_errors=True)
+            os.rename(build, template)
+        finally:
+            shutil.rmtree(build, ignore_errors=True)
+    return template
+
+
+def _initialise(binary: str, datadir: Path) -> None:
+    if _is_mariadb(binary):
+        installer = shutil.which("mariadb-install-db", path=os.pathsep.join(
+            [str(Path(binary).parent), os.environ.get("PATH", ""), *_SEARCH_PATH]
+        )) or shutil.which("mysql_install_db")
+        if installer is None:
+            raise DbleakError("the process backend needs mariadb-install-db next to mariadbd")
+        cmd = [
+            installer, "--no-defaults", f"--datadir={datadir}",
+            "--auth-root-authentication-method=normal", "--skip-test-db",
+            *_user_flags(), *_INNODB_FILES,
+        ]
+    else:
+        cmd = [binary, "--no-defaults", "--initialize-insecure", f"--datadir={datadir}",
+               *_user_flags(), *_INNODB_FILES]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise DbleakError(f"initialising a datadir with {cmd[0]} failed: {' | '.join(tail)}")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# The reaper owns the server. It waits for EOF on its stdin, which only pytest holds
+# open: when pytest ends for any reason (exit, Ctrl-C, SIGKILL) the pipe closes and
+# the reaper kills the server and removes its files. It runs in its own session so a
+# Ctrl-C in the terminal reaches pytest only.
+_REAPER = r"""
+dir=$1; shift
+"$@" </dev/null >/dev/null 2>&1 &
+pid=$!
+echo "$pid"
+while read -r _; do :; done
+kill -9 "$pid" 2>/dev/null
+wait "$pid" 2>/dev/null
+rm -rf "$dir"
+"""
+
+
+def start_process(binary: str | None, cache: Path, timeout: float) -> RunningServer:
+    if binary is None:
+        raise DbleakError("no mariadbd or mysqld found on PATH (or give --dbleak-mysqld)")
+    template = ensure_template(binary, cache)
+    root = Path(tempfile.mkdtemp(prefix="dbleak-"))
+    reaper: subprocess.Popen[str] | None = None
+    try:
+        datadir = root / "data"
+        shutil.copytree(template / "data", datadir)
+        sock = str(root / "mysqld.sock")
+        port = free_port()
+        cmd = [
+            binary, "--no-defaults", f"--datadir={datadir}", f"--socket={sock}",
+            f"--port={port}", "--bind-address=127.0.0.1", f"--pid-file={root / 'mysqld.pid'}",
+            f"--log-error={root / 'error.log'}", *_user_flags(), *_INNODB_FILES, *_FAST_FLAGS,
+        ]
+        reaper = subprocess.Popen(
+            ["/bin/sh", "-c", _REAPER, "dbleak-reaper", str(root), *cmd],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True,
+        )
+        assert reaper.stdout is not None
+        pid = int(reaper.stdout.readline())
+        reaper.stdout.close()
+        password = secrets.token_hex(16)
+        _wait_and_secure(sock, pid, password, timeout, root / "error.log")
+    except BaseException:
+        _stop_reaper(reaper)
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    endpoint = Endpoint("127.0.0.1", port, ADMIN_USER, password, unix_socket=sock)
+    return RunningServer("process", endpoint, owned=True, stop=lambda: _stop_reaper(reaper))
+
+
+def _wait_and_secure(sock: str, pid: int, password: str, timeout: float, errlog: Path) -> None:
+    """Wait for a real login, then replace the template's passwordless root."""
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        try:
+            conn = pymysql.connect(unix_socket=sock, user="root", autocommit=True)
+            break
+        except pymysql.err.OperationalError:
+            if not _alive(pid):
+                raise DbleakError(f"mariadbd/mysqld exited at start: {_log_tail(errlog)}") from None
+            if time.monotonic() > deadline:
+                raise DbleakError(
+                    f"the server did not accept a login within {timeout:g} s: {_log_tail(errlog)}"
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.05)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE USER '{ADMIN_USER}'@'%%' IDENTIFIED BY %s", (password,))
+            cur.execute(f"GRANT ALL PRIVILEGES ON *.* TO '{ADMIN_USER}'@'%' WITH GRANT OPTION")
+            cur.execute("ALTER USER 'root'@'localhost' IDENTIFIED BY %s", (password,))
+    finally:
+        conn.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][:1] not in ("Z", "X")
+    except (FileNotFoundError, IndexError):
+        return False
+    except OSError:
+        return True  # no procfs: assume alive and rely on the deadline
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if "ERROR" in ln]
+    except OSError:
+        return "no error log"
+    return lines[-1].split("[ERROR]", 1)[-1].strip() if lines else "no error in the log"
+
+
+def _stop_reaper(reaper: subprocess.Popen[str] | None) -> None:
+    if reaper is None or reaper.poll() is not None:
+        return
+    assert reaper.stdin is not None
+    with contextlib.suppress(OSError):
+        reaper.stdin.close()
+    try:
+        reaper.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(reaper.pid, signal.SIGKILL)
+        reaper.wait()
+
+
+# -- selection -------------------------------------------------------------------
+def start(
+    backend: str, *, mysql_url: str | None, mysqld: str | None, image: str,
+    cache: Path, timeout: float, redactor: Redactor,
+) -> RunningServer:
+    """Start (or reach) the server the settings ask for; DbleakError says why not."""
+    if mysql_url:
+        redactor.add(parse_mysql_url(mysql_url).password)
+    if backend == "url" or (backend == "auto" and mysql_url):
+        if not mysql_url:
+            raise DbleakError(
+                "the url backend needs --dbleak-mysql-url or DBLEAK_MYSQL_URL"
+            )
+        return start_url(mysql_url, timeout)
+    if backend == "docker":
+        return start_docker(image, timeout)
+    if backend == "process":
+        return start_process(find_mysqld(mysqld), cache, timeout)
+    if docker_available():
+        return start_docker(image, timeout)
+    binary = find_mysqld(mysqld)
+    if binary is not None:
+        return start_process(binary, cache, timeout)
+    raise DbleakError(
+        "no MySQL server available: give --dbleak-mysql-url (url backend), start Docker "
+        "(docker backend), or install mariadbd/mysqld (process backend)"
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def describe(server: RunningServer, version: str) -> ServerInfo:
+    ep = server.endpoint
+    from sqlalchemy.engine import URL
+
+    admin = URL.create(
+        "mysql+pymysql", username=ep.user, password=ep.password, host=ep.host, port=ep.port,
+    ).render_as_string(hide_password=False)
+    return ServerInfo(server.backend, ep.host, ep.port, ep.unix_socket, version, admin)
+
+
+def connect_error(server: RunningServer, exc: Exception) -> DbleakError:
+    """The one-line error for a server that cannot be reached or refuses the login."""
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    if code in (1045, 1044, 1698):
+        why = "refused the login (wrong user or password)"
+    elif code in (2003, 2005, 2006, 2013):
+        why = "cannot be reached"
+    else:
+        why = f"failed: {_one_line(exc)}"
+    return DbleakError(f"MySQL server at {server.where} {why} [{server.backend} backend]")
+
+

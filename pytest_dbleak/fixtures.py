@@ -1,0 +1,112 @@
+"""The plugin's fixtures. They work with and without ``--dbleak``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from . import reporting
+from .backends import ServerInfo
+from .errors import DbleakError
+from .manager import MANAGER, DbleakManager
+from .probe import ProcessRow
+
+
+def _manager(request: pytest.FixtureRequest) -> DbleakManager:
+    return request.config.stash[MANAGER]
+
+
+def _fail_setup(exc: DbleakError) -> None:
+    # The server is unusable for every test: end the run with a usage error, once.
+    pytest.exit(f"dbleak: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+@pytest.fixture(scope="session")
+def dbleak_server(request: pytest.FixtureRequest) -> ServerInfo:
+    """Facts about the session's MySQL server: backend, host, port, socket, version."""
+    try:
+        return _manager(request).ensure_server()
+    except DbleakError as exc:
+        _fail_setup(exc)
+        raise
+
+
+@pytest.fixture(scope="session")
+def dbleak_mysql_url(request: pytest.FixtureRequest, dbleak_server: ServerInfo) -> str:
+    """SQLAlchemy URL of a fresh database that belongs to this session's own user."""
+    try:
+        return _manager(request).ensure_database().url
+    except DbleakError as exc:
+        _fail_setup(exc)
+        raise
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the server and the pools hold right now."""
+
+    server_connections: list[ProcessRow]
+    threads_connected: int
+    checked_out: int
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    """Counts of one pool, from pool events: also for NullPool and StaticPool."""
+
+    pool_class: str
+    checked_out: int
+    idle: int
+
+    @property
+    def open(self) -> int:
+        return self.checked_out + self.idle
+
+
+class DbleakHandle:
+    """Explicit leak checks inside a test (the ``dbleak`` fixture)."""
+
+    def __init__(self, manager: DbleakManager) -> None:
+        self._manager = manager
+        self._detector = manager.ensure_checks()
+
+    @property
+    def url(self) -> str:
+        return self._manager.ensure_database().url
+
+    def snapshot(self) -> Snapshot:
+        detector = self._detector
+        snap = detector.snapshot()
+        rows = [r for r in snap.rows.values() if detector.users is None or r.user in detector.users]
+        return Snapshot(rows, snap.threads_connected, detector.tracker.checked_out_count())
+
+    def pool_status(self, engine_or_pool: Any) -> PoolStatus:
+        pool = getattr(engine_or_pool, "pool", engine_or_pool)
+        state = self._detector.tracker.state_of(pool)
+        conns = list(state.open.values())
+        out = sum(1 for c in conns if c.checkout is not None)
+        return PoolStatus(state.pool_class, out, len(conns) - out)
+
+    @contextmanager
+    def assert_no_leaks(self, *, allow: int = 0, settle: float | None = None) -> Iterator[None]:
+        """Fail the test if the block leaves a connection, engine or transaction behind."""
+        settings = self._manager.settings
+        window = self._detector.begin()
+        yield
+        result = self._detector.finish(
+            window, "assert_no_leaks()", allow=allow,
+            settle=settings.settle_timeout if settle is None else settle,
+        )
+        if result.leaked > allow:
+            text = self._manager.redact(reporting.failure_text(result))
+            pytest.fail(text + "\n" + reporting.section_text(result), pytrace=False)
+
+
+@pytest.fixture
+def dbleak(request: pytest.FixtureRequest, dbleak_mysql_url: str) -> DbleakHandle:
+    """Handle for explicit checks: snapshot(), pool_status(engine), assert_no_leaks()."""
+    return DbleakHandle(_manager(request))

@@ -1,0 +1,126 @@
+"""Marker signatures: each marker's args are validated by calling its function.
+
+As pytest-django does for ``django_db``: calling the signature with the marker's
+``*args, **kwargs`` turns a typo into a TypeError that names the keyword.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import DbleakError
+
+
+@dataclass(frozen=True)
+class LeakMark:
+    allow: int | None = None
+    settle: float | None = None
+
+
+@dataclass(frozen=True)
+class JobsMark:
+    runs: int = 100
+    threads: int = 4
+
+
+@dataclass(frozen=True)
+class SocketChurnMark:
+    clients: int = 100
+    concurrency: int = 20
+    timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class HttpLoadMark:
+    requests: int = 1000
+    concurrency: int = 50
+    timeout: float = 120.0
+
+
+def _count(name: str, value: Any, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise DbleakError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return value
+
+
+def _seconds(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise DbleakError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def dbleak(*, allow: int | None = None, settle: float | None = None) -> LeakMark:
+    """Tune the leak check: tolerate `allow` leaked connections; re-check for `settle` s."""
+    return LeakMark(
+        allow=None if allow is None else _count("allow", allow, minimum=0),
+        settle=None if settle is None else _seconds("settle", settle),
+    )
+
+
+def no_dbleak() -> None:
+    """Skip the leak check for this test."""
+
+
+def dbleak_jobs(*, runs: int = 100, threads: int = 4) -> JobsMark:
+    """Run callables `runs` times on `threads` worker threads (fixture dbleak_jobs)."""
+    return JobsMark(_count("runs", runs, minimum=1), _count("threads", threads, minimum=1))
+
+
+def dbleak_socket_churn(
+    *, clients: int = 100, concurrency: int = 20, timeout: float = 60.0
+) -> SocketChurnMark:
+    """Connect and disconnect `clients` Socket.IO clients (fixture dbleak_socket_churn)."""
+    return SocketChurnMark(
+        _count("clients", clients, minimum=1),
+        _count("concurrency", concurrency, minimum=1),
+        _seconds("timeout", timeout),
+    )
+
+
+def dbleak_http_load(
+    *, requests: int = 1000, concurrency: int = 50, timeout: float = 120.0
+) -> HttpLoadMark:
+    """Send `requests` HTTP requests, `concurrency` at a time (fixture dbleak_http_load)."""
+    return HttpLoadMark(
+        _count("requests", requests, minimum=1),
+        _count("concurrency", concurrency, minimum=1),
+        _seconds("timeout", timeout),
+    )
+
+
+MARKERS: dict[str, Callable[..., Any]] = {
+    "dbleak": dbleak,
+    "no_dbleak": no_dbleak,
+    "dbleak_jobs": dbleak_jobs,
+    "dbleak_socket_churn": dbleak_socket_churn,
+    "dbleak_http_load": dbleak_http_load,
+}
+
+
+def marker_line(name: str) -> str:
+    """The `markers` ini line that documents a marker, built from its signature."""
+    import inspect
+
+    func = MARKERS[name]
+    params = ", ".join(
+        f"{p.name}={p.default!r}" for p in inspect.signature(func).parameters.values()
+    )
+    return f"{name}({params}): {func.__doc__}"
+
+
+def validate(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Call the marker's signature with its arguments; a mistake becomes a DbleakError."""
+    try:
+        return MARKERS[name](*args, **kwargs)
+    except TypeError as exc:
+        raise DbleakError(f"@pytest.mark.{name}: {_type_error_text(exc)}") from None
+    except DbleakError as exc:
+        raise DbleakError(f"@pytest.mark.{name}: {exc}") from None
+
+
+def _type_error_text(exc: TypeError) -> str:
+    # "dbleak() got an unexpected keyword argument 'alow'" -> drop the function name.
+    text = str(exc)
+    return text.split(") ", 1)[1] if ") " in text else text

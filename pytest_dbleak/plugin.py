@@ -1,0 +1,54 @@
+"""pytest entry point: options, markers, and the manager that owns the run.
+
+Loaded through the ``pytest11`` entry point ``dbleak``; ``-p no:dbleak`` turns it off.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from . import marks
+from .errors import DbleakError
+from .fixtures import dbleak, dbleak_mysql_url, dbleak_server
+from .manager import MANAGER, DbleakManager
+from .settings import OPTIONS, resolve
+
+__all__ = ["dbleak", "dbleak_mysql_url", "dbleak_server"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("dbleak", "database connection leak detection")
+    for spec in OPTIONS:
+        if spec.is_flag:
+            group.addoption(spec.flag, action="store_true", default=None, dest=spec.dest,
+                            help=spec.help)
+        else:
+            group.addoption(spec.flag, default=None, dest=spec.dest, metavar=spec.metavar,
+                            help=spec.help)
+        parser.addini(spec.ini, spec.help, default=None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name in marks.MARKERS:
+        config.addinivalue_line("markers", marks.marker_line(name))
+    try:
+        settings = resolve(
+            cli={spec.dest: config.getoption(spec.dest) for spec in OPTIONS},
+            env=os.environ,
+            ini={spec.ini: config.getini(spec.ini) for spec in OPTIONS},
+        )
+    except DbleakError as exc:
+        raise pytest.UsageError(f"dbleak: {exc}") from None
+    manager = DbleakManager(config, settings)
+    config.stash[MANAGER] = manager
+    config.pluginmanager.register(manager, "dbleak_manager")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    manager = config.stash.get(MANAGER, None)
+    if manager is not None:
+        manager.close()  # idempotent; covers runs that never reached sessionfinish
+        config.pluginmanager.unregister(manager)
+        del config.stash[MANAGER]

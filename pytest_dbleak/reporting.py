@@ -1,0 +1,149 @@
+"""Turns check results into what people read: failure text, summary, JSON report.
+
+No hook code here: the manager decides when; this module decides how it reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from .results import KIND_TITLES, KINDS, CheckResult, Leak
+
+SECTION = "dbleak"
+REPORT_VERSION = 1
+_PROCESS_COLUMNS = ("id", "user", "host", "db", "command", "time", "state", "trx_started")
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def rate(result: CheckResult) -> str:
+    """'4 connections leaked over 100 runs (1 in 25)' for stressed tests."""
+    text = f"{plural(result.leaked, 'connection')} leaked"
+    if result.runs:
+        text += f" over {plural(result.runs, 'run')}"
+        if result.leaked:
+            text += f" (1 in {max(1, round(result.runs / result.leaked))})"
+    return text
+
+
+def headline(result: CheckResult) -> str:
+    """The one line that stands in pytest's short summary."""
+    first = result.leaks[0] if result.leaks else None
+    where = f" at {first.site.file}:{first.site.line}" if first and first.site else ""
+    kinds = Counter(leak.kind for leak in result.leaks)
+    parts = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items(), key=_kind_order))
+    allowed = f", {result.allowed} allowed" if result.allowed else ""
+    return f"dbleak: {rate(result)}{allowed} ({parts}){where}"
+
+
+def _kind_order(item: tuple[str, int]) -> int:
+    return KINDS.index(item[0])
+
+
+def failure_text(result: CheckResult) -> str:
+    """What leaked and where: the body of the failure."""
+    lines = [headline(result), ""]
+    for leak in result.leaks:
+        lines.extend(_leak_lines(leak))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _leak_lines(leak: Leak) -> list[str]:
+    count = f"{leak.count} x " if leak.count > 1 else ""
+    lines = [f"{count}{KIND_TITLES[leak.kind]}: {leak.what}"]
+    if leak.thread and leak.thread != "MainThread":
+        lines.append(f"    in thread {leak.thread}")
+    if leak.stack:
+        for site in leak.stack:
+            lines.append(f"    {site}")
+    elif leak.kind != "server_connection":
+        lines.append("    (no user code on the stack)")
+    lines.append("")
+    return lines
+
+
+def section_text(result: CheckResult) -> str:
+    """The named report section: counters and the server's processlist rows."""
+    b, a = result.before, result.after
+    lines = [
+        f"server connections of the session: {b.server_connections} before, "
+        f"{a.server_connections} after",
+        f"Threads_connected: {b.threads_connected} before, {a.threads_connected} after",
+        f"checked-out pooled connections: {b.checked_out} before, {a.checked_out} after",
+    ]
+    if result.waited:
+        lines.append(f"re-checked for {result.waited:.2f} s before declaring the leak")
+    rows = [row for leak in result.leaks for row in leak.processlist]
+    if rows:
+        lines.append("")
+        lines.append("processlist rows left behind:")
+        lines.extend(_table(rows))
+    return "\n".join(lines) + "\n"
+
+
+def _table(rows: list[dict[str, Any]]) -> list[str]:
+    cells = [[str(r.get(c) if r.get(c) is not None else "") for c in _PROCESS_COLUMNS]
+             for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(_PROCESS_COLUMNS)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return ["  " + fmt.format(*_PROCESS_COLUMNS).rstrip()] + [
+        "  " + fmt.format(*c).rstrip() for c in cells
+    ]
+
+
+def summary_lines(results: Iterable[CheckResult]) -> list[str]:
+    """One line per test that leaked: what and how much."""
+    lines = []
+    for result in results:
+        if not result.leaks:
+            continue
+        kinds = Counter()
+        for leak in result.leaks:
+            kinds[leak.kind] += leak.count
+        what = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items(), key=_kind_order))
+        first = next((leak.site for leak in result.leaks if leak.site), None)
+        where = f" at {first.file}:{first.line}" if first else ""
+        note = ""
+        if result.known:
+            note = " [known: in the baseline]"
+        elif result.report_only:
+            note = " [reported only]"
+        elif not result.failed:
+            note = f" [within allow={result.allowed}]"
+        lines.append(f"{result.nodeid}: {rate(result)} ({what}){where}{note}")
+    return lines
+
+
+def write_json(
+    path: str | os.PathLike[str], results: list[CheckResult], outcomes: dict[str, str],
+    meta: dict[str, Any], redact: Callable[[str], str],
+) -> None:
+    tests = []
+    for result in results:
+        entry = result.as_dict()
+        entry["outcome"] = outcomes.get(result.nodeid, "unknown")
+        tests.append(entry)
+    document = {
+        "version": REPORT_VERSION,
+        **meta,
+        "summary": {
+            "tests": len(results),
+            "leaking_tests": sum(1 for r in results if r.leaks),
+            "failed_tests": sum(1 for r in results if r.failed),
+            "leaked_connections": sum(r.leaked for r in results),
+        },
+        "tests": tests,
+    }
+    text = redact(json.dumps(document, indent=2, sort_keys=False, default=str))
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(text + "\n", encoding="utf-8")
+    tmp.replace(target)

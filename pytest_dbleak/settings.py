@@ -1,0 +1,179 @@
+"""Option declarations and their resolution: CLI > environment > ini file > default.
+
+Every setting is declared once in ``OPTIONS``; the same help text serves ``addoption``
+and ``addini``, and CLI options default to ``None`` so that "not given" can fall
+through to the environment, then the ini file, then the built-in default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import DbleakError
+
+BACKENDS = ("auto", "process", "docker", "url")
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _parse_non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0 or value != value:  # NaN is not a duration
+        raise ValueError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _parse_non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def _parse_backend(text: str) -> str:
+    value = text.strip().lower()
+    if value not in BACKENDS:
+        raise ValueError(f"unknown backend {text!r}; choose one of {', '.join(BACKENDS)}")
+    return value
+
+
+def _parse_str(text: str) -> str:
+    return text.strip()
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One setting: its name in every place it can be given, and how to parse it."""
+
+    name: str
+    help: str
+    parse: Callable[[str], Any]
+    default: Any
+    flag: str
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        return f"dbleak_{self.name}" if self.name != "enabled" else "dbleak"
+
+    @property
+    def ini(self) -> str:
+        return f"dbleak_{self.name}"
+
+    @property
+    def env(self) -> str:
+        return f"DBLEAK_{self.name.upper()}"
+
+    @property
+    def is_flag(self) -> bool:
+        return self.parse is _parse_bool
+
+
+OPTIONS: tuple[OptionSpec, ...] = (
+    OptionSpec("enabled", "fail every test that leaks a database connection.", _parse_bool,
+               False, "--dbleak"),
+    OptionSpec("backend", "where the session's MySQL server comes from: auto, process, docker "
+               "or url (default: auto).", _parse_backend, "auto", "--dbleak-backend", "NAME"),
+    OptionSpec("mysql_url", "an existing server for the url backend, e.g. "
+               "mysql://root:pw@127.0.0.1:3306 (the plugin creates and drops its own database "
+               "and user there).", _parse_str, None, "--dbleak-mysql-url", "URL"),
+    OptionSpec("mysqld", "the mariadbd/mysqld binary for the process backend (default: found on "
+               "PATH).", _parse_str, None, "--dbleak-mysqld", "PATH"),
+    OptionSpec("image", "the container image for the docker backend (default: mysql:8.4).",
+               _parse_str, "mysql:8.4", "--dbleak-image", "IMAGE"),
+    OptionSpec("settle_timeout", "seconds to re-check a suspected leak before declaring it "
+               "(default: 1.0); a clean test never waits.", _parse_non_negative_float, 1.0,
+               "--dbleak-settle-timeout", "SECONDS"),
+    OptionSpec("allow", "connections a test may leak before it fails (default: 0).",
+               _parse_non_negative_int, 0, "--dbleak-allow", "N"),
+    OptionSpec("report", "write a JSON report of every test's leak check to PATH.", _parse_str,
+               None, "--dbleak-report", "PATH"),
+    OptionSpec("html", "write a self-contained HTML report (timeline of connections) to PATH.",
+               _parse_str, None, "--dbleak-html", "PATH"),
+    OptionSpec("baseline", "record leaks to PATH, or, if PATH exists, fail only on leaks that "
+               "are new or larger than recorded.", _parse_str, None, "--dbleak-baseline", "PATH"),
+    OptionSpec("report_only", "report leaks without failing tests (for adopting the gate).",
+               _parse_bool, False, "--dbleak-report-only"),
+    OptionSpec("cache_dir", "where the process backend keeps its initialised template datadir "
+               "(default: $XDG_CACHE_HOME/pytest-dbleak).", _parse_str, None,
+               "--dbleak-cache-dir", "DIR"),
+    OptionSpec("startup_timeout", "seconds to wait for the server to accept a login "
+               "(default: 30).", _parse_non_negative_float, 30.0, "--dbleak-startup-timeout",
+               "SECONDS"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved settings of one run."""
+
+    enabled: bool = False
+    backend: str = "auto"
+    mysql_url: str | None = None
+    mysqld: str | None = None
+    image: str = "mysql:8.4"
+    settle_timeout: float = 1.0
+    allow: int = 0
+    report: str | None = None
+    html: str | None = None
+    baseline: str | None = None
+    report_only: bool = False
+    cache_dir: str | None = None
+    startup_timeout: float = 30.0
+
+    @property
+    def template_cache(self) -> Path:
+        if self.cache_dir:
+            return Path(self.cache_dir)
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return Path(base) / "pytest-dbleak"
+
+
+assert {f.name for f in fields(Settings)} == {o.name for o in OPTIONS}
+
+
+def resolve(
+    cli: Mapping[str, Any], env: Mapping[str, str], ini: Mapping[str, Any]
+) -> Settings:
+    """Resolve each option from the first source that sets it.
+
+    ``cli`` maps option dests to parsed values (None when not given), ``ini`` maps ini
+    keys to raw values ("" or None when not set). Raises DbleakError naming the source of
+    a bad value.
+    """
+    values: dict[str, Any] = {}
+    for spec in OPTIONS:
+        value = cli.get(spec.dest)
+        if value is not None:
+            values[spec.name] = _parse(spec, value, spec.flag)
+            continue
+        raw_env = env.get(spec.env)
+        if raw_env is not None and raw_env != "":
+            values[spec.name] = _parse(spec, raw_env, f"environment variable {spec.env}")
+            continue
+        raw_ini = ini.get(spec.ini)
+        if raw_ini is not None and raw_ini != "":
+            values[spec.name] = _parse(spec, raw_ini, f"ini option {spec.ini}")
+            continue
+        values[spec.name] = spec.default
+    return Settings(**values)
+
+
+def _parse(spec: OptionSpec, value: Any, source: str) -> Any:
+    if isinstance(value, bool) or (not isinstance(value, str) and spec.parse is not _parse_str):
+        value = str(value)
+    try:
+        return spec.parse(value)
+    except ValueError as exc:
+        raise DbleakError(f"{source}: {exc}") from None
