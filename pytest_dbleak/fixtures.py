@@ -110,3 +110,100 @@ class DbleakHandle:
 def dbleak(request: pytest.FixtureRequest, dbleak_mysql_url: str) -> DbleakHandle:
     """Handle for explicit checks: snapshot(), pool_status(engine), assert_no_leaks()."""
     return DbleakHandle(_manager(request))
+
+
+# -- stress fixtures: each pairs with the marker of the same name ---------------------
+class _Stress:
+    """Runs a stress runner with the marker's settings and records the runs for the
+    leak report's rate ("4 connections leaked over 100 runs (1 in 25)")."""
+
+    kind = ""
+
+    def __init__(self, request: pytest.FixtureRequest, settings: Any) -> None:
+        self._item = request.node
+        self.settings = settings
+
+    def _record(self, runs: int) -> None:
+        from .manager import STRESS
+
+        kind, previous = self._item.stash.get(STRESS, (self.kind, 0))
+        self._item.stash[STRESS] = (kind, previous + runs)
+
+
+class JobsStress(_Stress):
+    """``dbleak_jobs.run(*callables)``: each callable `runs` times on `threads` threads."""
+
+    kind = "dbleak_jobs"
+
+    def run(self, *callables: Any) -> Any:
+        from .stress import JobStress
+
+        s = self.settings
+        try:
+            return JobStress(runs=s.runs, threads=s.threads).run(*callables)
+        finally:
+            self._record(s.runs * len(callables))
+
+
+class SocketChurnStress(_Stress):
+    """``dbleak_socket_churn.run(app, socketio, ...)``: N real Socket.IO clients come and go."""
+
+    kind = "dbleak_socket_churn"
+
+    def run(self, app: Any, socketio: Any, *, namespace: str = "/", auth: Any = None,
+            on_connect: Any = None) -> Any:
+        from .stress import SocketChurn
+
+        s = self.settings
+        try:
+            return SocketChurn(clients=s.clients, concurrency=s.concurrency,
+                               timeout=s.timeout).run(
+                app, socketio, namespace=namespace, auth=auth, on_connect=on_connect
+            )
+        finally:
+            self._record(s.clients)
+
+
+class HttpLoadStress(_Stress):
+    """``dbleak_http_load.run(app, path, ...)``: N requests, C at a time, on a real server."""
+
+    kind = "dbleak_http_load"
+
+    def run(self, app: Any, path: str, *, method: str = "GET",
+            headers: dict[str, str] | None = None, body: bytes | None = None) -> Any:
+        from .stress import HttpLoad
+
+        s = self.settings
+        try:
+            return HttpLoad(requests=s.requests, concurrency=s.concurrency,
+                            timeout=s.timeout).run(
+                app, path, method=method, headers=headers, body=body
+            )
+        finally:
+            self._record(s.requests)
+
+
+def _mark_settings(request: pytest.FixtureRequest, name: str) -> Any:
+    from . import marks
+    from .manager import MARKS
+
+    values = request.node.stash.get(MARKS, {})
+    return values.get(name) or marks.MARKERS[name]()
+
+
+@pytest.fixture
+def dbleak_jobs(request: pytest.FixtureRequest) -> JobsStress:
+    """Background-job stress; settings from ``@pytest.mark.dbleak_jobs(runs, threads)``."""
+    return JobsStress(request, _mark_settings(request, "dbleak_jobs"))
+
+
+@pytest.fixture
+def dbleak_socket_churn(request: pytest.FixtureRequest) -> SocketChurnStress:
+    """Socket.IO churn; settings from ``@pytest.mark.dbleak_socket_churn(clients=...)``."""
+    return SocketChurnStress(request, _mark_settings(request, "dbleak_socket_churn"))
+
+
+@pytest.fixture
+def dbleak_http_load(request: pytest.FixtureRequest) -> HttpLoadStress:
+    """HTTP load; settings from ``@pytest.mark.dbleak_http_load(requests, concurrency)``."""
+    return HttpLoadStress(request, _mark_settings(request, "dbleak_http_load"))

@@ -6,6 +6,7 @@ Registered by plugin.py in ``pytest_configure`` and reachable through
 
 from __future__ import annotations
 
+import gc
 import logging
 import secrets
 from collections.abc import Generator
@@ -28,6 +29,8 @@ from .tracking import Tracker
 log = logging.getLogger(__name__)
 
 MANAGER = pytest.StashKey["DbleakManager"]()
+# Exit status when the only failures are leaks, so CI can tell them from broken tests.
+EXIT_LEAKS_FOUND = 6
 MARKS = pytest.StashKey[dict[str, Any]]()  # validated marker values of an item
 STRESS = pytest.StashKey[tuple[str, int]]()  # (stress kind, runs) set by stress fixtures
 
@@ -51,6 +54,8 @@ class DbleakManager:
         self.worker = getattr(config, "workerinput", {}).get("workerid", "main")
         self.results: dict[str, CheckResult] = {}
         self.outcomes: dict[str, str] = {}
+        self.leak_failures: set[str] = set()  # failed because of a leak only
+        self.other_failures: set[str] = set()
         self._server: RunningServer | None = None
         self._server_error: DbleakError | None = None
         self.monitor: Monitor | None = None
@@ -197,9 +202,15 @@ class DbleakManager:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if not self.is_worker:
             self._write_reports(session)
+            if (session.exitstatus == pytest.ExitCode.TESTS_FAILED and self.leak_failures
+                    and not self.other_failures):
+                session.exitstatus = EXIT_LEAKS_FOUND
         self.close()
 
     def close(self) -> None:
+        # Leaked connections that sit in reference cycles would otherwise be finalised at
+        # interpreter exit, after the server is gone, with noisy tracebacks.
+        gc.collect()
         self._release_server()
         self.tracker.uninstall()
 
@@ -262,7 +273,9 @@ class DbleakManager:
         target.dbleak = result.as_dict()  # type: ignore[attr-defined]  # travels with xdist
         if not result.leaks:
             return
-        target.user_properties.append(("dbleak_leaked", result.leaked))
+        # JUnit XML reads the properties from the teardown report; keep them on both.
+        for report in {id(r): r for r in (target, reports[-1])}.values():
+            report.user_properties.append(("dbleak_leaked", result.leaked))
         details = self.redact(reporting.section_text(result))
         text = self.redact(reporting.failure_text(result))
         if not result.failed or target.failed:
@@ -279,7 +292,8 @@ class DbleakManager:
             reprtraceback=ReprTracebackNative([text]),
             reprcrash=ReprFileLocation(path, line, self.redact(reporting.headline(result))),
         )
-        target.user_properties.append(("dbleak_failed", True))
+        for report in {id(r): r for r in (target, reports[-1])}.values():
+            report.user_properties.append(("dbleak_failed", True))
 
     def _server_gone(self, item: pytest.Item, reports: list[pytest.TestReport], exc: ServerGoneError) -> None:
         message = self.redact(f"dbleak: {exc}; stopping the run")
@@ -300,6 +314,10 @@ class DbleakManager:
             self.results[report.nodeid] = CheckResult.from_dict(data)
         previous = self.outcomes.get(report.nodeid)
         if report.failed:
+            if ("dbleak_failed", True) in report.user_properties:
+                self.leak_failures.add(report.nodeid)
+            else:
+                self.other_failures.add(report.nodeid)
             self.outcomes[report.nodeid] = "failed"
         elif report.skipped and previous != "failed":
             self.outcomes[report.nodeid] = "skipped"

@@ -11,11 +11,25 @@ import pytest
 
 from . import marks
 from .errors import DbleakError
-from .fixtures import dbleak, dbleak_mysql_url, dbleak_server
+from .fixtures import (
+    dbleak,
+    dbleak_http_load,
+    dbleak_jobs,
+    dbleak_mysql_url,
+    dbleak_server,
+    dbleak_socket_churn,
+)
 from .manager import MANAGER, DbleakManager
 from .settings import OPTIONS, resolve
 
-__all__ = ["dbleak", "dbleak_mysql_url", "dbleak_server"]
+__all__ = [
+    "dbleak",
+    "dbleak_http_load",
+    "dbleak_jobs",
+    "dbleak_mysql_url",
+    "dbleak_server",
+    "dbleak_socket_churn",
+]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -1,0 +1,540 @@
+"""A self-contained HTML report: a timeline of connections across the run, and every leak.
+
+No pytest import. The chart is inline SVG built here in Python, so it shows without
+JavaScript and without network; the small inline script only opens a leak's details when
+its marker on the chart is clicked. A Content-Security-Policy forbids every fetch, so a
+report can never phone home, even if a test's text contains a URL.
+
+Size stays bounded for big runs: each series is one ``<polyline>`` whose points are
+decimated to the chart's pixel columns (keeping each column's first, lowest, highest and
+last value, so a one-test spike survives), and only leaking tests get DOM nodes.
+
+Stable hooks for tests and tooling: ``<svg id="timeline">`` with
+``<polyline class="series series-server">`` and ``<polyline class="series series-checked-out">``,
+``<a class="leak-marker STATUS" href="#leak-N" data-nodeid=...>`` per leaking test, and
+``<section id="leaks">`` with one ``<details class="leak STATUS" id="leak-N" data-nodeid=...>``
+per leaking test, where STATUS is failed, known, report-only or allowed and N is the test's
+1-based position in the run.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+import re
+import secrets
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import reporting
+from .results import KIND_TITLES, KINDS, CheckResult, Leak, Site
+
+log = logging.getLogger(__name__)
+
+# Leak statuses, worst first: the order of the legend and of the summary's counts.
+FAILED = "failed"
+KNOWN = "known"
+REPORT_ONLY = "report-only"
+ALLOWED = "allowed"
+CLEAN = "clean"
+STATUSES = (FAILED, KNOWN, REPORT_ONLY, ALLOWED)
+STATUS_TITLES = {
+    FAILED: "failed the test",
+    KNOWN: "known: in the baseline",
+    REPORT_ONLY: "reported only",
+    ALLOWED: "within the allowance",
+}
+
+PROCESS_COLUMNS = ("id", "user", "host", "db", "command", "time", "state", "trx_started")
+
+# Geometry of the chart in SVG user units; the SVG scales to the page width.
+WIDTH, HEIGHT = 1200, 320
+LEFT, RIGHT, TOP, BOTTOM = 56, 16, 40, 44
+PLOT_W = WIDTH - LEFT - RIGHT
+PLOT_H = HEIGHT - TOP - BOTTOM
+LANE_Y = 18  # the row of leak markers above the plot
+
+# Meta keys that must never reach the page, whatever a caller puts in meta.
+_SECRET_KEY = re.compile(r"pass(word|wd)?|secret", re.IGNORECASE)
+
+Point = tuple[float, float]
+
+
+def status(result: CheckResult) -> str:
+    """How a result's leaks were judged: failed, known, report-only, allowed, or clean."""
+    if not result.leaks:
+        return CLEAN
+    if result.failed:
+        return FAILED
+    if result.known:
+        return KNOWN
+    if result.report_only:
+        return REPORT_ONLY
+    return ALLOWED
+
+
+def render(
+    results: list[CheckResult], outcomes: dict[str, str], meta: dict[str, Any],
+    redact: Callable[[str], str],
+) -> str:
+    """The whole report as one HTML document; results in run order (x = test index)."""
+    esc = _Escaper(redact)
+    body = "\n".join((
+        _header(results, outcomes, meta, esc),
+        _timeline(results, esc),
+        _leaks(results, outcomes, esc),
+    ))
+    page = _PAGE.format(
+        title=esc("pytest-dbleak report"), css=_CSS, body=body, script=_SCRIPT,
+    )
+    # Texts were redacted one by one before escaping (a secret with '&' in it would not
+    # match once escaped); this last pass catches anything that slipped through.
+    return redact(page)
+
+
+def write(
+    path: str | os.PathLike[str], results: list[CheckResult], outcomes: dict[str, str],
+    meta: dict[str, Any], redact: Callable[[str], str],
+) -> Path:
+    """Render and write the report atomically: readers never see half a file."""
+    text = render(results, outcomes, meta, redact)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # A unique temporary name in the same directory: os.replace is atomic only within
+    # one file system, and two writers must not share a temporary file.
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    log.debug("wrote HTML report %s (%d bytes)", target, len(text))
+    return target
+
+
+class _Escaper:
+    """Redact, then HTML-escape: every text that reaches the page goes through here."""
+
+    def __init__(self, redact: Callable[[str], str]) -> None:
+        self.redact = redact
+
+    def __call__(self, value: object) -> str:
+        return html.escape(self.redact(str(value)), quote=True)
+
+
+# -- header --------------------------------------------------------------------------------
+def _header(
+    results: list[CheckResult], outcomes: dict[str, str], meta: Mapping[str, Any], esc: _Escaper
+) -> str:
+    statuses = Counter(status(r) for r in results)
+    leaking = sum(statuses[s] for s in STATUSES)
+    leaked = sum(r.leaked for r in results)
+    peak = max(results, key=lambda r: r.after.server_connections, default=None)
+    tally = Counter(outcomes.get(r.nodeid, "unknown") for r in results)
+
+    cards = [
+        _card("tests checked", len(results)),
+        _card("leaking tests", leaking, "bad" if statuses[FAILED] else ("warn" if leaking else "")),
+        _card("failed by a leak", statuses[FAILED], "bad" if statuses[FAILED] else ""),
+        _card("known (baseline)", statuses[KNOWN]),
+        _card("reported only", statuses[REPORT_ONLY]),
+        _card("within allowance", statuses[ALLOWED]),
+        _card("connections leaked", leaked),
+    ]
+    if peak is not None:
+        cards.append(_card("peak server connections", peak.after.server_connections))
+    outcome_text = ", ".join(f"{n} {name}" for name, n in sorted(tally.items())) or "none"
+
+    facts = [("pytest outcomes", esc(outcome_text))]
+    server = meta.get("server")
+    if isinstance(server, Mapping) and server:
+        where = ""
+        if server.get("host") is not None:
+            where = f"{server['host']}:{server['port']}" if server.get("port") else server["host"]
+        parts = [str(x) for x in (server.get("backend"), where, server.get("version")) if x]
+        facts.append(("server", esc(" · ".join(parts))))
+    else:
+        facts.append(("server", "<em>not started</em>"))
+    settings = meta.get("settings")
+    if isinstance(settings, Mapping) and settings:
+        facts.append(("settings", esc(", ".join(
+            f"{k}={v}" for k, v in settings.items() if not _SECRET_KEY.search(str(k))
+        ))))
+    for key, value in meta.items():
+        if key in ("tool", "server", "settings") or _SECRET_KEY.search(str(key)):
+            continue
+        shown = value if isinstance(value, str) else json.dumps(value, default=str)
+        facts.append((esc(key), esc(shown)))
+
+    tool = meta.get("tool", "pytest-dbleak")
+    return (
+        f'<header id="summary">\n<h1>{esc(tool)}: database connection leaks</h1>\n'
+        f'<div class="cards">{"".join(cards)}</div>\n<dl class="facts">'
+        + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)
+        + "</dl>\n</header>"
+    )
+
+
+def _card(label: str, value: int, tone: str = "") -> str:
+    cls = f"card {tone}".strip()
+    slug = label.split(" (")[0].replace(" ", "-")
+    return (f'<div class="{cls}" data-stat="{slug}"><span class="value">{value}</span>'
+            f'<span class="label">{html.escape(label)}</span></div>')
+
+
+# -- timeline ------------------------------------------------------------------------------
+def _timeline(results: list[CheckResult], esc: _Escaper) -> str:
+    n = len(results)
+    server = [r.after.server_connections for r in results]
+    checked = [r.after.checked_out for r in results]
+    top = _nice_ceiling(max([*server, *checked, 1]))
+
+    def y_of(value: float) -> float:
+        return TOP + PLOT_H - PLOT_H * min(value, top) / top
+
+    parts = [
+        f'<svg id="timeline" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
+        f'aria-label="server and checked-out connections after each of {n} tests">',
+        f"<title>Connections after each test ({n} tests)</title>",
+        f'<rect class="plot" x="{LEFT}" y="{TOP}" width="{PLOT_W}" height="{PLOT_H}"/>',
+    ]
+    ystep = _nice_step(top, 5)
+    for value in range(0, top + 1, ystep):
+        y = _r(y_of(value))
+        parts.append(f'<line class="grid" x1="{LEFT}" y1="{y}" x2="{LEFT + PLOT_W}" y2="{y}"/>')
+        parts.append(f'<text class="tick y" x="{LEFT - 8}" y="{y}">{value}</text>')
+    parts.append(f'<text class="axis-title" x="14" y="{TOP + PLOT_H / 2}" '
+                 f'transform="rotate(-90 14 {TOP + PLOT_H / 2})">connections</text>')
+    parts.append(f'<text class="lane-title" x="{LEFT - 8}" y="{LANE_Y}">leaks</text>')
+
+    if n == 0:
+        parts.append(f'<text class="empty" x="{LEFT + PLOT_W / 2}" y="{TOP + PLOT_H / 2}">'
+                     "no tests were checked</text>")
+    else:
+        xstep = _nice_step(n, 8)
+        for index in range(xstep, n + 1, xstep):  # 1-based test numbers
+            x = _r(LEFT + (index - 0.5) * PLOT_W / n)
+            parts.append(f'<line class="xtick" x1="{x}" y1="{TOP + PLOT_H}" x2="{x}" '
+                         f'y2="{TOP + PLOT_H + 5}"/>')
+            parts.append(f'<text class="tick x" x="{x}" y="{TOP + PLOT_H + 18}">{index}</text>')
+        parts.append(f'<text class="axis-title x" x="{LEFT + PLOT_W / 2}" y="{HEIGHT - 6}">'
+                     "test # (run order)</text>")
+        for cls, values in (("series-server", server), ("series-checked-out", checked)):
+            points = " ".join(f"{x:g},{y:g}" for x, y in _series_points(values, y_of))
+            parts.append(f'<polyline class="series {cls}" points="{points}"/>')
+        parts.extend(_markers(results, y_of, esc))
+    parts.append("</svg>")
+
+    legend = (
+        '<ul class="legend">'
+        '<li><span class="swatch series-server"></span>server connections of the session</li>'
+        '<li><span class="swatch series-checked-out"></span>checked-out pooled connections</li>'
+        + "".join(f'<li><span class="key {s}"></span>{html.escape(STATUS_TITLES[s])}</li>'
+                  for s in STATUSES)
+        + "</ul>"
+    )
+    return (f'<section id="chart"><h2>Timeline</h2>\n{"".join(parts)}\n{legend}\n'
+            '<p class="hint">Counts after each test. Click a marker for that test\'s leak.</p>'
+            "</section>")
+
+
+def _markers(
+    results: Sequence[CheckResult], y_of: Callable[[float], float], esc: _Escaper
+) -> list[str]:
+    n = len(results)
+    out = []
+    for index, result in enumerate(results, start=1):
+        state = status(result)
+        if state == CLEAN:
+            continue
+        x = _r(LEFT + (index - 0.5) * PLOT_W / n)
+        tip = f"#{index} {result.nodeid}\n{STATUS_TITLES[state]}: {_headline(result)}"
+        y = _r(y_of(result.after.server_connections))
+        out.append(
+            f'<a class="leak-marker {state}" href="#leak-{index}" '
+            f'data-nodeid="{esc(result.nodeid)}" data-index="{index}"><title>{esc(tip)}</title>'
+            f'<line class="guide" x1="{x}" y1="{LANE_Y + 6}" x2="{x}" y2="{TOP + PLOT_H}"/>'
+            f'<circle class="on-series" cx="{x}" cy="{y}" r="3"/>'
+            f'<circle class="dot" cx="{x}" cy="{LANE_Y}" r="6"/></a>'
+        )
+    return out
+
+
+def _series_points(values: Sequence[int], y_of: Callable[[float], float]) -> list[Point]:
+    """A step line: each test's value holds across its slot of the x axis.
+
+    With more tests than pixel columns, each column keeps its first, lowest, highest and
+    last value: the line looks the same as the full one, at a bounded number of points.
+    """
+    n = len(values)
+    points: list[Point] = []
+    if n <= PLOT_W:
+        width = PLOT_W / n
+        for i, value in enumerate(values):
+            y = y_of(value)
+            points += [(LEFT + i * width, y), (LEFT + (i + 1) * width, y)]
+    else:
+        for col in range(PLOT_W):
+            chunk = values[col * n // PLOT_W:(col + 1) * n // PLOT_W]
+            x0, x1 = LEFT + col, LEFT + col + 1
+            for value in (chunk[0], min(chunk), max(chunk), chunk[-1]):
+                points.append((x0, y_of(value)))
+            points.append((x1, y_of(chunk[-1])))
+    return _simplify([(_r(x), _r(y)) for x, y in points])
+
+
+def _simplify(points: Iterable[Point]) -> list[Point]:
+    """Drop repeated points and points in the middle of a straight horizontal or vertical
+    run: a flat stretch of 10,000 clean tests becomes two points."""
+    out: list[Point] = []
+    for p in points:
+        if out and p == out[-1]:
+            continue
+        if len(out) >= 2:
+            a, b = out[-2], out[-1]
+            flat = a[1] == b[1] == p[1] and min(a[0], p[0]) <= b[0] <= max(a[0], p[0])
+            upright = a[0] == b[0] == p[0] and min(a[1], p[1]) <= b[1] <= max(a[1], p[1])
+            if flat or upright:
+                out[-1] = p
+                continue
+        out.append(p)
+    return out
+
+
+def _nice_step(span: int, ticks: int) -> int:
+    """1, 2, 5, 10, 20, 50...: the smallest such step that gives at most `ticks` ticks."""
+    magnitude = 1
+    while True:
+        for factor in (1, 2, 5):
+            step = factor * magnitude
+            if span / step <= ticks:
+                return step
+        magnitude *= 10
+
+
+def _nice_ceiling(value: int) -> int:
+    step = _nice_step(value, 5)
+    return -(-value // step) * step
+
+
+def _headline(result: CheckResult) -> str:
+    return reporting.headline(result).removeprefix("dbleak: ")
+
+
+def _r(value: float) -> float:
+    return round(value, 1)
+
+
+# -- leaks ---------------------------------------------------------------------------------
+def _leaks(results: list[CheckResult], outcomes: Mapping[str, str], esc: _Escaper) -> str:
+    items = [
+        _leak_details(index, result, outcomes.get(result.nodeid, "unknown"), esc)
+        for index, result in enumerate(results, start=1) if result.leaks
+    ]
+    if not items:
+        inner = '<p class="none">No test leaked a connection.</p>'
+    else:
+        inner = (
+            '<div class="toolbar"><button type="button" id="expand-all">expand all</button>'
+            '<button type="button" id="collapse-all">collapse all</button></div>\n'
+            + "\n".join(items)
+        )
+    return f'<section id="leaks"><h2>Leaking tests ({len(items)})</h2>\n{inner}\n</section>'
+
+
+def _leak_details(index: int, result: CheckResult, outcome: str, esc: _Escaper) -> str:
+    state = status(result)
+    b, a = result.before, result.after
+    facts = [
+        f"test #{index}", f"pytest outcome: {outcome}",
+        f"server connections {b.server_connections} → {a.server_connections}",
+        f"Threads_connected {b.threads_connected} → {a.threads_connected}",
+        f"checked out {b.checked_out} → {a.checked_out}",
+    ]
+    if result.allowed:
+        facts.append(f"allowed {result.allowed}")
+    if result.stress:
+        facts.append(f"stress: {result.stress}, {reporting.rate(result)}")
+    if result.waited:
+        facts.append(f"re-checked for {result.waited:.2f} s")
+    body = "".join(_leak_item(leak, esc) for leak in result.leaks)
+    return (
+        f'<details class="leak {state}" id="leak-{index}" data-nodeid="{esc(result.nodeid)}" '
+        f'data-index="{index}" data-status="{state}">'
+        f'<summary><span class="badge {state}">{esc(state)}</span> '
+        f'<code class="nodeid">{esc(result.nodeid)}</code> '
+        f'<span class="headline">{esc(_headline(result))}'
+        f"</span></summary>\n"
+        f'<div class="body"><p class="counts">{" · ".join(esc(f) for f in facts)}</p>{body}</div>'
+        "</details>"
+    )
+
+
+def _leak_item(leak: Leak, esc: _Escaper) -> str:
+    title = KIND_TITLES.get(leak.kind, leak.kind)
+    rows = [f"<dt>what</dt><dd>{esc(leak.what)}</dd>"]
+    if leak.site is not None:
+        rows.append(f"<dt>site</dt><dd>{_site(leak.site, esc)}</dd>")
+    if leak.thread:
+        rows.append(f"<dt>thread</dt><dd>{esc(leak.thread)}</dd>")
+    if leak.connection_ids:
+        rows.append(f"<dt>connection ids</dt><dd>{esc(', '.join(map(str, leak.connection_ids)))}"
+                    "</dd>")
+    if leak.stack:
+        frames = "".join(f"<li>{_site(site, esc)}</li>" for site in leak.stack)
+        rows.append(f'<dt>user stack</dt><dd><ol class="stack">{frames}</ol></dd>')
+    elif leak.kind != "server_connection":
+        rows.append("<dt>user stack</dt><dd><em>no user code on the stack</em></dd>")
+    kind_cls = leak.kind if leak.kind in KINDS else "other"
+    return (
+        f'<div class="leak-item kind-{kind_cls}"><h4><span class="kind">{esc(leak.kind)}</span>'
+        f' &times; {leak.count} <span class="kind-title">{esc(title)}</span></h4>'
+        f'<dl>{"".join(rows)}</dl>{_processlist(leak.processlist, esc)}</div>'
+    )
+
+
+def _site(site: Site, esc: _Escaper) -> str:
+    return f"<code>{esc(f'{site.file}:{site.line}')}</code> in <code>{esc(site.function)}</code>"
+
+
+def _processlist(rows: list[dict[str, Any]], esc: _Escaper) -> str:
+    if not rows:
+        return ""
+    head = "".join(f"<th>{c}</th>" for c in PROCESS_COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(
+            f"<td>{esc(row[c]) if row.get(c) is not None else ''}</td>" for c in PROCESS_COLUMNS
+        ) + "</tr>"
+        for row in rows
+    )
+    return (f'<table class="processlist"><caption>processlist rows left behind</caption>'
+            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+
+# -- page ----------------------------------------------------------------------------------
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; \
+style-src 'unsafe-inline'; script-src 'unsafe-inline'">
+<title>{title}</title>
+<style>{css}</style>
+</head>
+<body>
+{body}
+<script>{script}</script>
+</body>
+</html>
+"""
+
+_CSS = """
+:root{--fg:#1f2328;--muted:#656d76;--line:#d0d7de;--bg:#fff;--panel:#f6f8fa;
+--server:#2563eb;--checked:#059669;--failed:#dc2626;--known:#b45309;--report-only:#0891b2;
+--allowed:#6b7280}
+*{box-sizing:border-box}
+body{margin:0 auto;max-width:1280px;padding:16px 24px 48px;color:var(--fg);background:var(--bg);
+font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif}
+h1{font-size:20px;margin:4px 0 12px}h2{font-size:16px;margin:24px 0 8px}
+code{font:12.5px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
+.cards{display:flex;flex-wrap:wrap;gap:8px}
+.card{border:1px solid var(--line);border-radius:6px;padding:6px 12px;min-width:110px;
+background:var(--panel)}
+.card .value{display:block;font-size:20px;font-weight:600}
+.card .label{color:var(--muted);font-size:12px}
+.card.bad{border-color:var(--failed)}.card.bad .value{color:var(--failed)}
+.card.warn{border-color:var(--known)}
+.facts{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;margin:12px 0 0}
+.facts dt{color:var(--muted)}.facts dd{margin:0}
+#timeline{width:100%;height:auto;display:block;border:1px solid var(--line);border-radius:6px}
+#timeline .plot{fill:#fbfcfd;stroke:var(--line)}
+#timeline .grid{stroke:#eaeef2}#timeline .xtick{stroke:var(--muted)}
+#timeline text{font-size:12px;fill:var(--muted)}
+#timeline .tick.y,#timeline .lane-title{text-anchor:end;dominant-baseline:middle}
+#timeline .tick.x,#timeline .axis-title,#timeline .empty{text-anchor:middle}
+#timeline .empty{font-size:16px}
+.series{fill:none;stroke-width:2;stroke-linejoin:round}
+.series-server{stroke:var(--server)}.series-checked-out{stroke:var(--checked)}
+.leak-marker{cursor:pointer}
+.leak-marker .guide{stroke-width:1;stroke-opacity:.35;stroke-dasharray:3 3}
+.leak-marker .dot{stroke-width:2;fill:#fff}
+.leak-marker .on-series{stroke:none}
+.leak-marker:hover .dot{stroke-width:3}
+.leak-marker.failed .dot{fill:var(--failed)}
+.leak-marker.failed .guide,.leak-marker.failed .dot{stroke:var(--failed)}
+.leak-marker.failed .on-series{fill:var(--failed)}
+.leak-marker.known .guide,.leak-marker.known .dot{stroke:var(--known)}
+.leak-marker.known .on-series{fill:var(--known)}
+.leak-marker.report-only .guide,.leak-marker.report-only .dot{stroke:var(--report-only)}
+.leak-marker.report-only .on-series{fill:var(--report-only)}
+.leak-marker.allowed .guide,.leak-marker.allowed .dot{stroke:var(--allowed)}
+.leak-marker.allowed .on-series{fill:var(--allowed)}
+.legend{list-style:none;display:flex;flex-wrap:wrap;gap:4px 18px;padding:0;margin:8px 0 0;
+color:var(--muted)}
+.legend li{display:flex;align-items:center;gap:6px}
+.swatch{display:inline-block;width:22px;height:3px}
+.swatch.series-server{background:var(--server)}.swatch.series-checked-out{background:var(--checked)}
+.key{display:inline-block;width:12px;height:12px;border-radius:50%;border:2px solid;background:#fff}
+.key.failed{border-color:var(--failed);background:var(--failed)}.key.known{border-color:var(--known)}
+.key.report-only{border-color:var(--report-only)}.key.allowed{border-color:var(--allowed)}
+.hint{color:var(--muted);font-size:12px;margin:4px 0 0}
+.toolbar{display:flex;gap:8px;margin:0 0 8px}
+.toolbar button{font:inherit;font-size:12px;padding:2px 10px;border:1px solid var(--line);
+border-radius:4px;background:var(--panel);cursor:pointer}
+details.leak{border:1px solid var(--line);border-left:4px solid var(--allowed);border-radius:6px;
+margin:0 0 6px;background:var(--bg)}
+details.leak.failed{border-left-color:var(--failed)}details.leak.known{border-left-color:var(--known)}
+details.leak.report-only{border-left-color:var(--report-only)}
+details.leak:target{outline:2px solid var(--server);outline-offset:1px}
+details.leak>summary{cursor:pointer;padding:6px 10px;list-style-position:outside;margin-left:14px}
+details.leak .headline{color:var(--muted)}
+.badge{display:inline-block;font-size:11px;font-weight:600;text-transform:uppercase;
+padding:0 6px;border-radius:10px;color:#fff;background:var(--allowed)}
+.badge.failed{background:var(--failed)}.badge.known{background:var(--known)}
+.badge.report-only{background:var(--report-only)}
+details.leak .body{padding:0 12px 10px 24px;border-top:1px solid var(--line)}
+details.leak .counts{color:var(--muted);font-size:12px;margin:8px 0}
+.leak-item{margin:8px 0 12px}
+.leak-item h4{margin:0 0 4px;font-size:13px}
+.leak-item .kind{font:600 12.5px ui-monospace,Menlo,Consolas,monospace}
+.leak-item .kind-title{font-weight:400;color:var(--muted)}
+.leak-item dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;margin:0}
+.leak-item dt{color:var(--muted)}.leak-item dd{margin:0}
+.stack{margin:0;padding-left:20px}
+table.processlist{border-collapse:collapse;margin:6px 0 0;font-size:12px}
+table.processlist caption{text-align:left;color:var(--muted);padding:2px 0}
+table.processlist th,table.processlist td{border:1px solid var(--line);padding:2px 8px;
+text-align:left;font-family:ui-monospace,Menlo,Consolas,monospace}
+table.processlist th{background:var(--panel)}
+.none{color:var(--checked)}
+"""
+
+# Opens the <details> a marker (or a #leak-N link) points to: fragment navigation alone
+# scrolls to a closed <details> without opening it.
+_SCRIPT = """
+(function () {
+  function reveal(hash) {
+    var el = hash && document.getElementById(decodeURIComponent(hash.slice(1)));
+    if (el && el.tagName === "DETAILS") { el.open = true; el.scrollIntoView({block: "start"}); }
+  }
+  document.querySelectorAll("a.leak-marker").forEach(function (a) {
+    a.addEventListener("click", function () { reveal(a.getAttribute("href")); });
+  });
+  window.addEventListener("hashchange", function () { reveal(location.hash); });
+  reveal(location.hash);
+  function all(state) {
+    document.querySelectorAll("details.leak").forEach(function (d) { d.open = state; });
+  }
+  var expand = document.getElementById("expand-all");
+  var collapse = document.getElementById("collapse-all");
+  if (expand) { expand.addEventListener("click", function () { all(true); }); }
+  if (collapse) { collapse.addEventListener("click", function () { all(false); }); }
+})();
+"""
