@@ -11,7 +11,7 @@ import logging
 import secrets
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from _pytest._code.code import ReprExceptionInfo, ReprFileLocation, ReprTracebackNative
@@ -19,12 +19,14 @@ from _pytest.runner import runtestprotocol
 
 from . import backends, marks, reporting
 from .backends import RunningServer, ServerInfo
-from .detector import Detector
 from .errors import DbleakError, Redactor, ServerGoneError
 from .probe import Endpoint, Monitor
 from .results import CheckResult
 from .settings import Settings
-from .tracking import Tracker
+
+if TYPE_CHECKING:
+    from .detector import Detector
+    from .tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ class DbleakManager:
         self.config = config
         self.settings = settings
         self.redact = Redactor()
-        self.tracker = Tracker()
+        self._tracker: Tracker | None = None
         self.worker = getattr(config, "workerinput", {}).get("workerid", "main")
         self.results: dict[str, CheckResult] = {}
         self.outcomes: dict[str, str] = {}
@@ -62,6 +64,16 @@ class DbleakManager:
         self.info: ServerInfo | None = None
         self.database: SessionDatabase | None = None
         self.detector: Detector | None = None
+
+    @property
+    def tracker(self) -> Tracker:
+        # Imported on first use: SQLAlchemy costs ~0.15 s to import, and a run that never
+        # touches a database should not pay it.
+        if self._tracker is None:
+            from .tracking import Tracker
+
+            self._tracker = Tracker()
+        return self._tracker
 
     # -- lifecycle of the server -------------------------------------------------------
     @property
@@ -138,6 +150,8 @@ class DbleakManager:
             self.tracker.install()
             own_everything = self._server.owned and not self.is_worker
             users = None if own_everything else frozenset({db.user})
+            from .detector import Detector
+
             self.detector = Detector(self.tracker, self.monitor, users, self.config.rootpath)
         return self.detector
 
@@ -212,12 +226,13 @@ class DbleakManager:
         # interpreter exit, after the server is gone, with noisy tracebacks.
         gc.collect()
         self._release_server()
-        self.tracker.uninstall()
+        if self._tracker is not None:
+            self._tracker.uninstall()
 
     # -- ownership of wider-scoped fixtures ------------------------------------------
     @pytest.hookimpl(wrapper=True)
     def pytest_fixture_setup(self, fixturedef: Any, request: Any) -> Generator[None, Any, Any]:
-        if fixturedef.scope == "function" or not self.tracker.installed:
+        if fixturedef.scope == "function" or self._tracker is None or not self._tracker.installed:
             return (yield)
         detector = self.detector
         before = detector.snapshot() if detector is not None else None

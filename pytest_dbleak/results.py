@@ -93,10 +93,21 @@ class CheckResult:
         return self.leaked > self.allowed and not self.known and not self.report_only
 
     def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["leaked"] = self.leaked
-        data["failed"] = self.failed
-        return data
+        # Built by hand: this runs for every test, and dataclasses.asdict deep-copies.
+        return {
+            "nodeid": self.nodeid,
+            "leaks": [leak.as_dict() for leak in self.leaks],
+            "allowed": self.allowed,
+            "before": vars(self.before).copy(),
+            "after": vars(self.after).copy(),
+            "waited": self.waited,
+            "runs": self.runs,
+            "stress": self.stress,
+            "known": self.known,
+            "report_only": self.report_only,
+            "leaked": self.leaked,
+            "failed": self.failed,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CheckResult:
