@@ -25,6 +25,7 @@ from .results import CheckResult
 from .settings import Settings
 
 if TYPE_CHECKING:
+    from .baseline import Baseline
     from .detector import Detector
     from .tracking import Tracker
 
@@ -64,6 +65,9 @@ class DbleakManager:
         self.info: ServerInfo | None = None
         self.database: SessionDatabase | None = None
         self.detector: Detector | None = None
+        self.baseline: Baseline | None = None
+        self.recording = False  # --dbleak-baseline names a file that does not exist yet
+        self._baseline_line = ""
 
     @property
     def tracker(self) -> Tracker:
@@ -172,6 +176,14 @@ class DbleakManager:
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         if not self.settings.enabled:
             return
+        if self.settings.baseline:
+            from . import baseline
+
+            try:
+                self.baseline = baseline.load(self.settings.baseline)
+            except DbleakError as exc:
+                raise pytest.UsageError(f"dbleak: {exc}") from None
+            self.recording = self.baseline is None
         try:
             if self.is_controller:
                 self.ensure_server()  # one server, shared by the workers
@@ -276,7 +288,10 @@ class DbleakManager:
         elif result is not None:
             if STRESS in item.stash:
                 result.stress, result.runs = item.stash[STRESS]
-            result.report_only = self.settings.report_only
+            # A recording run establishes the baseline: it reports leaks, fails none.
+            result.report_only = self.settings.report_only or self.recording
+            if self.baseline is not None:
+                self.baseline.judge(result)
             self._apply(item, result, reports)
         for report in reports:
             ihook.pytest_runtest_logreport(report=report)
@@ -340,6 +355,8 @@ class DbleakManager:
             self.outcomes[report.nodeid] = "passed"
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self._baseline_line:
+            terminalreporter.write_line(self.redact(self._baseline_line))
         lines = reporting.summary_lines(self.results.values())
         if not lines:
             if self.settings.enabled and self.results:
@@ -351,15 +368,25 @@ class DbleakManager:
             terminalreporter.write_line(self.redact(line))
 
     def _write_reports(self, session: pytest.Session) -> None:
-        if not self.settings.report or not self.results:
+        from . import baseline, html_report
+
+        results = list(self.results.values())
+        if self.settings.baseline and self.settings.enabled:
+            if self.recording:
+                recorded = baseline.save(self.settings.baseline, results)
+                self._baseline_line = baseline.recorded_line(self.settings.baseline, recorded)
+            elif self.baseline is not None:
+                self._baseline_line = self.baseline.summary(results)
+        if not (self.settings.report or self.settings.html) or not results:
             return
         meta = {"tool": "pytest-dbleak", "server": self._server_meta(), "settings": {
             "allow": self.settings.allow, "settle_timeout": self.settings.settle_timeout,
             "report_only": self.settings.report_only,
         }}
-        reporting.write_json(
-            self.settings.report, list(self.results.values()), self.outcomes, meta, self.redact
-        )
+        if self.settings.report:
+            reporting.write_json(self.settings.report, results, self.outcomes, meta, self.redact)
+        if self.settings.html:
+            html_report.write(self.settings.html, results, self.outcomes, meta, self.redact)
 
     def _server_meta(self) -> dict[str, Any]:
         if self.info is None:
