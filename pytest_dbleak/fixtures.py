@@ -170,7 +170,7 @@ class HttpLoadStress(_Stress):
     kind = "dbleak_http_load"
 
     def run(self, app: Any, path: str, *, method: str = "GET",
-            headers: dict[str, str] | None = None, body: bytes | None = None) -> Any:
+            headers: dict[str, str] | None = None, body: bytes | str | None = None) -> Any:
         from .stress import HttpLoad
 
         s = self.settings

@@ -28,15 +28,15 @@ class JobsMark:
 @dataclass(frozen=True)
 class SocketChurnMark:
     clients: int = 100
-    concurrency: int = 20
-    timeout: float = 60.0
+    concurrency: int = 10
+    timeout: float = 30.0
 
 
 @dataclass(frozen=True)
 class HttpLoadMark:
     requests: int = 1000
     concurrency: int = 50
-    timeout: float = 120.0
+    timeout: float = 30.0
 
 
 def _count(name: str, value: Any, *, minimum: int) -> int:
@@ -45,9 +45,11 @@ def _count(name: str, value: Any, *, minimum: int) -> int:
     return value
 
 
-def _seconds(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise DbleakError(f"{name} must be a number of seconds >= 0, got {value!r}")
+def _seconds(name: str, value: Any, *, positive: bool = False) -> float:
+    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0
+    if bad or (positive and value == 0):
+        sign = "> 0" if positive else ">= 0"
+        raise DbleakError(f"{name} must be a number of seconds {sign}, got {value!r}")
     return float(value)
 
 
@@ -69,24 +71,26 @@ def dbleak_jobs(*, runs: int = 100, threads: int = 4) -> JobsMark:
 
 
 def dbleak_socket_churn(
-    *, clients: int = 100, concurrency: int = 20, timeout: float = 60.0
+    *, clients: int = 100, concurrency: int = 10, timeout: float = 30.0
 ) -> SocketChurnMark:
-    """Connect and disconnect `clients` Socket.IO clients (fixture dbleak_socket_churn)."""
+    """Connect and disconnect `clients` Socket.IO clients, `concurrency` at a time; wait
+    up to `timeout` s for disconnect handlers and their tasks (fixture dbleak_socket_churn)."""
     return SocketChurnMark(
         _count("clients", clients, minimum=1),
         _count("concurrency", concurrency, minimum=1),
-        _seconds("timeout", timeout),
+        _seconds("timeout", timeout, positive=True),
     )
 
 
 def dbleak_http_load(
-    *, requests: int = 1000, concurrency: int = 50, timeout: float = 120.0
+    *, requests: int = 1000, concurrency: int = 50, timeout: float = 30.0
 ) -> HttpLoadMark:
-    """Send `requests` HTTP requests, `concurrency` at a time (fixture dbleak_http_load)."""
+    """Send `requests` HTTP requests, `concurrency` at a time, each with a `timeout` s
+    socket timeout (fixture dbleak_http_load)."""
     return HttpLoadMark(
         _count("requests", requests, minimum=1),
         _count("concurrency", concurrency, minimum=1),
-        _seconds("timeout", timeout),
+        _seconds("timeout", timeout, positive=True),
     )
 
 

@@ -69,6 +69,8 @@ _POLL_INTERVAL = 0.05
 # overran their deadline, how long those threads get to notice and exit.
 _FORCED_EXIT_GRACE = 2.0
 
+_UNSET = object()
+
 # How often a wait that is normally woken by a notification re-checks that the
 # thread expected to notify it is still alive.
 _LIVENESS_CHECK = 0.05
@@ -483,6 +485,7 @@ def _churn_client_class() -> type[SocketIOClient]:
         flush_timeout = 5.0
 
         def disconnect(self, abort: bool = False, reason: Any = None) -> None:
+            ws = getattr(self, "ws", None)
             if not abort and self.state == "connected" and self.current_transport == "websocket":
                 if not self._flush_send_queue(self.flush_timeout):
                     _log.warning(
@@ -490,6 +493,13 @@ def _churn_client_class() -> type[SocketIOClient]:
                     )
                 self._close_websocket_after_writer()
             super().disconnect(abort=abort, reason=reason)
+            reader = getattr(self, "read_loop_task", None)
+            if ws is not None and (reader is None or not reader.is_alive()):
+                # websocket-client's close() does nothing once the read loop has
+                # answered the server's close frame (that marks the WebSocket "not
+                # connected"), which leaves the socket to the garbage collector.
+                # Nothing reads it any more: close it.
+                ws.shutdown()
 
         def _flush_send_queue(self, timeout: float) -> bool:
             # The writer calls task_done() for each packet it has written.
@@ -569,7 +579,7 @@ class _SocketIOServerHooks:
         self._release_pings = threading.Event()
         self._thread_flags = threading.local()
         self._saved: list[tuple[object, str, bool, object]] = []
-        self._saved_monitor_flag: object = None
+        self._saved_monitor_flag: object = _UNSET
         self.disconnects = 0
 
     # -- install / uninstall ------------------------------------------------
@@ -615,9 +625,9 @@ class _SocketIOServerHooks:
                 setattr(obj, name, value)
             else:
                 delattr(obj, name)
-        if self._saved_monitor_flag is not None:
+        if self._saved_monitor_flag is not _UNSET:
             self._eio.start_service_task = self._saved_monitor_flag
-            self._saved_monitor_flag = None
+            self._saved_monitor_flag = _UNSET
 
     # -- wrappers -----------------------------------------------------------
 
