@@ -93,7 +93,9 @@ def parse_mysql_url(url: str) -> Endpoint:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise DbleakError("--dbleak-mysql-url: not a URL (expected mysql://user:pw@host:port)") from None
+        raise DbleakError(
+            "--dbleak-mysql-url: not a URL (expected mysql://user:pw@host:port)"
+        ) from None
     backend = parsed.get_backend_name()
     if backend not in ("mysql", "mariadb"):
         raise DbleakError(
@@ -141,7 +143,7 @@ def start_docker(image: str, timeout: float) -> RunningServer:
         from testcontainers.community.mysql import MySqlContainer
     except ImportError:  # testcontainers < 4.13 kept it at the top level
         try:
-            from testcontainers.mysql import MySqlContainer  # type: ignore[no-redef]
+            from testcontainers.mysql import MySqlContainer
         except ImportError:
             MySqlContainer = None  # type: ignore[assignment,misc]
     if MySqlContainer is None:

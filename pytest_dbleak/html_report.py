@@ -222,7 +222,11 @@ def _timeline(results: list[CheckResult], esc: _Escaper) -> str:
             x = _r(LEFT + (index - 0.5) * PLOT_W / n)
             parts.append(f'<line class="xtick" x1="{x}" y1="{TOP + PLOT_H}" x2="{x}" '
                          f'y2="{TOP + PLOT_H + 5}"/>')
-            parts.append(f'<text class="tick x" x="{x}" y="{TOP + PLOT_H + 18}">{index}</text>')
+            # A centred label at the right edge would be cut off by the SVG's border.
+            end = " end" if x > LEFT + PLOT_W - 4 * len(str(index)) else ""
+            parts.append(
+                f'<text class="tick x{end}" x="{x}" y="{TOP + PLOT_H + 18}">{index}</text>'
+            )
         parts.append(f'<text class="axis-title x" x="{LEFT + PLOT_W / 2}" y="{HEIGHT - 6}">'
                      "test # (run order)</text>")
         for cls, values in (("series-server", server), ("series-checked-out", checked)):
@@ -324,7 +328,20 @@ def _nice_ceiling(value: int) -> int:
 
 
 def _headline(result: CheckResult) -> str:
-    return reporting.headline(result).removeprefix("dbleak: ")
+    """'2 connections leaked (2 checked_out) at app/db.py:42'. Sums connections per kind,
+    as the terminal summary does (reporting.headline counts leak entries instead)."""
+    kinds: Counter[str] = Counter()
+    for leak in result.leaks:
+        kinds[leak.kind] += leak.count
+    what = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=_kind_order))
+    site = next((leak.site for leak in result.leaks if leak.site), None)
+    where = f" at {site.file}:{site.line}" if site else ""
+    allowed = f", {result.allowed} allowed" if result.allowed else ""
+    return f"{reporting.rate(result)}{allowed} ({what}){where}"
+
+
+def _kind_order(item: tuple[str, int]) -> tuple[int, str]:
+    return (KINDS.index(item[0]) if item[0] in KINDS else len(KINDS), item[0])
 
 
 def _r(value: float) -> float:
@@ -459,9 +476,11 @@ background:var(--panel)}
 #timeline text{font-size:12px;fill:var(--muted)}
 #timeline .tick.y,#timeline .lane-title{text-anchor:end;dominant-baseline:middle}
 #timeline .tick.x,#timeline .axis-title,#timeline .empty{text-anchor:middle}
-#timeline .empty{font-size:16px}
-.series{fill:none;stroke-width:2;stroke-linejoin:round}
-.series-server{stroke:var(--server)}.series-checked-out{stroke:var(--checked)}
+#timeline .empty{font-size:16px}#timeline .tick.x.end{text-anchor:end}
+.series{fill:none;stroke-linejoin:round}
+/* The server line is wider and drawn first, so equal counts show both lines. */
+.series-server{stroke:var(--server);stroke-width:3.5}
+.series-checked-out{stroke:var(--checked);stroke-width:1.75}
 .leak-marker{cursor:pointer}
 .leak-marker .guide{stroke-width:1;stroke-opacity:.35;stroke-dasharray:3 3}
 .leak-marker .dot{stroke-width:2;fill:#fff}
@@ -486,6 +505,7 @@ color:var(--muted)}
 .key.report-only{border-color:var(--report-only)}.key.allowed{border-color:var(--allowed)}
 .hint{color:var(--muted);font-size:12px;margin:4px 0 0}
 .toolbar{display:flex;gap:8px;margin:0 0 8px}
+html:not([data-js]) .toolbar{display:none}
 .toolbar button{font:inherit;font-size:12px;padding:2px 10px;border:1px solid var(--line);
 border-radius:4px;background:var(--panel);cursor:pointer}
 details.leak{border:1px solid var(--line);border-left:4px solid var(--allowed);border-radius:6px;
@@ -493,7 +513,7 @@ margin:0 0 6px;background:var(--bg)}
 details.leak.failed{border-left-color:var(--failed)}details.leak.known{border-left-color:var(--known)}
 details.leak.report-only{border-left-color:var(--report-only)}
 details.leak:target{outline:2px solid var(--server);outline-offset:1px}
-details.leak>summary{cursor:pointer;padding:6px 10px;list-style-position:outside;margin-left:14px}
+details.leak>summary{cursor:pointer;padding:6px 10px}
 details.leak .headline{color:var(--muted)}
 .badge{display:inline-block;font-size:11px;font-weight:600;text-transform:uppercase;
 padding:0 6px;border-radius:10px;color:#fff;background:var(--allowed)}
@@ -517,9 +537,11 @@ table.processlist th{background:var(--panel)}
 """
 
 # Opens the <details> a marker (or a #leak-N link) points to: fragment navigation alone
-# scrolls to a closed <details> without opening it.
+# scrolls to a closed <details> without opening it. data-js shows the buttons, which need
+# the script, and tells a browser test the script ran.
 _SCRIPT = """
 (function () {
+  document.documentElement.setAttribute("data-js", "ready");
   function reveal(hash) {
     var el = hash && document.getElementById(decodeURIComponent(hash.slice(1)));
     if (el && el.tagName === "DETAILS") { el.open = true; el.scrollIntoView({block: "start"}); }

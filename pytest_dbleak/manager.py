@@ -123,7 +123,8 @@ class DbleakManager:
         if self.database is not None:
             return self.database
         info = self.ensure_server()
-        assert self.monitor is not None and self._server is not None
+        assert self.monitor is not None
+        assert self._server is not None
         tag = "".join(c for c in self.worker if c.isalnum())[:8]
         name = f"dbleak_{tag}_{secrets.token_hex(3)}"
         password = secrets.token_hex(16)
@@ -150,7 +151,8 @@ class DbleakManager:
         """Server, session database, tracker and detector: all a leak check needs."""
         if self.detector is None:
             db = self.ensure_database()
-            assert self.monitor is not None and self._server is not None
+            assert self.monitor is not None
+            assert self._server is not None
             self.tracker.install()
             own_everything = self._server.owned and not self.is_worker
             users = None if own_everything else frozenset({db.user})
@@ -298,7 +300,9 @@ class DbleakManager:
         ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
         return True
 
-    def _apply(self, item: pytest.Item, result: CheckResult, reports: list[pytest.TestReport]) -> None:
+    def _apply(
+        self, item: pytest.Item, result: CheckResult, reports: list[pytest.TestReport]
+    ) -> None:
         target = next((r for r in reports if r.when == "call"), reports[-1])
         target.dbleak = result.as_dict()  # type: ignore[attr-defined]  # travels with xdist
         if not result.leaks:
@@ -317,7 +321,7 @@ class DbleakManager:
         if hasattr(target, "wasxfail"):
             del target.wasxfail
         site = next((leak.site for leak in result.leaks if leak.site), None)
-        path, line = (site.file, site.line) if site else (item.location[0], (item.location[1] or 0) + 1)
+        path, line = (site.file, site.line) if site else _location(item)
         target.longrepr = ReprExceptionInfo(
             reprtraceback=ReprTracebackNative([text]),
             reprcrash=ReprFileLocation(path, line, self.redact(reporting.headline(result))),
@@ -325,14 +329,16 @@ class DbleakManager:
         for report in {id(r): r for r in (target, reports[-1])}.values():
             report.user_properties.append(("dbleak_failed", True))
 
-    def _server_gone(self, item: pytest.Item, reports: list[pytest.TestReport], exc: ServerGoneError) -> None:
+    def _server_gone(
+        self, item: pytest.Item, reports: list[pytest.TestReport], exc: ServerGoneError
+    ) -> None:
         message = self.redact(f"dbleak: {exc}; stopping the run")
         target = reports[-1]
         if not target.failed:
             target.outcome = "failed"
             target.longrepr = ReprExceptionInfo(
                 reprtraceback=ReprTracebackNative([message + "\n"]),
-                reprcrash=ReprFileLocation(item.location[0], (item.location[1] or 0) + 1, message),
+                reprcrash=ReprFileLocation(*_location(item), message),
             )
         item.session.shouldstop = message
         self.detector = None  # no more checks against a dead server
@@ -393,6 +399,10 @@ class DbleakManager:
             return {}
         return {"backend": self.info.backend, "host": self.info.host, "port": self.info.port,
                 "version": self.info.version}
+
+
+def _location(item: pytest.Item) -> tuple[str, int]:
+    return item.location[0], (item.location[1] or 0) + 1
 
 
 def _uses_server(item: pytest.Item) -> bool:

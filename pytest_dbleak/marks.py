@@ -6,7 +6,7 @@ As pytest-django does for ``django_db``: calling the signature with the marker's
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,7 +114,7 @@ def marker_line(name: str) -> str:
     return f"{name}({params}): {func.__doc__}"
 
 
-def validate(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def validate(name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
     """Call the marker's signature with its arguments; a mistake becomes a DbleakError."""
     try:
         return MARKERS[name](*args, **kwargs)

@@ -6,6 +6,7 @@ short lock wait so that our DDL can never hang behind a lock a leaky test left.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -105,11 +106,9 @@ class Monitor:
         self.is_mariadb = "mariadb" in self.version.lower()
 
     def close(self) -> None:
-        with self._lock:
-            try:
-                self._conn.close()
-            except pymysql.err.Error:
-                pass  # already gone: nothing left to release
+        # Already gone means nothing is left to release.
+        with self._lock, contextlib.suppress(pymysql.err.Error):
+            self._conn.close()
 
     def query(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
         with self._lock:

@@ -104,7 +104,7 @@ def summary_lines(results: Iterable[CheckResult]) -> list[str]:
     for result in results:
         if not result.leaks:
             continue
-        kinds = Counter()
+        kinds: Counter[str] = Counter()
         for leak in result.leaks:
             kinds[leak.kind] += leak.count
         what = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items(), key=_kind_order))
