@@ -37,14 +37,21 @@ def headline(result: CheckResult) -> str:
     """The one line that stands in pytest's short summary."""
     first = result.leaks[0] if result.leaks else None
     where = f" at {first.site.file}:{first.site.line}" if first and first.site else ""
-    kinds = Counter(leak.kind for leak in result.leaks)
-    parts = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items(), key=_kind_order))
+    parts = _kind_counts(result)
     allowed = f", {result.allowed} allowed" if result.allowed else ""
     return f"dbleak: {rate(result)}{allowed} ({parts}){where}"
 
 
 def _kind_order(item: tuple[str, int]) -> int:
     return KINDS.index(item[0])
+
+
+def _kind_counts(result: CheckResult) -> str:
+    """'2 checked_out, 1 server_connection': leaked connections per kind."""
+    kinds: Counter[str] = Counter()
+    for leak in result.leaks:
+        kinds[leak.kind] += leak.count
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items(), key=_kind_order))
 
 
 def failure_text(result: CheckResult) -> str:
@@ -104,10 +111,7 @@ def summary_lines(results: Iterable[CheckResult]) -> list[str]:
     for result in results:
         if not result.leaks:
             continue
-        kinds: Counter[str] = Counter()
-        for leak in result.leaks:
-            kinds[leak.kind] += leak.count
-        what = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items(), key=_kind_order))
+        what = _kind_counts(result)
         first = next((leak.site for leak in result.leaks if leak.site), None)
         where = f" at {first.file}:{first.line}" if first else ""
         note = ""
