@@ -290,8 +290,7 @@ class DbleakManager:
         elif result is not None:
             if STRESS in item.stash:
                 result.stress, result.runs = item.stash[STRESS]
-            # A recording run establishes the baseline: it reports leaks, fails none.
-            result.report_only = self.settings.report_only or self.recording
+            result.report_only = self.settings.report_only
             if self.baseline is not None:
                 self.baseline.judge(result)
             self._apply(item, result, reports)
