@@ -311,9 +311,13 @@ def _wait_and_secure(sock: str, pid: int, password: str, timeout: float, errlog:
     delay = 0.002
     while True:
         try:
+            # Probe with a socket we close ourselves: PyMySQL leaks its unix socket when
+            # connect() fails before the handshake (a ResourceWarning later).
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.connect(sock)
             conn = pymysql.connect(unix_socket=sock, user="root", autocommit=True)
             break
-        except pymysql.err.OperationalError:
+        except (OSError, pymysql.err.OperationalError):
             if not _alive(pid):
                 raise DbleakError(f"mariadbd/mysqld exited at start: {_log_tail(errlog)}") from None
             if time.monotonic() > deadline:
