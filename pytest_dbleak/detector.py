@@ -82,13 +82,17 @@ class Detector:
         leaks, snap = self._collect(window)
         waited_from = time.monotonic()
         delay = 0.01
+        rechecked = False
         # Re-check with backoff: a closed connection lingers in the processlist for a
         # moment, and a background thread may be returning its connection right now.
         while leaks and time.monotonic() - waited_from < settle:
+            rechecked = True
             time.sleep(min(delay, max(0.0, settle - (time.monotonic() - waited_from))))
             delay *= 2
             leaks, snap = self._collect(window)
-        waited = time.monotonic() - waited_from if leaks or settle else 0.0
+        # The time spent re-checking, also when the suspicion cleared: 0 only for a test
+        # that was clean at the first look.
+        waited = time.monotonic() - waited_from if rechecked else 0.0
         self._last = snap
         if leaks:
             self._describe_transactions(leaks)
@@ -99,8 +103,12 @@ class Detector:
             allowed=allow,
             before=self._counts(window.server, window.checked_out),
             after=self._counts(snap, self.tracker.checked_out_count()),
-            waited=round(waited, 4) if leaks else 0.0,
+            waited=round(waited, 4),
         )
+
+    def forget_baseline(self) -> None:
+        """The next window takes a fresh snapshot: an unchecked test ran in between."""
+        self._last = None
 
     def note_owned_server_connections(self, before: ServerSnapshot) -> None:
         """Connections that appeared while a wider-scoped fixture was set up are its own."""
@@ -187,14 +195,19 @@ class Detector:
             1 for c in tracker.connections()
             if c.thread_id is None and c.created_seq >= w.seq and c.checkout is None
         )
-        unexplained = unexplained[anonymous:]
-        return [
-            Leak(SERVER_CONNECTION, 1,
-                 f"server connection {row.id} ({row.user}@{row.host}, {row.command}) "
-                 "opened during the test and still open; no pool of this process owns it",
-                 connection_ids=[row.id], processlist=[row.as_dict()])
-            for row in unexplained
-        ]
+        leaks = []
+        for row in unexplained[anonymous:]:
+            opened = tracker.opened_at(row.id)  # a raw driver connection of this process
+            leak = self._leak(
+                SERVER_CONNECTION, 1,
+                f"server connection {row.id} ({row.user}@{row.host}, {row.command}) "
+                "opened during the test and still open; no pool of this process owns it",
+                opened.stack if opened else (), opened.thread if opened else None,
+            )
+            leak.connection_ids.append(row.id)
+            leak.processlist.append(row.as_dict())
+            leaks.append(leak)
+        return leaks
 
     def _leak(
         self, kind: str, count: int, what: str, stack: tuple[Frame, ...], thread: str | None

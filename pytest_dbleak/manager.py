@@ -265,13 +265,17 @@ class DbleakManager:
         if detector is None or not self.settings.enabled:
             return None
         item_marks = item.stash.get(MARKS, {})
+        ihook = item.ihook
         if "no_dbleak" in item_marks:
-            return None
+            ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+            runtestprotocol(item, nextitem=nextitem, log=True)
+            ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+            detector.forget_baseline()  # what this test left is nobody else's fault
+            return True
         leak_mark: marks.LeakMark = item_marks.get("dbleak") or marks.LeakMark()
         allow = self.settings.allow if leak_mark.allow is None else leak_mark.allow
         settle = self.settings.settle_timeout if leak_mark.settle is None else leak_mark.settle
 
-        ihook = item.ihook
         ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
         gone: ServerGoneError | None = None
         try:
@@ -302,7 +306,11 @@ class DbleakManager:
     def _apply(
         self, item: pytest.Item, result: CheckResult, reports: list[pytest.TestReport]
     ) -> None:
-        target = next((r for r in reports if r.when == "call"), reports[-1])
+        # The call report; without one (setup failed or skipped), the failed setup report,
+        # so that one test stays one entry in the summary.
+        target = next((r for r in reports if r.when == "call"), None) or next(
+            (r for r in reports if r.failed), reports[-1]
+        )
         target.dbleak = result.as_dict()  # type: ignore[attr-defined]  # travels with xdist
         if not result.leaks:
             return

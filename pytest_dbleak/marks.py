@@ -46,7 +46,10 @@ def _count(name: str, value: Any, *, minimum: int) -> int:
 
 
 def _seconds(name: str, value: Any, *, positive: bool = False) -> float:
-    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0
+    bad = (
+        isinstance(value, bool) or not isinstance(value, (int, float))
+        or not 0 <= value < float("inf")  # also NaN: a re-check must end
+    )
     if bad or (positive and value == 0):
         sign = "> 0" if positive else ">= 0"
         raise DbleakError(f"{name} must be a number of seconds {sign}, got {value!r}")

@@ -35,8 +35,8 @@ def rate(result: CheckResult) -> str:
 
 def headline(result: CheckResult) -> str:
     """The one line that stands in pytest's short summary."""
-    first = result.leaks[0] if result.leaks else None
-    where = f" at {first.site.file}:{first.site.line}" if first and first.site else ""
+    site = next((leak.site for leak in result.leaks if leak.site), None)
+    where = f" at {site.file}:{site.line}" if site else ""
     parts = _kind_counts(result)
     allowed = f", {result.allowed} allowed" if result.allowed else ""
     return f"dbleak: {rate(result)}{allowed} ({parts}){where}"

@@ -29,7 +29,7 @@ def _parse_bool(text: str) -> bool:
 
 def _parse_non_negative_float(text: str) -> float:
     value = float(text)
-    if value < 0 or value != value:  # NaN is not a duration
+    if not 0 <= value < float("inf"):  # also rejects NaN: a wait must end
         raise ValueError(f"expected a number >= 0, got {text!r}")
     return value
 

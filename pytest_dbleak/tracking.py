@@ -11,12 +11,13 @@ No pytest import: this module only knows SQLAlchemy and the DBAPI drivers.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import sys
 import threading
 import weakref
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,6 +111,9 @@ class PoolState:
     ref: Callable[[], Pool | None]
     thread: str = ""
     open: dict[int, ConnState] = field(default_factory=dict)
+    # When the tracker saw this pool object: Tracker.pools is in this order. Not the same
+    # as created_seq, which a pool recreated by Engine.dispose() inherits from its engine.
+    registered_seq: int = -1
 
     @property
     def alive(self) -> bool:
@@ -154,6 +158,18 @@ class ConnState:
 
 
 @dataclass(frozen=True)
+class Opened:
+    """Where a driver connection was opened: names the site of a connection no pool owns."""
+
+    seq: int
+    stack: tuple[Frame, ...]
+    thread: str
+
+
+_OPENED_LIMIT = 10_000
+
+
+@dataclass(frozen=True)
 class GcReturn:
     """A checked-out connection given back by the garbage collector, not by close()."""
 
@@ -173,9 +189,11 @@ class Tracker:
         self.installed = False
         self.open: dict[int, ConnState] = {}  # id(dbapi connection) -> state
         self.by_thread_id: dict[int, ConnState] = {}
-        self.pools: list[PoolState] = []  # in creation order, for "created since"
+        self.pools: list[PoolState] = []  # in registration order, for "created since"
         self.gc_returns: deque[GcReturn] = deque(maxlen=10_000)
         self.closed_thread_ids: deque[tuple[int, int]] = deque(maxlen=10_000)  # (seq, id)
+        self.opened: OrderedDict[int, Opened] = OrderedDict()  # server thread id -> site
+        self._driver_patches: list[tuple[type, str, Any]] = []
         self._owner_depth = 0
         self._listeners: list[tuple[str, Callable[..., None]]] = []
 
@@ -220,6 +238,7 @@ class Tracker:
             fn = getattr(self, f"_on_{name}")
             event.listen(Pool, name, fn)
             self._listeners.append((name, fn))
+        self._patch_drivers()
         self.installed = True
 
     def uninstall(self) -> None:
@@ -230,7 +249,46 @@ class Tracker:
         self._listeners.clear()
         if "__new__" in Pool.__dict__:
             del Pool.__new__
+        for cls, name, original in reversed(self._driver_patches):
+            setattr(cls, name, original)
+        self._driver_patches.clear()
         self.installed = False
+
+    def _patch_drivers(self) -> None:
+        """See where raw PyMySQL connections are opened and closed.
+
+        Pools report their connections through events; a raw driver connection is seen
+        only on the server. Wrapping the driver's connect() names the line that opened a
+        connection no pool owns, and its close() tells the detector that a connection
+        still listed by the server is on its way out (as a pool's close event does).
+        """
+        try:
+            from pymysql.connections import Connection
+        except ImportError:
+            return
+        tracker = self
+        connect = Connection.__dict__["connect"]
+        close = Connection.__dict__["close"]
+
+        @functools.wraps(connect)
+        def traced_connect(conn: Any, *args: Any, **kwargs: Any) -> Any:
+            result = connect(conn, *args, **kwargs)
+            tracker._on_driver_connect(conn)
+            return result
+
+        @functools.wraps(close)
+        def traced_close(conn: Any) -> Any:
+            was_open = bool(getattr(conn, "open", False))
+            try:
+                return close(conn)
+            finally:
+                if was_open:
+                    tracker._on_driver_close(conn)
+
+        for name, original, wrapper in (("connect", connect, traced_connect),
+                                        ("close", close, traced_close)):
+            setattr(Connection, name, wrapper)
+            self._driver_patches.append((Connection, name, original))
 
     # -- pools -----------------------------------------------------------------
     def _on_pool_created(self, pool: Pool) -> None:
@@ -249,6 +307,7 @@ class Tracker:
                     next(self._serial), seq, self.owner_active, capture_stack(2),
                     type(pool).__name__, weakref.ref(pool), threading.current_thread().name,
                 )
+            state.registered_seq = seq
             pool._dbleak_state = state  # type: ignore[attr-defined]
             self.pools.append(state)
             self._trim_pools()
@@ -257,7 +316,9 @@ class Tracker:
         state: PoolState | None = getattr(pool, "_dbleak_state", None)
         if state is None:
             # Created before install(): treat as pre-existing, owned by nobody in a window.
-            state = PoolState(next(self._serial), -1, True, (), type(pool).__name__, weakref.ref(pool))
+            state = PoolState(
+                next(self._serial), -1, True, (), type(pool).__name__, weakref.ref(pool)
+            )
             pool._dbleak_state = state  # type: ignore[attr-defined]
         return state
 
@@ -267,10 +328,13 @@ class Tracker:
             self.pools = [p for p in self.pools if p.alive or p.open]
 
     def pools_created_since(self, seq: int) -> Iterator[PoolState]:
+        # Stop on registration order, filter on creation: a pool that dispose() recreated
+        # during the window carries its engine's older created_seq.
         for state in reversed(self.pools):
-            if state.created_seq < seq:
+            if state.registered_seq < seq:
                 break
-            yield state
+            if state.created_seq >= seq:
+                yield state
 
     # -- connection events -----------------------------------------------------
     def _on_connect(self, dbapi_connection: Any, record: Any) -> None:
@@ -355,6 +419,24 @@ class Tracker:
     def _on_close_detached(self, dbapi_connection: Any) -> None:
         self._forget(dbapi_connection)
 
+    def _on_driver_connect(self, dbapi_connection: Any) -> None:
+        ident = server_thread_id(dbapi_connection)
+        if ident is None:
+            return
+        stack = capture_stack(2)
+        with self._lock:
+            self.opened[ident] = Opened(self.tick(), stack, threading.current_thread().name)
+            while len(self.opened) > _OPENED_LIMIT:
+                self.opened.popitem(last=False)
+
+    def _on_driver_close(self, dbapi_connection: Any) -> None:
+        ident = server_thread_id(dbapi_connection)
+        if ident is None:
+            return
+        with self._lock:
+            self.opened.pop(ident, None)
+            self.closed_thread_ids.append((self.tick(), ident))
+
     def _forget(self, dbapi_connection: Any) -> None:
         with self._lock:
             state = self.open.pop(id(dbapi_connection), None)
@@ -381,6 +463,11 @@ class Tracker:
         with self._lock:
             return [g for g in self.gc_returns if g.checkout.seq >= seq]
 
+    def opened_at(self, ident: int) -> Opened | None:
+        """Where the driver connection with server thread id `ident` was opened, if seen."""
+        with self._lock:
+            return self.opened.get(ident)
+
     def closed_since(self, seq: int) -> set[int]:
         with self._lock:
             return {ident for s, ident in self.closed_thread_ids if s >= seq}
@@ -392,8 +479,9 @@ class Tracker:
                 if state.collected:
                     del self.open[key]
                     state.pool.open.pop(state.serial, None)
-                    if state.thread_id is not None and self.by_thread_id.get(state.thread_id) is state:
-                        del self.by_thread_id[state.thread_id]
+                    ident = state.thread_id
+                    if ident is not None and self.by_thread_id.get(ident) is state:
+                        del self.by_thread_id[ident]
             self._trim_pools()
 
     def checked_out_count(self) -> int:

@@ -1,0 +1,197 @@
+"""What a run reports: the JSON report, the terminal summary, JUnit properties, the exit
+code - and that clean tests were never kept waiting (process backend)."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance.helpers import ONLY_DBLEAK, PREAMBLE, line_of, run_pytest_in
+
+REPORTED = '''
+import pathlib
+
+
+@pytest.fixture(scope="session", autouse=True)
+def secret(dbleak_mysql_url):
+    """Lets the outer test look for the session password in everything the run wrote."""
+    pathlib.Path("secret.txt").write_text(sa.engine.make_url(dbleak_mysql_url).password)
+
+
+@pytest.fixture(scope="module")
+def engine(dbleak_mysql_url):
+    engine = sa.create_engine(dbleak_mysql_url, pool_reset_on_return=None)
+    yield engine
+    engine.dispose()
+
+
+def test_clean_checkout(engine):
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT 1"))
+
+
+def test_clean_null_pool(dbleak_mysql_url):
+    engine = sa.create_engine(dbleak_mysql_url, poolclass=sa.pool.NullPool)
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT 1"))
+    engine.dispose()
+
+
+def test_clean_raw_connection(dbleak_mysql_url):
+    conn = pymysql.connect(**connect_args(dbleak_mysql_url))
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    conn.close()
+
+
+def test_clean_raw_connection_in_a_thread(dbleak_mysql_url):
+    in_thread(lambda: pymysql.connect(**connect_args(dbleak_mysql_url)).close())
+
+
+def test_clean_transaction(engine):
+    raw = engine.raw_connection()
+    with raw.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    raw.commit()
+    raw.close()
+
+
+def test_clean_engine(dbleak_mysql_url):
+    engine = sa.create_engine(dbleak_mysql_url)
+    for _ in range(3):
+        engine.connect().close()
+    engine.dispose()
+
+
+def test_leaky_checkout(engine):
+    KEEP.append(engine.connect())  # LEAK-checkout
+
+
+def test_leaky_raw_connection(dbleak_mysql_url):
+    KEEP.append(pymysql.connect(**connect_args(dbleak_mysql_url)))  # LEAK-raw
+'''
+
+CLEAN = ("test_clean_checkout", "test_clean_null_pool", "test_clean_raw_connection",
+         "test_clean_raw_connection_in_a_thread", "test_clean_transaction", "test_clean_engine")
+LEAKY = {"test_leaky_checkout": ("checked_out", "# LEAK-checkout"),
+         "test_leaky_raw_connection": ("server_connection", "# LEAK-raw")}
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory: pytest.TempPathFactory) -> tuple[pytest.RunResult, Path]:
+    """One run that this module's tests read from different sides."""
+    path = tmp_path_factory.mktemp("reported")
+    (path / "test_reported.py").write_text(PREAMBLE + REPORTED)
+    # The default settle time (1 s): a clean test must not spend any of it.
+    result = run_pytest_in(
+        path, "--dbleak", "--dbleak-backend=process", *ONLY_DBLEAK,
+        "--dbleak-report=reports/leaks.json", "--junitxml=junit.xml",
+    )
+    return result, path
+
+
+@pytest.fixture(scope="module")
+def reported_run(reported: tuple[pytest.RunResult, Path]) -> pytest.RunResult:
+    return reported[0]
+
+
+@pytest.fixture(scope="module")
+def run_dir(reported: tuple[pytest.RunResult, Path]) -> Path:
+    return reported[1]
+
+
+def test_the_run_fails_only_the_leaky_tests_with_the_leaks_only_exit_code(
+    reported_run: pytest.RunResult,
+) -> None:
+    reported_run.assert_outcomes(passed=len(CLEAN), failed=len(LEAKY))
+    assert reported_run.ret == 6  # EXIT_LEAKS_FOUND: every failure is a leak
+
+
+def test_the_json_report_has_one_entry_per_test_with_its_leaks_and_counts(
+    reported_run: pytest.RunResult, run_dir: Path
+) -> None:
+    path = run_dir / "reports" / "leaks.json"
+    report = json.loads(path.read_text())
+    source = PREAMBLE + REPORTED
+
+    assert report["tool"] == "pytest-dbleak"
+    assert report["server"]["backend"] == "process"
+    assert report["summary"] == {"tests": len(CLEAN) + len(LEAKY), "leaking_tests": 2,
+                                 "failed_tests": 2, "leaked_connections": 2}
+    tests = {entry["nodeid"]: entry for entry in report["tests"]}
+    assert sorted(tests) == sorted(f"test_reported.py::{n}" for n in (*CLEAN, *LEAKY))
+    for entry in tests.values():
+        for side in ("before", "after"):
+            assert set(entry[side]) == {"server_connections", "threads_connected", "checked_out"}
+            assert all(isinstance(v, int) and v >= 0 for v in entry[side].values())
+
+    for name, (kind, marker) in LEAKY.items():
+        entry = tests[f"test_reported.py::{name}"]
+        assert (entry["outcome"], entry["leaked"], entry["failed"]) == ("failed", 1, True)
+        [leak] = entry["leaks"]
+        assert (leak["kind"], leak["count"]) == (kind, 1)
+        assert leak["site"] == {"file": "test_reported.py", "line": line_of(source, marker),
+                                "function": name}
+        assert len(leak["processlist"]) == 1
+    # The checkout reuses an idle connection of the module's engine: one more checked out.
+    checkout = tests["test_reported.py::test_leaky_checkout"]
+    assert checkout["after"]["checked_out"] == checkout["before"]["checked_out"] + 1
+    raw = tests["test_reported.py::test_leaky_raw_connection"]
+    assert raw["after"]["server_connections"] == raw["before"]["server_connections"] + 1
+    assert raw["after"]["checked_out"] == raw["before"]["checked_out"]
+
+    for name in CLEAN:
+        entry = tests[f"test_reported.py::{name}"]
+        assert (entry["outcome"], entry["leaked"], entry["failed"], entry["leaks"]) == (
+            "passed", 0, False, [])
+
+
+def test_a_clean_test_does_not_wait_and_a_leaky_one_is_rechecked(
+    reported_run: pytest.RunResult, run_dir: Path
+) -> None:
+    report = json.loads((run_dir / "reports" / "leaks.json").read_text())
+    waited = {entry["nodeid"].split("::")[1]: entry["waited"] for entry in report["tests"]}
+    assert {name: waited[name] for name in CLEAN} == dict.fromkeys(CLEAN, 0)
+    assert all(waited[name] >= 1.0 for name in LEAKY), waited
+
+
+def test_the_terminal_summary_lists_the_leaking_tests(reported_run: pytest.RunResult) -> None:
+    source = PREAMBLE + REPORTED
+    reported_run.stdout.fnmatch_lines([
+        "*= dbleak: 2 tests leaked connections =*",
+        "test_reported.py::test_leaky_checkout: 1 connection leaked (1 checked_out) at "
+        f"test_reported.py:{line_of(source, '# LEAK-checkout')}",
+        "test_reported.py::test_leaky_raw_connection: 1 connection leaked (1 server_connection) "
+        f"at test_reported.py:{line_of(source, '# LEAK-raw')}",
+        "*= short test summary info =*",
+    ], consecutive=False)
+    for name in CLEAN:
+        reported_run.stdout.no_fnmatch_line(f"test_reported.py::{name}: *")
+
+
+def test_junit_xml_carries_the_leak_properties(
+    reported_run: pytest.RunResult, run_dir: Path
+) -> None:
+    root = ET.parse(run_dir / "junit.xml").getroot()
+    props = {
+        case.get("name"): {p.get("name"): p.get("value") for p in case.iter("property")}
+        for case in root.iter("testcase")
+    }
+    for name in LEAKY:
+        assert props[name] == {"dbleak_leaked": "1", "dbleak_failed": "True"}
+    for name in CLEAN:
+        assert props[name] == {}
+
+
+def test_no_output_or_report_contains_the_session_password(
+    reported_run: pytest.RunResult, run_dir: Path
+) -> None:
+    password = (run_dir / "secret.txt").read_text()
+    assert len(password) >= 16
+    assert password not in reported_run.stdout.str()
+    assert password not in reported_run.stderr.str()
+    assert password not in (run_dir / "reports" / "leaks.json").read_text()
+    assert password not in (run_dir / "junit.xml").read_text()

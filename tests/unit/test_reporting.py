@@ -1,0 +1,174 @@
+"""How a check result reads: headline, failure text, dbleak section, summary, JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pytest_dbleak import reporting
+from pytest_dbleak.errors import Redactor
+from pytest_dbleak.results import CheckResult, Counts, Leak, Site
+
+ROW = {"id": 42, "user": "dbleak_main_abc", "host": "127.0.0.1:5555", "db": "dbleak_main_abc",
+       "command": "Sleep", "time": 3, "state": None, "info": None,
+       "trx_started": "2026-01-01 10:00:00"}
+
+
+def checked_out(**overrides) -> Leak:
+    values = dict(
+        kind="checked_out", count=1, what="server connection 42 of QueuePool checked out",
+        site=Site("tests/test_orders.py", 16, "open_order"),
+        stack=[Site("tests/test_orders.py", 22, "test_checkout"),
+               Site("tests/test_orders.py", 16, "open_order")],
+        thread="MainThread", connection_ids=[42], processlist=[dict(ROW)],
+    )
+    values.update(overrides)
+    return Leak(**values)
+
+
+def raw_connection() -> Leak:
+    return Leak("server_connection", 1, "server connection 43 (u@h, Sleep) opened during the "
+                "test and still open; no pool of this process owns it", connection_ids=[43],
+                processlist=[dict(ROW, id=43, trx_started=None)])
+
+
+def result(*leaks: Leak, **overrides) -> CheckResult:
+    values = dict(nodeid="tests/test_orders.py::test_checkout", leaks=list(leaks),
+                  before=Counts(1, 2, 0), after=Counts(2, 3, 1), waited=1.0)
+    values.update(overrides)
+    return CheckResult(**values)
+
+
+@pytest.mark.parametrize(("n", "text"), [(0, "0 tests"), (1, "1 test"), (2, "2 tests")])
+def test_plural_counts_things(n: int, text: str) -> None:
+    assert reporting.plural(n, "test") == text
+
+
+def test_the_headline_says_how_many_of_which_kind_and_where() -> None:
+    assert reporting.headline(result(checked_out())) == (
+        "dbleak: 1 connection leaked (1 checked_out) at tests/test_orders.py:16")
+
+
+def test_the_headline_adds_up_kinds_in_report_order_and_names_the_allowance() -> None:
+    r = result(raw_connection(), checked_out(count=2), raw_connection(), allowed=1)
+    assert reporting.headline(r) == (
+        "dbleak: 4 connections leaked, 1 allowed (2 checked_out, 2 server_connection)"
+        " at tests/test_orders.py:16")
+
+
+def test_the_headline_names_a_site_whenever_one_leak_has_one() -> None:
+    r = result(checked_out(site=None, stack=[]), checked_out(kind="undisposed_engine"))
+    assert reporting.headline(r).endswith(" at tests/test_orders.py:16")
+
+
+def test_a_stressed_test_states_the_rate() -> None:
+    r = result(checked_out(count=4), runs=100)
+    assert reporting.rate(r) == "4 connections leaked over 100 runs (1 in 25)"
+    assert reporting.rate(result(runs=100)) == "0 connections leaked over 100 runs"
+    assert reporting.rate(result(checked_out(count=300), runs=100)).endswith("(1 in 1)")
+
+
+def test_the_failure_text_lists_each_leak_with_its_user_stack_outermost_first() -> None:
+    text = reporting.failure_text(result(checked_out(), raw_connection()))
+    assert text.splitlines() == [
+        "dbleak: 2 connections leaked (1 checked_out, 1 server_connection) at "
+        "tests/test_orders.py:16",
+        "",
+        "checked-out connection never returned: server connection 42 of QueuePool checked out",
+        "    tests/test_orders.py:22 in test_checkout",
+        "    tests/test_orders.py:16 in open_order",
+        "",
+        "server connection left open: server connection 43 (u@h, Sleep) opened during the "
+        "test and still open; no pool of this process owns it",
+    ]
+
+
+def test_the_failure_text_names_a_worker_thread_and_a_missing_user_stack() -> None:
+    text = reporting.failure_text(result(checked_out(thread="worker-1", stack=[], site=None,
+                                                     count=2)))
+    assert "2 x checked-out connection never returned: " in text
+    assert "    in thread worker-1\n    (no user code on the stack)\n" in text
+
+
+def test_the_section_has_the_counters_the_wait_and_the_processlist_table() -> None:
+    lines = reporting.section_text(result(checked_out(), raw_connection())).splitlines()
+    assert lines[:4] == [
+        "server connections of the session: 1 before, 2 after",
+        "Threads_connected: 2 before, 3 after",
+        "checked-out pooled connections: 0 before, 1 after",
+        "re-checked for 1.00 s before declaring the leak",
+    ]
+    assert lines[5] == "processlist rows left behind:"
+    header, first, second = lines[6:]
+    assert header.split() == ["id", "user", "host", "db", "command", "time", "state",
+                              "trx_started"]
+    assert first.split() == ["42", "dbleak_main_abc", "127.0.0.1:5555", "dbleak_main_abc",
+                             "Sleep", "3", "2026-01-01", "10:00:00"]
+    assert second.split()[:1] == ["43"]
+    # Columns line up.
+    assert header.index("command") == first.index("Sleep") == second.index("Sleep")
+
+
+def test_the_section_of_a_test_that_did_not_wait_says_nothing_about_waiting() -> None:
+    text = reporting.section_text(result(waited=0.0))
+    assert "re-checked" not in text
+    assert "processlist" not in text
+
+
+def test_the_summary_lists_only_tests_that_leaked_and_why_they_did_not_fail() -> None:
+    results = [
+        result(checked_out()),
+        result(nodeid="t.py::test_clean"),
+        result(raw_connection(), nodeid="t.py::test_allowed", allowed=1),
+        result(checked_out(), nodeid="t.py::test_known", known=True),
+        result(checked_out(), nodeid="t.py::test_report_only", report_only=True),
+    ]
+    assert reporting.summary_lines(results) == [
+        "tests/test_orders.py::test_checkout: 1 connection leaked (1 checked_out) at "
+        "tests/test_orders.py:16",
+        "t.py::test_allowed: 1 connection leaked (1 server_connection) [within allow=1]",
+        "t.py::test_known: 1 connection leaked (1 checked_out) at tests/test_orders.py:16 "
+        "[known: in the baseline]",
+        "t.py::test_report_only: 1 connection leaked (1 checked_out) at "
+        "tests/test_orders.py:16 [reported only]",
+    ]
+
+
+def test_the_json_report_has_every_result_its_outcome_and_a_summary(tmp_path: Path) -> None:
+    results = [result(checked_out()), result(nodeid="t.py::test_clean", waited=0.0)]
+    target = tmp_path / "deep" / "dir" / "report.json"
+    reporting.write_json(target, results, {"t.py::test_clean": "passed"},
+                         {"tool": "pytest-dbleak"}, Redactor())
+    document = json.loads(target.read_text())
+    assert document["version"] == reporting.REPORT_VERSION
+    assert document["tool"] == "pytest-dbleak"
+    assert document["summary"] == {"tests": 2, "leaking_tests": 1, "failed_tests": 1,
+                                   "leaked_connections": 1}
+    leaky, clean = document["tests"]
+    assert leaky["outcome"] == "unknown"
+    assert clean["outcome"] == "passed"
+    assert (leaky["leaked"], leaky["failed"], leaky["waited"]) == (1, True, 1.0)
+    assert leaky["leaks"][0]["site"] == {"file": "tests/test_orders.py", "line": 16,
+                                         "function": "open_order"}
+    assert leaky["before"] == {"server_connections": 1, "threads_connected": 2, "checked_out": 0}
+    assert (clean["leaks"], clean["leaked"], clean["failed"]) == ([], 0, False)
+    assert list(tmp_path.rglob("*.tmp")) == []  # written through a temporary file
+
+
+def test_the_json_report_is_redacted(tmp_path: Path) -> None:
+    redact = Redactor(["s3cr3t-password"])
+    leak = checked_out(what="connection to mysql://u:other-pass@h:1 with s3cr3t-password")
+    target = tmp_path / "report.json"
+    reporting.write_json(target, [result(leak)], {}, {"url": "mysql://admin:adminpw@h/db"},
+                         redact)
+    text = target.read_text()
+    for secret in ("s3cr3t-password", "other-pass", "adminpw"):
+        assert secret not in text
+    assert json.loads(text)["url"] == "mysql://admin:***@h/db"
+
+
+def test_a_result_round_trips_through_its_dict() -> None:
+    original = result(checked_out(), raw_connection(), runs=10, stress="dbleak_jobs")
+    assert CheckResult.from_dict(json.loads(json.dumps(original.as_dict()))) == original
