@@ -1,0 +1,183 @@
+"""Configuration classes and the engine options derived from ``DATABASE_URL``."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import click
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+# The seed's pool settings. pool_size + max_overflow = 60 connections per
+# process: the monitor compares that ceiling with the server's max_connections.
+SEED_ENGINE_OPTIONS: dict[str, Any] = {
+    "pool_size": 20,
+    "pool_recycle": 3600,
+    "pool_pre_ping": True,
+    "max_overflow": 40,
+    "pool_timeout": 30,
+    "echo_pool": False,
+    "pool_reset_on_return": "rollback",
+}
+
+_LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+_TRUE = frozenset({"1", "true", "yes", "on"})
+
+
+class ConfigError(click.ClickException):
+    """A configuration problem reported as one line.
+
+    It subclasses ClickException because Flask's CLI only turns click errors
+    raised by the app factory into a one-line ``Error: ...``; anything else
+    becomes a traceback.
+    """
+
+
+def env_flag(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        return default
+    return value.strip().lower() in _TRUE
+
+
+def parse_database_url(raw: str | None) -> URL:
+    if raw is None or not raw.strip():
+        raise ConfigError("DATABASE_URL is not set (e.g. mysql+pymysql://user:pw@127.0.0.1/db)")
+    try:
+        url = make_url(raw.strip())
+    except ArgumentError:
+        raise ConfigError("DATABASE_URL is not a valid SQLAlchemy URL") from None
+    if not url.drivername:
+        raise ConfigError("DATABASE_URL has no driver name")
+    return url
+
+
+def engine_options_for(url: URL, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Copy the engine options and add what this URL needs.
+
+    PyMySQL 1.2 builds an SSL context on every connect unless told not to
+    (~19 ms per connection); a server on this host does not need TLS.
+    """
+    options = dict(SEED_ENGINE_OPTIONS if base is None else base)
+    if url.drivername == "mysql+pymysql" and _is_local(url):
+        connect_args = dict(options.get("connect_args", {}))
+        connect_args.setdefault("ssl_disabled", True)
+        options["connect_args"] = connect_args
+    return options
+
+
+def _is_local(url: URL) -> bool:
+    return url.host in _LOCAL_HOSTS or (url.host is None and "unix_socket" in url.query)
+
+
+class Config:
+    """Defaults shared by every environment."""
+
+    SECRET_KEY: str | None = None
+    SQLALCHEMY_DATABASE_URI: str | None = None
+    SQLALCHEMY_ENGINE_OPTIONS: ClassVar[dict[str, Any]] = SEED_ENGINE_OPTIONS
+    SQLALCHEMY_TRACK_MODIFICATIONS = False
+
+    LOG_LEVEL = "INFO"
+    PASSWORD_HASH_METHOD = "scrypt"
+    TOKEN_MAX_AGE_SECONDS = 12 * 3600
+
+    SOCKETIO_MESSAGE_QUEUE: str | None = None
+    SOCKETIO_CHANNEL = "reference-app"
+
+    SCHEDULER_ENABLED = False
+    JOB_INTERVALS_SECONDS: ClassVar[dict[str, float]] = {
+        "retry_failed_notifications": 60,
+        "mark_permanently_failed": 300,
+        "cleanup_old_logs": 3600,
+        "check_request_timeouts": 30,
+    }
+
+    # Import path ("module:attr") of the notification sender class.
+    NOTIFICATION_SENDER = "reference_app.services.notifications:LoggingSender"
+    NOTIFICATION_MAX_ATTEMPTS = 5
+    NOTIFICATION_RETRY_BASE_SECONDS = 30
+    NOTIFICATION_BATCH_SIZE = 100
+
+    REQUEST_TIMEOUT_SECONDS = 15 * 60
+    SYSTEM_LOG_RETENTION_DAYS = 30
+
+    # Alarm criteria of the seed, as numbers.
+    POOL_WARNING_USAGE = 0.80
+    POOL_CRITICAL_USAGE = 0.95
+    POOL_OVERFLOW_CRITICAL_SECONDS = 300.0
+    POOL_ALARM_WINDOW_SECONDS = 900.0
+
+    # Background tasks still running at shutdown get this long to finish.
+    SHUTDOWN_TASK_TIMEOUT_SECONDS = 10.0
+
+    # Seed bugs to switch back on, for leak tests only (see regressions.py).
+    REGRESSIONS: frozenset[str] = frozenset()
+
+
+class DevelopmentConfig(Config):
+    """Local work: a random SECRET_KEY unless one is set."""
+
+
+class TestingConfig(Config):
+    TESTING = True
+    SECRET_KEY = "testing-secret-key"
+    # scrypt costs ~140 ms per hash and the tests create many users; the
+    # method is stored in each hash, so verification works either way.
+    PASSWORD_HASH_METHOD = "pbkdf2:sha256:1000"
+
+
+class ProductionConfig(Config):
+    """SECRET_KEY must come from the environment."""
+
+
+CONFIG_CLASSES: dict[str, type[Config]] = {
+    "development": DevelopmentConfig,
+    "testing": TestingConfig,
+    "production": ProductionConfig,
+}
+
+
+def config_from_env() -> dict[str, Any]:
+    """Settings that the environment provides, for ``create_app(None)``."""
+    name = os.environ.get("REFERENCE_APP_CONFIG", "development").strip().lower()
+    try:
+        base = CONFIG_CLASSES[name]
+    except KeyError:
+        names = ", ".join(CONFIG_CLASSES)
+        raise ConfigError(
+            f"REFERENCE_APP_CONFIG={name!r} is unknown; use one of: {names}"
+        ) from None
+    settings = _class_settings(base)
+    settings["SQLALCHEMY_DATABASE_URI"] = os.environ.get("DATABASE_URL")
+    secret = os.environ.get("SECRET_KEY")
+    if secret:
+        settings["SECRET_KEY"] = secret
+    elif base is ProductionConfig:
+        raise ConfigError("SECRET_KEY must be set in production")
+    elif not settings.get("SECRET_KEY"):
+        # Tokens then last as long as the process: fine for development.
+        settings["SECRET_KEY"] = secrets.token_urlsafe(32)
+    for key in ("SOCKETIO_MESSAGE_QUEUE", "SOCKETIO_CHANNEL"):
+        if os.environ.get(key):
+            settings[key] = os.environ[key]
+    settings["SCHEDULER_ENABLED"] = env_flag("SCHEDULER_ENABLED", settings["SCHEDULER_ENABLED"])
+    return settings
+
+
+def _class_settings(cls: type[Config]) -> dict[str, Any]:
+    return {key: getattr(cls, key) for key in dir(cls) if key.isupper()}
+
+
+def resolve_config(config: type[Config] | Mapping[str, Any] | None) -> dict[str, Any]:
+    """Turn the factory's argument into a complete settings dict."""
+    if config is None:
+        return config_from_env()
+    if isinstance(config, type):
+        return _class_settings(config)
+    settings = _class_settings(Config)
+    settings.update(config)
+    return settings

@@ -1,0 +1,1 @@
+"""Domain services: each works in the current app context's session."""

@@ -1,0 +1,1 @@
+"""Tests of the reference application, on a real MySQL-compatible server."""
