@@ -237,17 +237,34 @@ def _initialise(binary: str, datadir: Path) -> None:
         if installer is None:
             raise DbleakError("the process backend needs mariadb-install-db next to mariadbd")
         cmd = [
-            installer, "--no-defaults", f"--datadir={datadir}",
+            installer, "--no-defaults", f"--datadir={datadir}", f"--tmpdir={datadir.parent}",
             "--auth-root-authentication-method=normal", "--skip-test-db",
             *_user_flags(), *_INNODB_FILES,
         ]
     else:
         cmd = [binary, "--no-defaults", "--initialize-insecure", f"--datadir={datadir}",
+               f"--tmpdir={datadir.parent}",
                *_user_flags(), *_INNODB_FILES]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
         raise DbleakError(f"initialising a datadir with {cmd[0]} failed: {' | '.join(tail)}")
+
+
+def _session_parent() -> str | None:
+    """Where a session's datadir goes: memory-backed /dev/shm when it has room.
+
+    A throwaway server needs no durability, and on tmpfs both the copy of the template
+    and the server's start are about twice as fast as on disk. TMPDIR, when set, wins.
+    """
+    if os.environ.get("TMPDIR"):
+        return None
+    try:
+        stat = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    free = stat.f_bavail * stat.f_frsize
+    return "/dev/shm" if free > 512 * 1024 * 1024 and os.access("/dev/shm", os.W_OK) else None
 
 
 def free_port() -> int:
@@ -276,17 +293,19 @@ def start_process(binary: str | None, cache: Path, timeout: float) -> RunningSer
     if binary is None:
         raise DbleakError("no mariadbd or mysqld found on PATH (or give --dbleak-mysqld)")
     template = ensure_template(binary, cache)
-    root = Path(tempfile.mkdtemp(prefix="dbleak-"))
+    root = Path(tempfile.mkdtemp(prefix="dbleak-", dir=_session_parent()))
     reaper: subprocess.Popen[str] | None = None
     try:
         datadir = root / "data"
         shutil.copytree(template / "data", datadir)
+        (root / "tmp").mkdir()
         sock = str(root / "mysqld.sock")
         port = free_port()
         cmd = [
             binary, "--no-defaults", f"--datadir={datadir}", f"--socket={sock}",
             f"--port={port}", "--bind-address=127.0.0.1", f"--pid-file={root / 'mysqld.pid'}",
-            f"--log-error={root / 'error.log'}", *_user_flags(), *_INNODB_FILES, *_FAST_FLAGS,
+            f"--log-error={root / 'error.log'}", f"--tmpdir={root / 'tmp'}", *_user_flags(),
+            *_INNODB_FILES, *_FAST_FLAGS,
         ]
         reaper = subprocess.Popen(
             ["/bin/sh", "-c", _REAPER, "dbleak-reaper", str(root), *cmd],
@@ -315,7 +334,9 @@ def _wait_and_secure(sock: str, pid: int, password: str, timeout: float, errlog:
             # connect() fails before the handshake (a ResourceWarning later).
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
                 probe.connect(sock)
-            conn = pymysql.connect(unix_socket=sock, user="root", autocommit=True)
+            conn = pymysql.connect(
+                unix_socket=sock, user="root", autocommit=True, ssl_disabled=True
+            )
             break
         except (OSError, pymysql.err.OperationalError):
             if not _alive(pid):

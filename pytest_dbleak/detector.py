@@ -88,7 +88,7 @@ class Detector:
         while leaks and time.monotonic() - waited_from < settle:
             rechecked = True
             time.sleep(min(delay, max(0.0, settle - (time.monotonic() - waited_from))))
-            delay *= 2
+            delay = min(delay * 2, 0.05)  # notice a suspicion clearing within 50 ms
             leaks, snap = self._collect(window)
         # The time spent re-checking, also when the suspicion cleared: 0 only for a test
         # that was clean at the first look.

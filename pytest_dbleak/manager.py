@@ -68,6 +68,7 @@ class DbleakManager:
         self.baseline: Baseline | None = None
         self.recording = False  # --dbleak-baseline names a file that does not exist yet
         self._baseline_line = ""
+        self._closed = False
 
     @property
     def tracker(self) -> Tracker:
@@ -162,7 +163,10 @@ class DbleakManager:
         return self.detector
 
     def _release_server(self) -> None:
-        if self.monitor is not None and self.database is not None:
+        server = self._server
+        # A server we started goes away whole; on anybody else's, drop what we created.
+        disposable = server is not None and server.owned and not self.is_worker
+        if self.monitor is not None and self.database is not None and not disposable:
             try:
                 self.monitor.drop_database(self.database.name, self.database.user, "%")
             except Exception as exc:  # noqa: BLE001 - best effort at the very end
@@ -236,6 +240,9 @@ class DbleakManager:
         self.close()
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         # Leaked connections that sit in reference cycles would otherwise be finalised at
         # interpreter exit, after the server is gone, with noisy tracebacks.
         gc.collect()

@@ -223,17 +223,8 @@ class Tracker:
     def install(self) -> None:
         if self.installed:
             return
-        tracker = self
-
-        # Pool creation is seen in __new__, not __init__: SQLAlchemy reads the pool
-        # classes' __init__ signatures to route create_engine() keywords, and a wrapper
-        # there would hide them.
-        def __new__(cls: type[Pool], *args: Any, **kwargs: Any) -> Pool:
-            pool = object.__new__(cls)
-            tracker._on_pool_created(pool)
-            return pool
-
-        Pool.__new__ = staticmethod(__new__)  # type: ignore[assignment]
+        _install_pool_new()
+        _CREATION_HOOKS.append(self._on_pool_created)
         for name in _POOL_EVENTS:
             fn = getattr(self, f"_on_{name}")
             event.listen(Pool, name, fn)
@@ -247,8 +238,8 @@ class Tracker:
         for name, fn in self._listeners:
             event.remove(Pool, name, fn)
         self._listeners.clear()
-        if "__new__" in Pool.__dict__:
-            del Pool.__new__
+        if self._on_pool_created in _CREATION_HOOKS:
+            _CREATION_HOOKS.remove(self._on_pool_created)
         for cls, name, original in reversed(self._driver_patches):
             setattr(cls, name, original)
         self._driver_patches.clear()
@@ -487,6 +478,27 @@ class Tracker:
     def checked_out_count(self) -> int:
         with self._lock:
             return sum(1 for s in self.open.values() if s.checkout is not None)
+
+
+# Pool creation is seen in __new__, not __init__: SQLAlchemy reads the pool classes'
+# __init__ signatures to route create_engine() keywords, and a wrapper there would hide
+# them. The __new__ stays once installed (deleting it again leaves CPython's slot
+# pointing at object.__new__ with arguments, which raises); without a tracker it only
+# calls object.__new__.
+_CREATION_HOOKS: list[Callable[[Pool], None]] = []
+
+
+def _pool_new(cls: type[Pool], *args: Any, **kwargs: Any) -> Pool:
+    pool = object.__new__(cls)
+    for hook in _CREATION_HOOKS:
+        hook(pool)
+    return pool
+
+
+def _install_pool_new() -> None:
+    current = Pool.__dict__.get("__new__")
+    if getattr(current, "__func__", None) is not _pool_new:
+        Pool.__new__ = staticmethod(_pool_new)  # type: ignore[assignment]
 
 
 def _pool_of(record: Any) -> Pool | None:
