@@ -56,7 +56,8 @@ def main() -> int:
     for mode in ("serial", "-n 2"):
         mine = [r for r in rows if r[0] == mode]
         walls = sorted(r[4] for r in mine)
-        print(f"| {mode} | {len(mine)} | {sum(r[3] for r in mine)} | {walls[len(walls) // 2]:.1f} |")
+        found = sum(r[3] for r in mine)
+        print(f"| {mode} | {len(mine)} | {found} | {walls[len(walls) // 2]:.1f} |")
     for mode, i, _code, _n, _t, fps in rows:
         for fp in fps:
             print(f"FALSE POSITIVE ({mode} run {i}): {fp}")
