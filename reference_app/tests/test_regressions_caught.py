@@ -3,17 +3,39 @@
 For each named regression, a focused part of the functional suite runs in a
 child pytest with ``--dbleak``: it passes as the app is, and fails, naming
 the leak, with the regression switched on.
+
+The same holds for the stress tests of the leak-regression suite
+(``leaks/``): each regression is caught by at least one of them, with the
+leak's kind and rate, and the same tests pass with no regression on.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from reference_app.regressions import ENV_VAR
+from pytest_dbleak.settings import OPTIONS, Settings
+from reference_app.regressions import ENV_VAR, REGRESSIONS
 
 HERE = Path(__file__).parent
+LEAKS = HERE / "leaks"
+
+# Read before pytester points HOME elsewhere: child runs reuse this machine's
+# initialised template datadir instead of building one in a fresh HOME.
+TEMPLATE_CACHE = str(Settings(cache_dir=os.environ.get("DBLEAK_CACHE_DIR")).template_cache)
+MACHINE_SETTINGS = {"DBLEAK_CACHE_DIR", "DBLEAK_MYSQLD", "DBLEAK_STARTUP_TIMEOUT"}
+
+
+@pytest.fixture(autouse=True)
+def _child_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Child runs see no DBLEAK_* behaviour setting of this run, and the real template cache."""
+    for spec in OPTIONS:
+        if spec.env not in MACHINE_SETTINGS:
+            monkeypatch.delenv(spec.env, raising=False)
+    monkeypatch.setenv("DBLEAK_CACHE_DIR", os.environ.get("DBLEAK_CACHE_DIR", TEMPLATE_CACHE))
+    monkeypatch.delenv(ENV_VAR, raising=False)
 
 # regression -> (the tests that exercise it, the kind of leak the detector names)
 CASES: dict[str, tuple[list[str], str]] = {
@@ -58,3 +80,76 @@ def test_the_detector_catches(
     broken = run(pytester, selection)
     assert broken.ret != pytest.ExitCode.OK
     broken.stdout.fnmatch_lines([f"*dbleak: * leaked (*{kind}*"])
+
+
+# -- the leak-regression suite's stress tests ---------------------------------------
+
+HTTP_LOCATIONS = "test_http_load.py::test_the_seeds_load_on_locations_two_rounds"
+JOBS_CLEANUP = "test_jobs_stress.py::test_cleanup_old_logs_under_stress"
+JOBS_RETRY = "test_jobs_stress.py::test_retry_failed_notifications_under_stress"
+CHURN = "test_socket_churn.py::test_a_hundred_drivers_come_and_go"
+
+# regression -> (the stress test that catches it, the line dbleak prints)
+STRESS_CASES: dict[str, tuple[str, str]] = {
+    # 60 = pool_size + max_overflow: then the pool is exhausted and the rest are 503s.
+    "no_request_cleanup": (
+        HTTP_LOCATIONS,
+        "*: 60 connections leaked over 1000 runs (1 in 17) (60 checked_out) at *",
+    ),
+    "job_without_app_context": (
+        JOBS_CLEANUP,
+        "*: 50 connections leaked over 50 runs (1 in 1) (50 checked_out) at *",
+    ),
+    "job_create_app_per_run": (
+        JOBS_CLEANUP,
+        "*: 50 connections leaked over 50 runs (1 in 1) (50 undisposed_engine) at *",
+    ),
+    "disconnect_thread_without_cleanup": (
+        CHURN,
+        "*: * connections leaked over 100 runs (1 in *) (* checked_out) at *",
+    ),
+    # Held only while the sender works and returned when the job ends: the check
+    # after the test cannot see it, the test's look during the sends does (no
+    # rate: that look is dbleak.assert_no_leaks(), not the per-test check).
+    "long_running_job_session": (
+        JOBS_RETRY,
+        "*dbleak: * leaked (* checked_out) at reference_app/regressions.py:*",
+    ),
+}
+
+
+def run_stress(pytester: pytest.Pytester, node_ids: list[str]) -> pytest.RunResult:
+    return pytester.runpytest_subprocess(
+        *(str(LEAKS / node_id) for node_id in node_ids),
+        "--dbleak",
+        "--dbleak-settle-timeout=0.3",
+        "-p",
+        "no:cacheprovider",
+        "-W",
+        "error::ResourceWarning",
+        "-q",
+        timeout=300,
+    )
+
+
+def test_every_regression_has_a_stress_case() -> None:
+    assert set(STRESS_CASES) == set(REGRESSIONS)
+
+
+def test_the_stress_tests_pass_with_no_regression(pytester: pytest.Pytester) -> None:
+    node_ids = sorted({node_id for node_id, _ in STRESS_CASES.values()})
+    clean = run_stress(pytester, node_ids)
+    assert clean.ret == pytest.ExitCode.OK, clean.stdout.str()
+    clean.stdout.fnmatch_lines([f"*dbleak: no leaks in {len(node_ids)} tests*"])
+
+
+@pytest.mark.parametrize("name", list(STRESS_CASES))
+def test_a_stress_test_catches(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    node_id, line = STRESS_CASES[name]
+    monkeypatch.setenv(ENV_VAR, name)
+    broken = run_stress(pytester, [node_id])
+    assert broken.ret in (pytest.ExitCode.TESTS_FAILED, 6), broken.stdout.str()
+    broken.stdout.fnmatch_lines([f"FAILED *{node_id}*"])
+    broken.stdout.fnmatch_lines([line])

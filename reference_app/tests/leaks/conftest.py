@@ -1,0 +1,93 @@
+"""The leak-regression suite's fixtures, on top of ../conftest.py.
+
+The application is the real one with the seed's pool (pool_size 20,
+max_overflow 40) and one change: ``pool_timeout`` is 1 s instead of 30 s.
+A clean run never waits for a connection (the stress runs keep at most 50
+requests in flight, below the ceiling of 60); a leaking run exhausts the pool,
+and then every further checkout would wait 30 s before its 503. With 1 s a
+leak still fails the test, in seconds instead of minutes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from reference_app.config import SEED_ENGINE_OPTIONS
+from reference_app.db_monitor import get_monitor
+from reference_app.extensions import db
+
+from ..conftest import AppFactory, _empty_tables
+
+POOL_TIMEOUT_SECONDS = 1
+
+
+@pytest.fixture
+def app(make_app: AppFactory) -> Flask:
+    """The application of a test, on empty tables (overrides ../conftest.py's)."""
+    application = make_app(
+        SQLALCHEMY_ENGINE_OPTIONS={**SEED_ENGINE_OPTIONS, "pool_timeout": POOL_TIMEOUT_SECONDS}
+    )
+    _empty_tables(application)
+    return application
+
+
+@dataclass(frozen=True)
+class PoolFacts:
+    """What /db-pool-status and the server say after a stress run."""
+
+    status: str
+    checked_out: int
+    checked_in: int
+    overflow: int
+    ceiling: int  # pool_size + max_overflow
+    pool_size: int
+    server_connections: int  # this session user's connections on the server
+
+
+@pytest.fixture
+def pool_facts(app: Flask, server_connections: Callable[[], int]) -> Callable[[], PoolFacts]:
+    """Read ``/db-pool-status`` (through the app itself) and count server connections."""
+
+    def read() -> PoolFacts:
+        response = app.test_client().get("/db-pool-status")
+        assert response.status_code == 200
+        report: dict[str, Any] = response.get_json()
+        pool = report["pool"]
+        capacity = report["details"]["capacity"]
+        return PoolFacts(
+            status=report["status"],
+            checked_out=pool["checked_out"],
+            checked_in=pool["checked_in"],
+            overflow=pool["overflow"],
+            ceiling=capacity["process_ceiling"],
+            pool_size=pool["pool_size"],
+            server_connections=server_connections(),
+        )
+
+    return read
+
+
+def checked_out_now(app: Flask) -> int:
+    with app.app_context():
+        return get_monitor(app).snapshot().checked_out
+
+
+@contextmanager
+def app_session(app: Flask) -> Iterator[None]:
+    """An app context for the test's own queries that removes its session itself.
+
+    The app's teardown would do it, but a regression such as
+    ``no_request_cleanup`` takes that teardown away: the test's own reads must
+    not then be what the detector blames.
+    """
+    with app.app_context():
+        try:
+            yield
+        finally:
+            db.session.remove()
