@@ -173,8 +173,13 @@ class Workdir:
     def __init__(self, name: str) -> None:
         self.path = Path(tempfile.mkdtemp(prefix=f"dbleak-bench-{name}-"))
         self.roots: list[Path] = [self.path]
-        self.tmp = self.path / "tmp"  # TMPDIR of every subprocess: server datadirs land here
-        self.tmp.mkdir()
+        # TMPDIR of every subprocess, so server datadirs land here. On /dev/shm when there
+        # is one, as the plugin itself places them when TMPDIR is not set.
+        if os.access("/dev/shm", os.W_OK):
+            self.tmp = self.extra_root("/dev/shm", f"{name}-tmp")
+        else:
+            self.tmp = self.path / "tmp"
+            self.tmp.mkdir()
         self.mariadbd_before = mariadbd_processes()
         self._closed = False
         atexit.register(self.close)
