@@ -542,6 +542,90 @@ def _churn_client_class() -> type[SocketIOClient]:
     return _ChurnClient
 
 
+@functools.cache
+def _closing_once_websocket_class(base: type[Any]) -> type[Any]:
+    """Subclass Engine.IO's simple-websocket WSGI wrapper so that its ``close()`` is safe.
+
+    A server-side WebSocket session involves three threads: the request
+    thread, which waits in ``ws.wait()`` for the next message; Engine.IO's
+    writer thread, which ends the session with ``ws.close()``; and
+    simple-websocket's reader thread, which receives frames, answers the
+    client's close frame and hands messages to ``wait()`` by setting an event.
+    ``close()`` has two races with the reader:
+
+    * It checks ``connected`` (twice: the wrapper, then simple-websocket),
+      then sends a close frame.  When the reader has just answered the
+      client's close frame on the same wsproto connection, wsproto refuses
+      the second close frame -- ``LocalProtocolError: ... cannot be sent in
+      state CLOSED`` -- or, if the reader has also cleared ``connected``
+      between the two checks, simple-websocket raises ``ConnectionClosed``;
+      either way the writer task dies with it, although the close handshake
+      is complete.  Here both are ignored (the first only when the connection
+      is indeed closing or closed, and then it is marked closed, as
+      ``close()`` does).
+    * It clears ``connected`` but, unlike every other place in
+      simple-websocket that does, does not set the event that ``wait()``
+      blocks on (without a timeout).  If the reader, between two frames, then
+      sees ``connected`` cleared, it leaves its loop and closes the socket
+      without setting the event either, and the request thread waits forever
+      -- shutting the connection down cannot wake it, the socket is already
+      closed.  Here the event is set after closing.
+    """
+    from simple_websocket import ConnectionClosed
+    from wsproto.connection import ConnectionState
+    from wsproto.utilities import LocalProtocolError
+
+    already_closing = (ConnectionState.LOCAL_CLOSING, ConnectionState.CLOSED)
+
+    class _ClosingOnceWebSocket(base):
+        def close(self) -> None:
+            ws: Any = getattr(self, "ws", None)
+            try:
+                super().close()
+            except ConnectionClosed:
+                pass  # the reader marked it closed after the wrapper checked: nothing to do
+            except LocalProtocolError:
+                if getattr(getattr(ws, "ws", None), "state", None) not in already_closing:
+                    raise
+                ws.connected = False  # what close() would have done; the reader is about to
+            finally:
+                event = getattr(ws, "event", None)
+                if event is not None:
+                    event.set()  # wait() re-checks ``connected`` and returns
+
+    _ClosingOnceWebSocket.__name__ = _ClosingOnceWebSocket.__qualname__ = (
+        f"_ClosingOnce{base.__name__}"
+    )
+    return _ClosingOnceWebSocket
+
+
+#: Methods of python-socketio's client manager that read or update its
+#: bookkeeping (``rooms``, ``pending_connect``, ``pending_disconnect``,
+#: ``callbacks``) and call no application code.  See
+#: :meth:`_SocketIOServerHooks._serialise_manager`.
+_MANAGER_METHODS = (
+    "pre_connect",
+    "connect",
+    "is_pre_connected",
+    "is_connected",
+    "can_disconnect",
+    "sid_from_eio_sid",
+    "eio_sid_from_sid",
+    "pre_disconnect",
+    "disconnect",
+    "basic_disconnect",
+    "is_sid_room",
+    "basic_enter_room",
+    "basic_leave_room",
+    "basic_close_room",
+    "enter_room",
+    "leave_room",
+    "close_room",
+    "get_rooms",
+    "_generate_ack_id",
+)
+
+
 def _is_engineio_ping_task(target: object) -> bool:
     """Whether ``target`` is Engine.IO's per-connection ping timer (``Socket._send_ping``)."""
     owner = getattr(target, "__self__", None)
@@ -565,6 +649,16 @@ class _SocketIOServerHooks:
     * Engine.IO's client-monitor task, started on the first connection and
       running until ``eio.shutdown()``, is kept from starting.
 
+    And it closes two thread-safety gaps that a churn on a busy machine runs
+    into, each of which would fail the churn for no fault of the application:
+
+    * The client manager's bookkeeping methods are serialised (see
+      :meth:`_serialise_manager`).
+    * Engine.IO's WebSocket wrapper is replaced by one whose ``close()``
+      tolerates a close handshake that simple-websocket's reader thread has
+      just completed, and wakes the request thread waiting for the next
+      message (see :func:`_closing_once_websocket_class`).
+
     :meth:`uninstall` restores every attribute exactly as it was.
     """
 
@@ -580,6 +674,7 @@ class _SocketIOServerHooks:
         self._thread_flags = threading.local()
         self._saved: list[tuple[object, str, bool, object]] = []
         self._saved_monitor_flag: object = _UNSET
+        self._manager_lock = threading.RLock()
         self.disconnects = 0
 
     # -- install / uninstall ------------------------------------------------
@@ -593,6 +688,8 @@ class _SocketIOServerHooks:
             self._original_trigger = self._patch(
                 self._server, "_trigger_event", self._trigger_event
             )
+            self._serialise_manager()
+            self._patch_websocket_class()
             self._saved_monitor_flag = self._eio.start_service_task
             self._eio.start_service_task = False
         except BaseException:
@@ -611,7 +708,7 @@ class _SocketIOServerHooks:
         finally:
             self._restore()
 
-    def _patch(self, obj: object, name: str, replacement: Callable[..., Any]) -> Any:
+    def _patch(self, obj: object, name: str, replacement: object) -> Any:
         had_own = name in vars(obj)
         original = getattr(obj, name)
         self._saved.append((obj, name, had_own, vars(obj).get(name)))
@@ -628,6 +725,70 @@ class _SocketIOServerHooks:
         if self._saved_monitor_flag is not _UNSET:
             self._eio.start_service_task = self._saved_monitor_flag
             self._saved_monitor_flag = _UNSET
+
+    def _serialise_manager(self) -> None:
+        """Run the client manager's bookkeeping methods one at a time.
+
+        python-socketio's in-memory manager keeps ``rooms``,
+        ``pending_connect`` and ``pending_disconnect`` in plain dicts of lists
+        and bidicts with no lock, and deletes a namespace's entry when its last
+        member leaves -- check-then-act sequences that interleave when connects
+        and disconnects run on different threads, as they do in threading mode.
+        One thread deletes ``pending_connect['/']`` (its list just became
+        empty) between another's ``'/' in pending_connect`` and
+        ``pending_connect['/']``: ``KeyError: '/'`` from ``pre_connect()``,
+        ``connect()``, ``is_connected()``, ``pre_disconnect()`` or
+        ``basic_disconnect()``, raised inside Engine.IO's message or
+        disconnect handler, which logs it and moves on.  Raised from
+        ``is_connected()`` in ``_handle_disconnect``, the application's
+        disconnect handler never runs (SocketChurn then reports that it "had
+        not returned"); from ``pre_connect()``, the client cannot connect.
+        Lost updates can also drop a sid from, or leave one in, these books.
+        Each method (none of which calls application code) is wrapped to hold
+        one re-entrant lock; ``get_participants`` and ``get_namespaces``,
+        which return lazy views, return snapshots taken under it.
+        """
+        manager = self._server.manager
+        lock = self._manager_lock
+
+        def locked(method: Callable[..., Any]) -> Callable[..., Any]:
+            @functools.wraps(method)
+            def call(*args: Any, **kwargs: Any) -> Any:
+                with lock:
+                    return method(*args, **kwargs)
+
+            return call
+
+        def snapshot(method: Callable[..., Any]) -> Callable[..., Any]:
+            @functools.wraps(method)
+            def call(*args: Any, **kwargs: Any) -> Any:
+                with lock:
+                    return iter(list(method(*args, **kwargs)))
+
+            return call
+
+        for name in _MANAGER_METHODS:
+            if callable(getattr(manager, name, None)):
+                self._patch(manager, name, locked(getattr(manager, name)))
+        for name in ("get_participants", "get_namespaces"):
+            if callable(getattr(manager, name, None)):
+                self._patch(manager, name, snapshot(getattr(manager, name)))
+
+    def _patch_websocket_class(self) -> None:
+        async_drivers = getattr(self._eio, "_async", None)
+        if not isinstance(async_drivers, dict):
+            return
+        websocket_class = async_drivers.get("websocket")
+        if not isinstance(websocket_class, type) or websocket_class.__name__ != (
+            "SimpleWebSocketWSGI"
+        ):
+            return
+        # A copy: the driver table is the async driver module's, shared by every server.
+        self._patch(
+            self._eio,
+            "_async",
+            {**async_drivers, "websocket": _closing_once_websocket_class(websocket_class)},
+        )
 
     # -- wrappers -----------------------------------------------------------
 

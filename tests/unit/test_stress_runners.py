@@ -252,12 +252,17 @@ def test_socket_churn_leaves_the_socketio_server_as_it_found_it() -> None:
     server = chat.socketio.server
     eio = server.eio
     monitor_before = eio.start_service_task
+    async_drivers_before = eio._async
 
     SocketChurn(clients=3, concurrency=3).run(chat.app, chat.socketio)
 
     # The wrappers were instance attributes shadowing the class's methods; all gone.
     assert "_trigger_event" not in vars(server)
     assert not {"start_background_task", "sleep"} & set(vars(eio))
+    assert not {*stress._MANAGER_METHODS, "get_participants", "get_namespaces"} & set(
+        vars(server.manager)
+    )
+    assert eio._async is async_drivers_before  # the WebSocket class was swapped in a copy
     assert eio.start_service_task == monitor_before
     # And it still serves: a second churn on the same app works.
     SocketChurn(clients=3, concurrency=3).run(chat.app, chat.socketio)
@@ -314,6 +319,111 @@ def test_socket_churn_needs_an_initialised_threading_socketio() -> None:
     app = flask.Flask(__name__)
     with pytest.raises(ValueError, match="no server yet"):
         SocketChurn(clients=1).run(app, flask_socketio.SocketIO())
+
+
+class _GilYieldingDict(dict[Any, Any]):
+    """A dict that gives up the GIL on every lookup.
+
+    python-socketio's manager reads and updates such dicts in check-then-act
+    sequences; yielding inside them makes the request threads of different
+    clients interleave there, as a busy machine does now and then.
+    """
+
+    def __contains__(self, key: object) -> bool:
+        time.sleep(0.001)
+        return super().__contains__(key)
+
+    def __getitem__(self, key: Any) -> Any:
+        time.sleep(0.001)
+        return super().__getitem__(key)
+
+
+def test_socket_churn_serialises_the_socketio_managers_bookkeeping() -> None:
+    # Unserialised, this fails nearly every time: KeyError: '/' in the manager's
+    # connect(), is_connected() or basic_disconnect(), then a client that cannot
+    # connect or whose disconnect handler never runs.
+    chat = ChatApp()
+    manager = chat.socketio.server.manager
+    for name in ("rooms", "pending_connect", "pending_disconnect"):
+        setattr(manager, name, _GilYieldingDict(getattr(manager, name)))
+
+    result = SocketChurn(clients=30, concurrency=5).run(chat.app, chat.socketio)
+
+    assert result.disconnects == 30
+    assert len(chat.connected) == 30
+    assert sorted(chat.disconnected) == sorted(chat.connected)
+    assert chat.reasons == {"client disconnect": 30}
+    assert chat.tasks_done == 30
+    # Every client left the manager's books.
+    assert (manager.rooms, manager.pending_connect, manager.pending_disconnect) == ({}, {}, {})
+
+
+def _server_websocket(state: str) -> tuple[Any, Any, socket.socket]:
+    """Engine.IO's WebSocket wrapper as SocketChurn's server uses it, around a
+    simple-websocket connection with no reader thread, and the peer's socket.
+
+    ``state`` is ``"open"``, or ``"closed"``: the reader has just answered the
+    client's close frame but not yet marked the connection closed.
+    """
+    from engineio.async_drivers._websocket_wsgi import SimpleWebSocketWSGI
+    from simple_websocket.ws import Base
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, CloseConnection, Request
+
+    client, server = WSConnection(ConnectionType.CLIENT), WSConnection(ConnectionType.SERVER)
+    server.receive_data(client.send(Request(host="localhost", target="/")))
+    list(server.events())
+    client.receive_data(server.send(AcceptConnection()))
+    list(client.events())
+    if state == "closed":
+        server.receive_data(client.send(CloseConnection(code=1000)))
+        (close,) = server.events()
+        assert isinstance(close, CloseConnection)
+        server.send(close.response())
+    ours, theirs = socket.socketpair()
+    connection = object.__new__(Base)
+    connection.__dict__.update(
+        sock=ours,
+        ws=server,
+        connected=True,
+        input_buffer=[],
+        event=threading.Event(),
+        close_reason=None,
+        close_message=None,
+    )
+    wrapper = object.__new__(stress._closing_once_websocket_class(SimpleWebSocketWSGI))
+    wrapper.ws = connection
+    return wrapper, connection, theirs
+
+
+@pytest.mark.parametrize("state", ["open", "closed"])
+def test_closing_the_server_websocket_wakes_the_request_thread_and_never_raises(
+    state: str,
+) -> None:
+    wrapper, connection, peer = _server_websocket(state)
+    received: list[object] = []
+    waiter = threading.Thread(target=lambda: received.append(wrapper.wait()))
+    try:
+        waiter.start()
+        # Give the request thread time to block waiting for the next message
+        # (there is none): nothing signals that it has.
+        assert not connection.event.wait(0.05)
+        assert waiter.is_alive()
+
+        wrapper.close()  # raised LocalProtocolError when "closed"
+
+        # Woken, it sees the connection closed -- with simple-websocket's own
+        # close() it kept waiting, for good once the reader had left.
+        waiter.join(5)
+        assert not waiter.is_alive()
+        assert received == [None]
+        assert connection.connected is False
+    finally:
+        connection.connected = False
+        connection.event.set()
+        waiter.join(5)
+        connection.sock.close()
+        peer.close()
 
 
 def test_socket_churn_of_100_clients() -> None:
