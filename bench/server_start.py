@@ -46,11 +46,18 @@ def test_select_1(dbleak_mysql_url):
     engine.dispose()
 '''
 
+# The same test as ours: one SELECT 1 through a SQLAlchemy engine, over the fixture's
+# connection (StaticPool, not disposed: the fixture closes its connection itself).
 THEIRS_TEST = '''\
+import sqlalchemy as sa
+
+
 def test_select_1(mysql):
-    with mysql.cursor() as cur:
-        cur.execute("SELECT 1")
-        assert cur.fetchone() == (1,)
+    engine = sa.create_engine(
+        "mysql+pymysql://", creator=lambda: mysql, poolclass=sa.pool.StaticPool
+    )
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT 1")).scalar() == 1
 '''
 
 BASELINE_TEST = '''\
