@@ -22,8 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pymysql
-
 from .errors import DbleakError, Redactor
 from .probe import Endpoint
 
@@ -326,6 +324,8 @@ def start_process(binary: str | None, cache: Path, timeout: float) -> RunningSer
 
 def _wait_and_secure(sock: str, pid: int, password: str, timeout: float, errlog: Path) -> None:
     """Wait for a real login, then replace the template's passwordless root."""
+    import pymysql
+
     deadline = time.monotonic() + timeout
     delay = 0.002
     while True:

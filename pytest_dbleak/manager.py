@@ -10,7 +10,6 @@ import gc
 import logging
 import secrets
 from collections.abc import Generator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -152,12 +151,8 @@ class DbleakManager:
     def ensure_checks(self) -> Detector:
         """Server, session database, tracker and detector: all a leak check needs."""
         if self.detector is None:
-            # The server boots while SQLAlchemy is imported for the tracker: the two
-            # costs of a session's start overlap instead of adding up.
-            with ThreadPoolExecutor(1, thread_name_prefix="dbleak-start") as pool:
-                starting = pool.submit(self.ensure_database)
-                self.tracker.install()
-                db = starting.result()
+            db = self.ensure_database()
+            self.tracker.install()
             assert self.monitor is not None
             assert self._server is not None
             own_everything = self._server.owned and not self.is_worker

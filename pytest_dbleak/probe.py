@@ -13,8 +13,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import pymysql
-
 from .errors import ServerGoneError
 
 log = logging.getLogger(__name__)
@@ -90,6 +88,8 @@ class Endpoint:
         if self.is_local:
             # PyMySQL >= 1.2 builds an SSL context per connect unless told not to (~19 ms).
             kwargs["ssl_disabled"] = True
+        import pymysql  # on first use: a run that never needs a server does not pay it
+
         return pymysql.connect(**kwargs)
 
 
@@ -106,11 +106,15 @@ class Monitor:
         self.is_mariadb = "mariadb" in self.version.lower()
 
     def close(self) -> None:
+        import pymysql
+
         # Already gone means nothing is left to release.
         with self._lock, contextlib.suppress(pymysql.err.Error):
             self._conn.close()
 
     def query(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+        import pymysql
+
         with self._lock:
             try:
                 with self._conn.cursor() as cursor:
@@ -171,6 +175,8 @@ class Monitor:
         self.query(f"DROP DATABASE IF EXISTS `{database}`")
 
     def kill_connections_of(self, user: str) -> int:
+        import pymysql
+
         killed = 0
         for row in self.query("SHOW PROCESSLIST"):
             if row[1] == user and row[0] != self.connection_id:
@@ -195,6 +201,8 @@ def _shorten(info: Any, limit: int = 200) -> str | None:
 
 
 def _is_disconnect(exc: Exception) -> bool:
+    import pymysql
+
     code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
     return isinstance(exc, pymysql.err.InterfaceError) or code in (2003, 2006, 2013, 2055, 1927)
 
