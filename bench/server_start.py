@@ -411,17 +411,22 @@ def server_share(work: c.Workdir, cache: Path, runs: int, deadline: c.Deadline, 
 
     @contextlib.contextmanager
     def patched(tmp: Path, ssl_off: bool | str):
-        old_tmp, old_mod, old_flags = tempfile.tempdir, backends.pymysql, backends._FAST_FLAGS
+        # The plugin now imports PyMySQL inside the function and disables SSL on the
+        # readiness login itself: the ssl what-if is kept only for older versions.
+        old_tmp, old_flags = tempfile.tempdir, backends._FAST_FLAGS
+        old_mod = getattr(backends, "pymysql", None)
         old_env = os.environ["TMPDIR"]
         tempfile.tempdir = os.environ["TMPDIR"] = str(tmp)
-        if ssl_off:
-            backends.pymysql = no_ssl  # type: ignore[assignment]
+        if ssl_off and old_mod is not None:
+            backends.pymysql = no_ssl  # type: ignore[attr-defined]
         if ssl_off == "ibtmp":
             backends._FAST_FLAGS = (*old_flags, SMALL_IBTMP)
         try:
             yield
         finally:
-            tempfile.tempdir, backends.pymysql = old_tmp, old_mod
+            tempfile.tempdir = old_tmp
+            if old_mod is not None:
+                backends.pymysql = old_mod  # type: ignore[attr-defined]
             backends._FAST_FLAGS, os.environ["TMPDIR"] = old_flags, old_env
 
     variants = {"start_process (shipped): copy template + start + first login + secure":

@@ -287,12 +287,37 @@ rm -rf "$dir"
 """
 
 
-def start_process(binary: str | None, cache: Path, timeout: float) -> RunningServer:
+class Launch:
+    """A server on its way up: ``wait()`` returns it running, ``cancel()`` gives it up.
+
+    Launching mariadbd and waiting for its login are split so that the caller can do
+    other work (importing SQLAlchemy) while the server boots.
+    """
+
+    def __init__(self, wait: Callable[[], RunningServer],
+                 cancel: Callable[[], None] = lambda: None) -> None:
+        self._wait = wait
+        self._cancel = cancel
+
+    def wait(self) -> RunningServer:
+        return self._wait()
+
+    def cancel(self) -> None:
+        self._cancel()
+
+
+def launch_process(binary: str | None, cache: Path, timeout: float) -> Launch:
+    """Copy the template and spawn mariadbd under its reaper; do not wait for it."""
     if binary is None:
         raise DbleakError("no mariadbd or mysqld found on PATH (or give --dbleak-mysqld)")
     template = ensure_template(binary, cache)
     root = Path(tempfile.mkdtemp(prefix="dbleak-", dir=_session_parent()))
     reaper: subprocess.Popen[str] | None = None
+
+    def cancel() -> None:
+        _stop_reaper(reaper)
+        shutil.rmtree(root, ignore_errors=True)
+
     try:
         datadir = root / "data"
         shutil.copytree(template / "data", datadir)
@@ -312,14 +337,25 @@ def start_process(binary: str | None, cache: Path, timeout: float) -> RunningSer
         assert reaper.stdout is not None
         pid = int(reaper.stdout.readline())
         reaper.stdout.close()
-        password = secrets.token_hex(16)
-        _wait_and_secure(sock, pid, password, timeout, root / "error.log")
     except BaseException:
-        _stop_reaper(reaper)
-        shutil.rmtree(root, ignore_errors=True)
+        cancel()
         raise
-    endpoint = Endpoint("127.0.0.1", port, ADMIN_USER, password, unix_socket=sock)
-    return RunningServer("process", endpoint, owned=True, stop=lambda: _stop_reaper(reaper))
+
+    def wait() -> RunningServer:
+        password = secrets.token_hex(16)
+        try:
+            _wait_and_secure(sock, pid, password, timeout, root / "error.log")
+        except BaseException:
+            cancel()
+            raise
+        endpoint = Endpoint("127.0.0.1", port, ADMIN_USER, password, unix_socket=sock)
+        return RunningServer("process", endpoint, owned=True, stop=lambda: _stop_reaper(reaper))
+
+    return Launch(wait, cancel)
+
+
+def start_process(binary: str | None, cache: Path, timeout: float) -> RunningServer:
+    return launch_process(binary, cache, timeout).wait()
 
 
 def _wait_and_secure(sock: str, pid: int, password: str, timeout: float, errlog: Path) -> None:
@@ -388,11 +424,14 @@ def _stop_reaper(reaper: subprocess.Popen[str] | None) -> None:
 
 
 # -- selection -------------------------------------------------------------------
-def start(
+def launch(
     backend: str, *, mysql_url: str | None, mysqld: str | None, image: str,
     cache: Path, timeout: float, redactor: Redactor,
-) -> RunningServer:
-    """Start (or reach) the server the settings ask for; DbleakError says why not."""
+) -> Launch:
+    """Set off the server the settings ask for; DbleakError says why it cannot be had.
+
+    Only the process backend does work before ``wait()``; the others do it all there.
+    """
     if mysql_url:
         redactor.add(parse_mysql_url(mysql_url).password)
     if backend == "url" or (backend == "auto" and mysql_url):
@@ -400,20 +439,27 @@ def start(
             raise DbleakError(
                 "the url backend needs --dbleak-mysql-url or DBLEAK_MYSQL_URL"
             )
-        return start_url(mysql_url, timeout)
-    if backend == "docker":
-        return start_docker(image, timeout)
-    if backend == "process":
-        return start_process(find_mysqld(mysqld), cache, timeout)
-    if docker_available():
-        return start_docker(image, timeout)
+        return Launch(lambda: start_url(mysql_url, timeout))
+    if backend == "docker" or (backend == "auto" and docker_available()):
+        return Launch(lambda: start_docker(image, timeout))
     binary = find_mysqld(mysqld)
-    if binary is not None:
-        return start_process(binary, cache, timeout)
+    if backend == "process" or binary is not None:
+        return launch_process(binary, cache, timeout)
     raise DbleakError(
         "no MySQL server available: give --dbleak-mysql-url (url backend), start Docker "
         "(docker backend), or install mariadbd/mysqld (process backend)"
     )
+
+
+def start(
+    backend: str, *, mysql_url: str | None, mysqld: str | None, image: str,
+    cache: Path, timeout: float, redactor: Redactor,
+) -> RunningServer:
+    """Start (or reach) the server the settings ask for; DbleakError says why not."""
+    return launch(
+        backend, mysql_url=mysql_url, mysqld=mysqld, image=image, cache=cache,
+        timeout=timeout, redactor=redactor,
+    ).wait()
 
 
 def _one_line(exc: BaseException) -> str:

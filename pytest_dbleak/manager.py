@@ -60,6 +60,7 @@ class DbleakManager:
         self.leak_failures: set[str] = set()  # failed because of a leak only
         self.other_failures: set[str] = set()
         self._server: RunningServer | None = None
+        self._launched: backends.Launch | None = None
         self._server_error: DbleakError | None = None
         self.monitor: Monitor | None = None
         self.info: ServerInfo | None = None
@@ -114,11 +115,19 @@ class DbleakManager:
         shared = getattr(self.config, "workerinput", {}).get("dbleak_server")
         if shared:  # an xdist worker uses the controller's server
             return RunningServer(shared["backend"], Endpoint(**shared["endpoint"]), owned=False)
-        s = self.settings
-        return backends.start(
-            s.backend, mysql_url=s.mysql_url, mysqld=s.mysqld, image=s.image,
-            cache=s.template_cache, timeout=s.startup_timeout, redactor=self.redact,
-        )
+        launched = self._launch()
+        self._launched = None
+        return launched.wait()
+
+    def _launch(self) -> backends.Launch:
+        """Set the server off (once); ensure_server() waits for it."""
+        if self._launched is None:
+            s = self.settings
+            self._launched = backends.launch(
+                s.backend, mysql_url=s.mysql_url, mysqld=s.mysqld, image=s.image,
+                cache=s.template_cache, timeout=s.startup_timeout, redactor=self.redact,
+            )
+        return self._launched
 
     def ensure_database(self) -> SessionDatabase:
         if self.database is not None:
@@ -151,8 +160,13 @@ class DbleakManager:
     def ensure_checks(self) -> Detector:
         """Server, session database, tracker and detector: all a leak check needs."""
         if self.detector is None:
-            db = self.ensure_database()
+            if self.info is None and self._server_error is None and not self.is_worker:
+                try:
+                    self._launch()  # mariadbd boots while SQLAlchemy imports below
+                except DbleakError as exc:
+                    self._server_error = DbleakError(self.redact(str(exc)))
             self.tracker.install()
+            db = self.ensure_database()
             assert self.monitor is not None
             assert self._server is not None
             own_everything = self._server.owned and not self.is_worker
@@ -163,6 +177,9 @@ class DbleakManager:
         return self.detector
 
     def _release_server(self) -> None:
+        if self._launched is not None:  # set off, never waited for
+            self._launched.cancel()
+            self._launched = None
         server = self._server
         # A server we started goes away whole; on anybody else's, drop what we created.
         disposable = server is not None and server.owned and not self.is_worker
