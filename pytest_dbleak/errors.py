@@ -30,7 +30,7 @@ class Redactor:
             self._secrets.add(secret)
 
     def __call__(self, text: str) -> str:
-        text = _URL_PASSWORD.sub(r"\g<head>***\g<tail>", text)
+        text = mask_url(text)
         for secret in sorted(self._secrets, key=len, reverse=True):
             text = text.replace(secret, "***")
         return text

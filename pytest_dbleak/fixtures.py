@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -123,11 +123,15 @@ class _Stress:
         self._item = request.node
         self.settings = settings
 
-    def _record(self, runs: int) -> None:
+    def _run(self, runs: int, call: Callable[[], Any]) -> Any:
+        """Run the load, and count its runs for the rate even when it raised."""
         from .manager import STRESS
 
-        kind, previous = self._item.stash.get(STRESS, (self.kind, 0))
-        self._item.stash[STRESS] = (kind, previous + runs)
+        try:
+            return call()
+        finally:
+            kind, previous = self._item.stash.get(STRESS, (self.kind, 0))
+            self._item.stash[STRESS] = (kind, previous + runs)
 
 
 class JobsStress(_Stress):
@@ -139,10 +143,8 @@ class JobsStress(_Stress):
         from .stress import JobStress
 
         s = self.settings
-        try:
-            return JobStress(runs=s.runs, threads=s.threads).run(*callables)
-        finally:
-            self._record(s.runs * len(callables))
+        runner = JobStress(runs=s.runs, threads=s.threads)
+        return self._run(s.runs * len(callables), lambda: runner.run(*callables))
 
 
 class SocketChurnStress(_Stress):
@@ -155,13 +157,10 @@ class SocketChurnStress(_Stress):
         from .stress import SocketChurn
 
         s = self.settings
-        try:
-            return SocketChurn(clients=s.clients, concurrency=s.concurrency,
-                               timeout=s.timeout).run(
-                app, socketio, namespace=namespace, auth=auth, on_connect=on_connect
-            )
-        finally:
-            self._record(s.clients)
+        runner = SocketChurn(clients=s.clients, concurrency=s.concurrency, timeout=s.timeout)
+        return self._run(s.clients, lambda: runner.run(
+            app, socketio, namespace=namespace, auth=auth, on_connect=on_connect
+        ))
 
 
 class HttpLoadStress(_Stress):
@@ -174,13 +173,10 @@ class HttpLoadStress(_Stress):
         from .stress import HttpLoad
 
         s = self.settings
-        try:
-            return HttpLoad(requests=s.requests, concurrency=s.concurrency,
-                            timeout=s.timeout).run(
-                app, path, method=method, headers=headers, body=body
-            )
-        finally:
-            self._record(s.requests)
+        runner = HttpLoad(requests=s.requests, concurrency=s.concurrency, timeout=s.timeout)
+        return self._run(s.requests, lambda: runner.run(
+            app, path, method=method, headers=headers, body=body
+        ))
 
 
 def _mark_settings(request: pytest.FixtureRequest, name: str) -> Any:

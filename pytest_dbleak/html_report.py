@@ -328,20 +328,8 @@ def _nice_ceiling(value: int) -> int:
 
 
 def _headline(result: CheckResult) -> str:
-    """'2 connections leaked (2 checked_out) at app/db.py:42'. Sums connections per kind,
-    as the terminal summary does (reporting.headline counts leak entries instead)."""
-    kinds: Counter[str] = Counter()
-    for leak in result.leaks:
-        kinds[leak.kind] += leak.count
-    what = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=_kind_order))
-    site = next((leak.site for leak in result.leaks if leak.site), None)
-    where = f" at {site.file}:{site.line}" if site else ""
-    allowed = f", {result.allowed} allowed" if result.allowed else ""
-    return f"{reporting.rate(result)}{allowed} ({what}){where}"
-
-
-def _kind_order(item: tuple[str, int]) -> tuple[int, str]:
-    return (KINDS.index(item[0]) if item[0] in KINDS else len(KINDS), item[0])
+    """'2 connections leaked (2 checked_out) at app/db.py:42': the terminal's headline."""
+    return reporting.headline(result).removeprefix("dbleak: ")
 
 
 def _r(value: float) -> float:

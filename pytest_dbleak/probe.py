@@ -143,10 +143,6 @@ class Monitor:
         # Threads_connected counts our own connection too.
         return ServerSnapshot(rows, len(rows) + 1, time.monotonic())
 
-    def threads_connected(self) -> int:
-        rows = self.query("SHOW GLOBAL STATUS LIKE 'Threads_connected'")
-        return int(rows[0][1]) if rows else 0
-
     def open_transactions(self, ids: set[int]) -> dict[int, str]:
         """Start time of the open InnoDB transaction of each connection in `ids`.
 
