@@ -28,6 +28,15 @@ ONLY_DBLEAK: tuple[str, ...] = (
     "-p", "no:cacheprovider", *(arg for name in _OTHER_PLUGINS for arg in ("-p", f"no:{name}"))
 )
 
+
+
+def only_dbleak_and(*names: str) -> tuple[str, ...]:
+    """ONLY_DBLEAK, with the named plugins (and pytest's cache, if named) left on."""
+    blocked = [n for n in ("cacheprovider", *_OTHER_PLUGINS)
+               if not any(n == name or n.startswith(name + ".") for name in names)]
+    return tuple(arg for name in blocked for arg in ("-p", f"no:{name}"))
+
+
 # Pytester points HOME at its temporary directory, which would make every inner run
 # initialise a fresh template datadir (~1-3 s). Keep using the real cache.
 TEMPLATE_CACHE = str(Settings(cache_dir=os.environ.get("DBLEAK_CACHE_DIR")).template_cache)
