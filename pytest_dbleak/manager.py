@@ -425,6 +425,10 @@ class DbleakManager:
             report, result, own_failure=any(r.failed for r in check.reports),
             location=_location(item), redact=self.redact, note=note,
         )
+        if result.failed and not note and not self.settings.no_reclaim and self.detector:
+            # Reported: now take it back, so the blame stays here and later tests do not
+            # wait on an exhausted pool. A tolerated leak stays, as without the plugin.
+            self.detector.reclaim(result)
 
     # -- collecting results (also on the xdist controller) -------------------------------
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:

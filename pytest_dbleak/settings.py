@@ -105,6 +105,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "are new or larger than recorded.", _parse_str, None, "--dbleak-baseline", "PATH"),
     OptionSpec("report_only", "report leaks without failing tests (for adopting the gate).",
                _parse_bool, False, "--dbleak-report-only"),
+    OptionSpec("no_reclaim", "leave what a failing test leaked in place (default: the plugin "
+               "takes it back after reporting it, so later tests start from a healthy pool).",
+               _parse_bool, False, "--dbleak-no-reclaim"),
     OptionSpec("cache_dir", "where the process backend keeps its initialised template datadir "
                "(default: $XDG_CACHE_HOME/pytest-dbleak).", _parse_str, None,
                "--dbleak-cache-dir", "DIR"),
@@ -129,6 +132,7 @@ class Settings:
     html: str | None = None
     baseline: str | None = None
     report_only: bool = False
+    no_reclaim: bool = False
     cache_dir: str | None = None
     startup_timeout: float = 30.0
 

@@ -105,6 +105,7 @@ def run_pytest_in(path: Path, *args: str) -> pytest.RunResult:
     (pytester is function-scoped)."""
     env = {k: v for k, v in os.environ.items()
            if k not in BEHAVIOUR_SETTINGS and k != "PYTEST_ADDOPTS"}
+    env["PYTEST_ADDOPTS"] = "-p no:randomly"  # as the root conftest sets for pytester
     env.setdefault("DBLEAK_CACHE_DIR", TEMPLATE_CACHE)
     env["PY_COLORS"] = "0"
     start = time.monotonic()

@@ -127,7 +127,8 @@ def test_a_leak_that_a_wider_fixture_cleans_up_fails_its_test_alone_as_in_the_fu
         kind = nodeid.rsplit("test_leaky_", 1)[1]
         _, kinds, site = full[nodeid]
         assert kinds == ((kind, 1),), (nodeid, full[nodeid])
-        assert site is not None and site.startswith(f"test_{kind}.py:"), full[nodeid]
+        assert site is not None, full[nodeid]
+        assert site.startswith(f"test_{kind}.py:"), full[nodeid]
 
     for name in names:
         for nodeid in (n for n in full if n.startswith(f"{name}.py::")):
@@ -169,6 +170,118 @@ def test_verdicts_do_not_depend_on_the_order_pytest_randomly_picks(
     write_corpus(pytester, "module")
     args = ["--dbleak-backend=process"]
     full = verdicts(run(pytester, args, report="full.json"))
-    shuffled = verdicts(run(pytester, args, f"--randomly-seed={seed}", report="r.json",
+    shuffled = verdicts(run(pytester, args, "-p", "randomly", f"--randomly-seed={seed}",
+                            report="r.json",
                             plugins=only_dbleak_and("randomly")))
     assert shuffled == full
+
+
+XUNIT = PREAMBLE + '''
+import unittest
+
+HELD = []
+
+
+def teardown_module():
+    for conn in HELD:
+        conn.close()
+
+
+class TestMethods:
+    def setup_method(self):
+        self.conn = pymysql.connect(**connect_args(URL[0]))
+
+    def teardown_method(self):
+        self.conn.close()  # the test's own teardown: inside the window
+
+    def test_clean_closed_by_teardown_method(self, dbleak_mysql_url):
+        pass
+
+
+class TestClass:
+    @classmethod
+    def teardown_class(cls):
+        for conn in HELD:
+            conn.close()
+
+    def test_leaky_closed_by_teardown_class(self, dbleak_mysql_url):
+        HELD.append(pymysql.connect(**connect_args(dbleak_mysql_url)))  # LEAK
+
+
+class UnitTests(unittest.TestCase):
+    @classmethod
+    def tearDownClass(cls):
+        for conn in HELD:
+            conn.close()
+
+    def setUp(self):
+        self.conn = pymysql.connect(**connect_args(URL[0]))
+
+    def tearDown(self):
+        self.conn.close()
+
+    def test_clean_closed_by_tear_down(self):
+        pass
+
+    def test_clean_closed_by_add_cleanup(self):
+        conn = pymysql.connect(**connect_args(URL[0]))
+        self.addCleanup(conn.close)
+
+    def test_leaky_closed_by_tear_down_class(self):
+        HELD.append(pymysql.connect(**connect_args(URL[0])))  # LEAK
+
+
+def test_leaky_closed_by_teardown_module(dbleak_mysql_url):
+    HELD.append(pymysql.connect(**connect_args(dbleak_mysql_url)))  # LEAK
+'''
+
+XUNIT_CONFTEST = '''
+import pytest
+
+import test_xunit
+
+
+@pytest.fixture(scope="session", autouse=True)
+def url(dbleak_mysql_url):
+    test_xunit.URL.append(dbleak_mysql_url)
+'''
+
+
+def test_the_window_holds_xunit_and_unittest_teardowns_and_leaves_out_wider_ones(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_xunit=XUNIT.replace("HELD = []", "HELD = []\nURL = []"))
+    pytester.makeconftest(XUNIT_CONFTEST)
+    args = ["--dbleak-backend=process"]
+    full = verdicts(run(pytester, args, report="full.json"))
+    failed = sorted(n.rsplit("::", 1)[1] for n, v in full.items() if v[0] == "failed")
+    assert failed == ["test_leaky_closed_by_tear_down_class",
+                      "test_leaky_closed_by_teardown_class",
+                      "test_leaky_closed_by_teardown_module"]
+    assert all(v == ("passed", (), None) for n, v in full.items() if "clean" in n), full
+    for nodeid in full:
+        assert verdicts(run(pytester, args, nodeid, report="one.json")) == {
+            nodeid: full[nodeid]}, nodeid
+
+
+def test_a_pytest_whose_setup_state_does_not_fit_stops_the_run_with_one_line(
+    pytester: pytest.Pytester,
+) -> None:
+    # Stands in for a future pytest: the setup stack the window relies on is gone.
+    pytester.makeconftest('''
+import pytest
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session):
+    session._setupstate.stack = []  # empty, but no longer a node -> finalizers map
+''')
+    pytester.makepyfile(test_any="def test_any(dbleak_mysql_url):\n    pass\n")
+    result = pytester.runpytest_subprocess("--dbleak", "--dbleak-backend=process",
+                                           *ONLY_DBLEAK)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert [line for line in result.stderr.lines if line.strip()] == [
+        f"ERROR: dbleak: pytest {pytest.__version__}: Session._setupstate.stack is not a "
+        "dict; pytest-dbleak was checked on pytest 8.0 - 9.0 and cannot place its leak "
+        "window on this version"
+    ]
