@@ -25,6 +25,7 @@ from .settings import Settings
 if TYPE_CHECKING:
     from .baseline import Baseline
     from .detector import Detector, Window
+    from .lockwatch import LockWatch
     from .tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class DbleakManager:
         self.info: ServerInfo | None = None
         self.database: SessionDatabase | None = None
         self.detector: Detector | None = None
+        self.lockwatch: LockWatch | None = None
         self.baseline: Baseline | None = None
         self.recording = False  # --dbleak-baseline names a file that does not exist yet
         self._baseline_line = ""
@@ -192,6 +194,14 @@ class DbleakManager:
             from .detector import Detector
 
             self.detector = Detector(self.tracker, self.monitor, users, self.config.rootpath)
+            if self.settings.lock_wait > 0:
+                from .lockwatch import LockWatch
+
+                self.lockwatch = LockWatch(
+                    self._server.endpoint, self._server.where, users, self.tracker,
+                    self.config.rootpath, self.settings.lock_wait,
+                )
+                self.detector.owned_ids.add(self.lockwatch.connection_id)
         return self.detector
 
     def _release_server(self) -> None:
@@ -206,6 +216,9 @@ class DbleakManager:
                 self.monitor.drop_database(self.database.name, self.database.user, "%")
             except Exception as exc:  # noqa: BLE001 - best effort at the very end
                 log.warning("dbleak: could not drop %s: %s", self.database.name, exc)
+        if self.lockwatch is not None:
+            self.lockwatch.close()
+            self.lockwatch = None
         if self.monitor is not None:
             self.monitor.close()
         if self._server is not None:
@@ -382,6 +395,8 @@ class DbleakManager:
             check.window = detector.begin(reuse=True)
         except ServerGoneError as exc:
             check.gone = exc
+        if self.lockwatch is not None:
+            self.lockwatch.arm()
         item.stash[CHECK] = check
         return check
 
@@ -389,6 +404,7 @@ class DbleakManager:
         if check.closed:
             return
         check.closed = True
+        stuck = self.lockwatch.disarm() if self.lockwatch is not None else []
         detector = self.detector
         if check.window is None or detector is None:
             return
@@ -398,6 +414,8 @@ class DbleakManager:
             )
         except ServerGoneError as exc:
             check.gone = exc
+            return
+        check.result.leaks.extend(stuck)
 
     def _judge(self, item: pytest.Item, check: _Check, report: pytest.TestReport) -> None:
         if check.gone is not None:
@@ -422,7 +440,7 @@ class DbleakManager:
             # A rerun does not take a leak back: the code leaked in an earlier attempt.
             result, note = earlier, "dbleak: leaked in an earlier attempt of this test"
         verdict.apply(
-            report, result, own_failure=any(r.failed for r in check.reports),
+            report, result, own_failure=report.failed or any(r.failed for r in check.reports),
             location=_location(item), redact=self.redact, note=note,
         )
         if result.failed and not note and not self.settings.no_reclaim and self.detector:

@@ -51,7 +51,8 @@ def _kind_counts(result: CheckResult) -> str:
     kinds: Counter[str] = Counter()
     for leak in result.leaks:
         kinds[leak.kind] += leak.count
-    return ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items(), key=_kind_order))
+    return ", ".join(f"{n} {kind}" if n else kind
+                     for kind, n in sorted(kinds.items(), key=_kind_order))
 
 
 def failure_text(result: CheckResult) -> str:

@@ -11,7 +11,9 @@ GC_RETURN = "gc_return"
 OPEN_TRANSACTION = "open_transaction"
 UNDISPOSED_ENGINE = "undisposed_engine"
 SERVER_CONNECTION = "server_connection"
-KINDS = (CHECKED_OUT, GC_RETURN, OPEN_TRANSACTION, UNDISPOSED_ENGINE, SERVER_CONNECTION)
+LOCK_WAIT = "lock_wait"  # not a connection (count 0): a statement stuck behind a leak
+KINDS = (CHECKED_OUT, GC_RETURN, OPEN_TRANSACTION, UNDISPOSED_ENGINE, SERVER_CONNECTION,
+         LOCK_WAIT)
 
 KIND_TITLES = {
     CHECKED_OUT: "checked-out connection never returned",
@@ -19,6 +21,7 @@ KIND_TITLES = {
     OPEN_TRANSACTION: "open transaction on a connection idle in a pool",
     UNDISPOSED_ENGINE: "engine created and never disposed",
     SERVER_CONNECTION: "server connection left open",
+    LOCK_WAIT: "statement stuck behind a lock that a transaction left open holds",
 }
 
 

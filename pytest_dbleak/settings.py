@@ -108,6 +108,10 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("no_reclaim", "leave what a failing test leaked in place (default: the plugin "
                "takes it back after reporting it, so later tests start from a healthy pool).",
                _parse_bool, False, "--dbleak-no-reclaim"),
+    OptionSpec("lock_wait", "seconds a statement may wait on a lock while a connection sits "
+               "idle in a transaction before it is interrupted and its test failed (default: "
+               "5; 0: never).", _parse_non_negative_float, 5.0, "--dbleak-lock-wait",
+               "SECONDS"),
     OptionSpec("cache_dir", "where the process backend keeps its initialised template datadir "
                "(default: $XDG_CACHE_HOME/pytest-dbleak).", _parse_str, None,
                "--dbleak-cache-dir", "DIR"),
@@ -133,6 +137,7 @@ class Settings:
     baseline: str | None = None
     report_only: bool = False
     no_reclaim: bool = False
+    lock_wait: float = 5.0
     cache_dir: str | None = None
     startup_timeout: float = 30.0
 

@@ -35,7 +35,11 @@ _POOL_EVENTS = ("connect", "checkout", "checkin", "close", "detach", "close_deta
 
 def capture_stack(skip: int = 1) -> tuple[Frame, ...]:
     """The caller's stack, innermost first, without reading any source file."""
-    frame: Any = sys._getframe(skip + 1)
+    return stack_of(sys._getframe(skip + 1))
+
+
+def stack_of(frame: Any) -> tuple[Frame, ...]:
+    """`frame` and its callers, innermost first (also another thread's frame)."""
     frames: list[Frame] = []
     while frame is not None and len(frames) < _STACK_LIMIT:
         code = frame.f_code

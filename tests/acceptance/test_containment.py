@@ -125,3 +125,61 @@ def test_every_kind_of_leak_is_taken_back_and_a_tolerated_one_is_left(
     for name in ("test_1_leaves_a_raw_connection", "test_3_leaves_a_transaction_open",
                  "test_5_leaves_an_engine"):
         result.stdout.fnmatch_lines([f"FAILED test_kinds.py::{name} - dbleak: *"])
+
+
+STUCK = PREAMBLE + '''
+from sqlalchemy.orm import Session
+
+
+@pytest.fixture(scope="module")
+def engine(dbleak_mysql_url):
+    engine = sa.create_engine(dbleak_mysql_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def todo(engine):
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE todo (id INT) ENGINE=InnoDB"))
+    yield
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE todo"))  # WAITS
+
+
+def test_leaves_a_session_open(engine, todo):
+    session = Session(engine)
+    session.execute(sa.text("SELECT * FROM todo"))  # HOLDS
+    KEEP.append(session)
+
+
+def test_after_it(engine):
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT 1"))
+'''
+
+
+def test_a_statement_stuck_behind_a_leaked_transaction_is_interrupted_and_named(
+    pytester: pytest.Pytester, backend_args: list[str]
+) -> None:
+    from tests.acceptance.helpers import failure_of, line_of
+
+    pytester.makepyfile(test_stuck=STUCK)
+    result = pytester.runpytest_subprocess(
+        "--dbleak", *backend_args, FAST, "--dbleak-lock-wait=1", *ONLY_DBLEAK,
+        timeout=120,
+    )
+    result.assert_outcomes(passed=1, errors=1)
+    assert result.duration < 60
+    waits = line_of(STUCK, "# WAITS")
+    block = failure_of(result, "test_leaves_a_session_open")
+    block.fnmatch_lines([
+        "E * (1317, 'Query execution was interrupted')",
+        "*- dbleak -*",
+        "dbleak: 1 connection leaked (1 checked_out, lock_wait) at test_stuck.py:*",
+        "*statement stuck behind a lock*: statement on server connection * waited * s "
+        "(Waiting for table metadata lock) and was interrupted: DROP TABLE todo; idle in a "
+        "transaction meanwhile: server connection * (in a transaction since *, checked out "
+        f"at test_stuck.py:{line_of(STUCK, '# HOLDS')} in test_leaves_a_session_open)",
+        f"    test_stuck.py:{waits} in todo",
+    ])
