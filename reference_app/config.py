@@ -114,9 +114,6 @@ class Config:
     # Background tasks still running at shutdown get this long to finish.
     SHUTDOWN_TASK_TIMEOUT_SECONDS = 10.0
 
-    # Seed bugs to switch back on, for leak tests only (see regressions.py).
-    REGRESSIONS: frozenset[str] = frozenset()
-
 
 class DevelopmentConfig(Config):
     """Local work: a random SECRET_KEY unless one is set."""

@@ -3,12 +3,16 @@
 Every application a test builds is released in teardown with ``shutdown_app``:
 an app that is never disposed keeps its pool's connections open, and the leak
 detector fails the test that did it.
+
+``REFERENCE_APP_REGRESSIONS=name[,name]`` installs the seed's bugs
+(``regressions.py``) on every app ``make_app`` builds; an unknown name is a
+usage error.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -22,9 +26,17 @@ from reference_app.config import TestingConfig
 from reference_app.extensions import db
 from reference_app.serving import RequestHandler
 
+from . import regressions
 from .support import SocketClients, World, build_world
 
 AppFactory = Callable[..., Flask]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        regressions.regressions_from_env()
+    except regressions.UnknownRegression as error:
+        raise pytest.UsageError(f"{regressions.ENV_VAR}: {error}") from None
 
 
 @pytest.fixture(scope="session")
@@ -56,13 +68,14 @@ def _empty_tables(app: Flask) -> None:
 
 @pytest.fixture
 def make_app(schema: None, app_settings: dict[str, Any]) -> Iterator[AppFactory]:
-    """Build applications with settings overrides; all are released in teardown."""
+    """Build applications with settings overrides, with the seed's bugs named in
+    the environment (or in ``regressions_on``) installed; all are released in teardown."""
     apps: list[Flask] = []
 
-    def factory(**overrides: Any) -> Flask:
+    def factory(*, regressions_on: Iterable[str] = (), **overrides: Any) -> Flask:
         app = create_app({**app_settings, **overrides})
         apps.append(app)
-        return app
+        return regressions.install(app, regressions.regressions_from_env() | set(regressions_on))
 
     yield factory
     for app in reversed(apps):

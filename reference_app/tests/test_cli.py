@@ -110,9 +110,3 @@ def test_a_job_against_an_unreachable_server_has_no_traceback() -> None:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("Error: database error: (2003")
-
-
-def test_an_unknown_regression_name_is_refused(dbleak_mysql_url: str) -> None:
-    result = flask(dbleak_mysql_url, "init-db", REFERENCE_APP_REGRESSIONS="no_such_bug")
-    assert result.returncode != 0
-    assert one_error_line(result.stderr).startswith("Error: unknown regression(s): no_such_bug")
