@@ -11,6 +11,8 @@ import click
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from .charset import CHARSET
+
 # The seed's pool settings. pool_size + max_overflow = 60 connections per
 # process: the monitor compares that ceiling with the server's max_connections.
 SEED_ENGINE_OPTIONS: dict[str, Any] = {
@@ -62,9 +64,13 @@ def engine_options_for(url: URL, base: Mapping[str, Any] | None = None) -> dict[
     (~19 ms per connection); a server on this host does not need TLS.
     """
     options = dict(SEED_ENGINE_OPTIONS if base is None else base)
+    connect_args = dict(options.get("connect_args", {}))
+    if url.get_backend_name() in ("mysql", "mariadb") and "charset" not in url.query:
+        # Every character, 4-byte ones included, whatever the driver's default.
+        connect_args.setdefault("charset", CHARSET)
     if url.drivername == "mysql+pymysql" and _is_local(url):
-        connect_args = dict(options.get("connect_args", {}))
         connect_args.setdefault("ssl_disabled", True)
+    if connect_args:
         options["connect_args"] = connect_args
     return options
 

@@ -10,6 +10,7 @@ from sqlalchemy import JSON, DateTime, ForeignKey, Index, String, Text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from .charset import TABLE_OPTIONS
 from .extensions import db
 
 # Flask-SQLAlchemy builds db.Model at run time; mypy cannot see it as a base
@@ -61,6 +62,7 @@ class NotificationStatus(str, enum.Enum):
 
 class User(db.Model):  # type: ignore[name-defined]
     __tablename__ = "users"
+    __table_args__ = TABLE_OPTIONS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(80), unique=True)
@@ -76,6 +78,7 @@ class User(db.Model):  # type: ignore[name-defined]
 
 class Location(db.Model):  # type: ignore[name-defined]
     __tablename__ = "locations"
+    __table_args__ = TABLE_OPTIONS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(120), unique=True)
@@ -88,6 +91,7 @@ class Location(db.Model):  # type: ignore[name-defined]
 
 class Buggy(db.Model):  # type: ignore[name-defined]
     __tablename__ = "buggies"
+    __table_args__ = TABLE_OPTIONS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     code: Mapped[str] = mapped_column(String(32), unique=True)
@@ -114,7 +118,7 @@ class Buggy(db.Model):  # type: ignore[name-defined]
 
 class GuestRequest(db.Model):  # type: ignore[name-defined]
     __tablename__ = "requests"
-    __table_args__ = (Index("ix_requests_status_created", "status", "created_at"),)
+    __table_args__ = (Index("ix_requests_status_created", "status", "created_at"), TABLE_OPTIONS)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     guest_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
@@ -143,7 +147,7 @@ class GuestRequest(db.Model):  # type: ignore[name-defined]
 
 class Notification(db.Model):  # type: ignore[name-defined]
     __tablename__ = "notifications"
-    __table_args__ = (Index("ix_notifications_due", "status", "next_attempt_at"),)
+    __table_args__ = (Index("ix_notifications_due", "status", "next_attempt_at"), TABLE_OPTIONS)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
@@ -172,6 +176,7 @@ class Notification(db.Model):  # type: ignore[name-defined]
 
 class SystemLog(db.Model):  # type: ignore[name-defined]
     __tablename__ = "system_logs"
+    __table_args__ = TABLE_OPTIONS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     level: Mapped[str] = mapped_column(String(16))

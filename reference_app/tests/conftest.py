@@ -49,11 +49,19 @@ def app_settings(dbleak_mysql_url: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def schema(app_settings: dict[str, Any]) -> None:
-    """Create the tables once per session, with an app released right after."""
+    """Create the tables once per session, with an app released right after.
+
+    The database is first given latin1 as its default, as a stock MariaDB makes
+    a bare ``CREATE DATABASE``: the tables must declare utf8mb4 themselves."""
     app = create_app(app_settings)
     try:
         with app.app_context():
             db.drop_all()
+            with db.engine.begin() as connection:
+                name = connection.execute(text("SELECT DATABASE()")).scalar_one()
+                connection.execute(
+                    text(f"ALTER DATABASE `{name}` CHARACTER SET latin1 COLLATE latin1_swedish_ci")
+                )
             db.create_all()
     finally:
         shutdown_app(app)

@@ -56,7 +56,7 @@ def test_the_app_engine_uses_the_seeds_pool(app: Flask) -> None:
 )
 def test_local_pymysql_urls_get_ssl_disabled(url: str) -> None:
     options = engine_options_for(make_url(url))
-    assert options["connect_args"] == {"ssl_disabled": True}
+    assert options["connect_args"] == {"ssl_disabled": True, "charset": "utf8mb4"}
     assert "connect_args" not in SEED_ENGINE_OPTIONS  # the shared defaults stay untouched
 
 
@@ -65,7 +65,21 @@ def test_local_pymysql_urls_get_ssl_disabled(url: str) -> None:
     ["mysql+pymysql://u:p@db.example.com/db", "sqlite:///x.db", "mysql+mysqldb://u@127.0.0.1/db"],
 )
 def test_remote_or_other_driver_urls_keep_ssl(url: str) -> None:
-    assert "connect_args" not in engine_options_for(make_url(url))
+    assert "ssl_disabled" not in engine_options_for(make_url(url)).get("connect_args", {})
+
+
+@pytest.mark.parametrize(
+    ("url", "connect_args"),
+    [
+        ("mysql+pymysql://u@db.example.com/db", {"charset": "utf8mb4"}),
+        ("mysql+mysqldb://u@127.0.0.1/db", {"charset": "utf8mb4"}),
+        ("mariadb+pymysql://u@db.example.com/db", {"charset": "utf8mb4"}),
+        ("mysql+pymysql://u@db.example.com/db?charset=utf8", None),  # the URL's own choice
+        ("sqlite:///x.db", None),
+    ],
+)
+def test_mysql_connections_ask_for_utf8mb4(url: str, connect_args: object) -> None:
+    assert engine_options_for(make_url(url)).get("connect_args") == connect_args
 
 
 def test_local_connections_really_skip_tls(app: Flask) -> None:
