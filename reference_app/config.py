@@ -107,9 +107,16 @@ class Config:
     NOTIFICATION_MAX_ATTEMPTS = 5
     NOTIFICATION_RETRY_BASE_SECONDS = 30
     NOTIFICATION_BATCH_SIZE = 100
+    # A claimed notification is another process's for this long: a send that
+    # takes longer counts as crashed, and the row is due again.
+    NOTIFICATION_CLAIM_SECONDS = 300.0
 
     REQUEST_TIMEOUT_SECONDS = 15 * 60
     SYSTEM_LOG_RETENTION_DAYS = 30
+
+    # How many server processes (workers x hosts) share the database: the
+    # monitor warns when that many pool ceilings exceed max_connections.
+    SERVER_PROCESSES = 1
 
     # Alarm criteria of the seed, as numbers.
     POOL_WARNING_USAGE = 0.80
@@ -164,11 +171,48 @@ def config_from_env() -> dict[str, Any]:
     elif not settings.get("SECRET_KEY"):
         # Tokens then last as long as the process: fine for development.
         settings["SECRET_KEY"] = secrets.token_urlsafe(32)
-    for key in ("SOCKETIO_MESSAGE_QUEUE", "SOCKETIO_CHANNEL"):
+    for key in ("SOCKETIO_MESSAGE_QUEUE", "SOCKETIO_CHANNEL", "NOTIFICATION_SENDER", "LOG_LEVEL"):
         if os.environ.get(key):
             settings[key] = os.environ[key]
+    for key, kind in _NUMBERS.items():
+        if os.environ.get(key, "").strip():
+            settings[key] = _number(key, os.environ[key], kind)
     settings["SCHEDULER_ENABLED"] = env_flag("SCHEDULER_ENABLED", settings["SCHEDULER_ENABLED"])
+    if os.environ.get("JOB_INTERVALS", "").strip():
+        settings["JOB_INTERVALS_SECONDS"] = parse_job_intervals(
+            os.environ["JOB_INTERVALS"], settings["JOB_INTERVALS_SECONDS"]
+        )
     return settings
+
+
+# Numeric settings the environment may set, and their type.
+_NUMBERS: dict[str, type[int] | type[float]] = {
+    "NOTIFICATION_BATCH_SIZE": int,
+    "NOTIFICATION_CLAIM_SECONDS": float,
+    "SERVER_PROCESSES": int,
+}
+
+
+def _number(key: str, raw: str, kind: type[int] | type[float]) -> float:
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{key}={raw!r} is not a {kind.__name__}") from None
+    if value <= 0:
+        raise ConfigError(f"{key}={raw!r} must be positive")
+    return value
+
+
+def parse_job_intervals(raw: str, base: Mapping[str, float]) -> dict[str, float]:
+    """``JOB_INTERVALS="check_request_timeouts=10,cleanup_old_logs=600"`` over ``base``."""
+    intervals = dict(base)
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, _, seconds = item.partition("=")
+        name = name.strip()
+        if name not in intervals:
+            raise ConfigError(f"JOB_INTERVALS: unknown job {name!r}; jobs: {', '.join(base)}")
+        intervals[name] = _number(f"JOB_INTERVALS {name}", seconds, float)
+    return intervals
 
 
 def _class_settings(cls: type[Config]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 from sqlalchemy.exc import ArgumentError
 
-from . import jobs, session_cleanup
+from . import claims, jobs, session_cleanup
 from .blueprints import auth, fleet, health, locations, notifications, requests
 from .cli import register_cli
 from .config import Config, ConfigError, engine_options_for, parse_database_url, resolve_config
@@ -74,6 +74,7 @@ def create_app(config: type[Config] | Mapping[str, Any] | None = None) -> Flask:
         channel=app.config["SOCKETIO_CHANNEL"],
     )
 
+    claims.init_app(app)
     jobs.init_app(app)
     session_cleanup.init_app(app)
     register_error_handlers(app)

@@ -6,7 +6,7 @@ import enum
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, String, Text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -159,6 +159,11 @@ class Notification(db.Model):  # type: ignore[name-defined]
     next_attempt_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # The process sending it right now, and until when its claim holds: a
+    # claimed row is not due for anyone else; a claim whose holder crashed
+    # expires and the row is due again.
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_until: Mapped[datetime | None] = mapped_column(Timestamp)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -183,3 +188,16 @@ class SystemLog(db.Model):  # type: ignore[name-defined]
     source: Mapped[str] = mapped_column(String(64))
     message: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, index=True)
+
+
+class JobClaim(db.Model):  # type: ignore[name-defined]
+    """One run of a scheduled job per schedule slot, across all processes: the
+    process whose insert of (job, slot) succeeds runs it; the others skip."""
+
+    __tablename__ = "job_claims"
+    __table_args__ = TABLE_OPTIONS
+
+    job: Mapped[str] = mapped_column(String(64), primary_key=True)
+    slot: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    claimed_by: Mapped[str] = mapped_column(String(64))
+    claimed_at: Mapped[datetime] = mapped_column(Timestamp)

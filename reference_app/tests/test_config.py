@@ -133,3 +133,40 @@ def test_unknown_config_name(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REFERENCE_APP_CONFIG", "staging")
     with pytest.raises(ConfigError, match="development, testing, production"):
         config_from_env()
+
+
+def test_the_environment_sets_job_intervals_and_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOB_INTERVALS", " retry_failed_notifications=0.5 , cleanup_old_logs=600")
+    monkeypatch.setenv("NOTIFICATION_BATCH_SIZE", "10")
+    monkeypatch.setenv("NOTIFICATION_CLAIM_SECONDS", "2.5")
+    monkeypatch.setenv("SERVER_PROCESSES", "4")
+    monkeypatch.setenv("NOTIFICATION_SENDER", "reference_app.tests.senders:BrokenSender")
+    settings = config_from_env()
+    assert settings["JOB_INTERVALS_SECONDS"] == {
+        **Config.JOB_INTERVALS_SECONDS,
+        "retry_failed_notifications": 0.5,
+        "cleanup_old_logs": 600.0,
+    }
+    assert settings["NOTIFICATION_BATCH_SIZE"] == 10
+    assert settings["NOTIFICATION_CLAIM_SECONDS"] == 2.5
+    assert settings["SERVER_PROCESSES"] == 4
+    assert settings["NOTIFICATION_SENDER"] == "reference_app.tests.senders:BrokenSender"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("JOB_INTERVALS", "nope=1", "JOB_INTERVALS: unknown job 'nope'; jobs: retry_failed"),
+        ("JOB_INTERVALS", "cleanup_old_logs=soon", "JOB_INTERVALS cleanup_old_logs='soon' is not"),
+        ("JOB_INTERVALS", "cleanup_old_logs=-1", "must be positive"),
+        ("SERVER_PROCESSES", "four", "SERVER_PROCESSES='four' is not a int"),
+        ("SERVER_PROCESSES", "0", "SERVER_PROCESSES='0' must be positive"),
+    ],
+)
+def test_bad_numbers_in_the_environment_are_one_line_errors(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        config_from_env()
+    assert message in caught.value.message

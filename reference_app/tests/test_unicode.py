@@ -20,10 +20,12 @@ from reference_app.extensions import db
 from reference_app.models import (
     Buggy,
     GuestRequest,
+    JobClaim,
     Location,
     Notification,
     SystemLog,
     User,
+    utcnow,
 )
 from reference_app.services.notifications import DeliveryError, OutgoingNotification
 
@@ -92,7 +94,7 @@ def test_every_text_column_round_trips_and_compares(app: Flask, sample: str) -> 
         session = db.session
         values: dict[Any, dict[str, str]] = {
             model: {key: fitted(sample, n) for key, n in text_columns(model)}
-            for model in (User, Location, Buggy, GuestRequest, Notification, SystemLog)
+            for model in (User, Location, Buggy, GuestRequest, Notification, SystemLog, JobClaim)
         }
         user = User(**values[User])
         location = Location(**values[Location])
@@ -105,17 +107,22 @@ def test_every_text_column_round_trips_and_compares(app: Flask, sample: str) -> 
             GuestRequest(**values[GuestRequest], guest_id=user.id, location_id=location.id),
             Notification(**values[Notification], user_id=user.id, payload={"note": sample}),
             SystemLog(**values[SystemLog]),
+            JobClaim(**values[JobClaim], slot=1, claimed_at=utcnow()),
         ]
         session.add_all(rows)
         session.commit()
         session.expire_all()  # every read below goes to the server
         for row in rows:
             model = type(row)
-            fresh = session.get(model, row.id)
+            (key_column,) = [c for c in model.__table__.primary_key.columns if c.key != "slot"]
+            key_value = getattr(row, key_column.key)
+            fresh = session.get(model, [getattr(row, c.key) for c in model.__table__.primary_key])
             for key, value in values[model].items():
                 assert getattr(fresh, key) == value, (model.__name__, key)
-                found = session.scalars(select(model.id).where(getattr(model, key) == value))
-                assert row.id in found.all(), (model.__name__, key)
+                found = session.scalars(
+                    select(getattr(model, key_column.key)).where(getattr(model, key) == value)
+                )
+                assert key_value in found.all(), (model.__name__, key)
         notification = session.get(Notification, rows[4].id)
         assert notification is not None
         assert notification.payload == {"note": sample}
