@@ -132,8 +132,19 @@ def test_three_processes_send_each_notification_once(
         JOB_INTERVALS="retry_failed_notifications=0.05",
         NOTIFICATION_BATCH_SIZE="10",
         REFERENCE_APP_SENDER_DELAY="0.005",
+        SERVER_PROCESSES=str(PROCESSES),
     )
     with servers(*[env] * PROCESSES) as running:
+        # Three of the seed's pools (60 each) exceed the server's default 151.
+        exceeded = "3 processes x 60 connections = 180 exceed the server's max_connections=151"
+        for server in running:
+            assert "db pool warning: size=20" in server.output
+            assert exceeded in server.output
+        status, report = http("GET", f"{running[0].url}/db-pool-status")
+        assert status == 200
+        assert report["status"] == "warning"
+        assert exceeded in report["warnings"]
+        assert report["details"]["capacity"]["deployment_ceiling"] == 180
         # Meanwhile requests made and cancelled on every process: each cancel
         # delivers its notification at once, racing the other processes' jobs.
         for round_ in range(10):
