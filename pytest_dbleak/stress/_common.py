@@ -35,7 +35,6 @@ class SocketChurnError(StressError):
     """
 
 
-
 @dataclasses.dataclass(frozen=True)
 class StressResult:
     """What a stress run did.
@@ -114,7 +113,6 @@ class HttpLoadResult(StressResult):
         return data
 
 
-
 def require_positive(**values: float) -> None:
     for name, value in values.items():
         if isinstance(value, bool) or not value > 0:
@@ -135,4 +133,3 @@ def join_all(threads: Iterable[threading.Thread], deadline: float) -> list[threa
 
 def names(threads: Iterable[threading.Thread]) -> str:
     return ", ".join(sorted(thread.name for thread in threads))
-

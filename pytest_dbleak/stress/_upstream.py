@@ -63,7 +63,7 @@ _log = logging.getLogger(__name__)
 #: extra's in pyproject.toml, run by ``tox -e min`` with ci/min-versions.txt.
 VERIFIED_ON: dict[str, tuple[str, str]] = {
     "python-socketio": ("5.12.0", "5.18.1"),
-    "python-engineio": ("4.11.0", "4.15.1"),
+    "python-engineio": ("4.13.4", "4.15.1"),
     "simple-websocket": ("1.0.0", "1.1.0"),
     "wsproto": ("1.2.0", "1.3.2"),
     "Werkzeug": ("3.0.0", "3.1.8"),
@@ -101,8 +101,9 @@ def require(condition: object, distribution: str, what: str) -> None:
 class WebSocketRequestHandler(RequestHandler):
     """Close the TCP connection once a WebSocket session on it has ended.
 
-    Engine.IO ends a WebSocket session under Werkzeug by raising ConnectionError
-    (simple-websocket's "werkzeug" mode).  The upgrade request was HTTP/1.1 without
+    Engine.IO (4.13.4 and later, python-engineio#457) ends a WebSocket session under
+    Werkzeug by raising ConnectionError, which Werkzeug reports to
+    ``connection_dropped()``.  The upgrade request was HTTP/1.1 without
     "Connection: close" and no response went through Werkzeug, so
     BaseHTTPRequestHandler treats the socket as keep-alive and blocks reading a "next
     request" from it until the client hangs up, while the client waits in
@@ -143,15 +144,19 @@ class OrderlyEngineIOClient(engineio.Client):
     flush_timeout = 5.0
 
     def disconnect(self, abort: bool = False, reason: Any = None) -> None:
+        # Orderly whatever ``abort`` says: python-socketio before 5.14 disconnects its
+        # Engine.IO client with abort=True, yet a churn client always leaves on purpose.
         ws = getattr(self, "ws", None)
-        if not abort and self.state == "connected" and self.current_transport == "websocket":
+        if self.state == "connected" and self.current_transport == "websocket":
             if not self._flush_send_queue(self.flush_timeout):
                 _log.warning(
                     "Engine.IO client %s: send queue not flushed before disconnect", self.sid
                 )
             self._close_websocket_after_writer()
-        super().disconnect(abort=abort, reason=reason)
         reader = self.read_loop_task
+        super().disconnect(abort=abort, reason=reason)
+        if isinstance(reader, threading.Thread) and reader.ident is not None:
+            reader.join(self.flush_timeout)  # disconnect() does not when abort=True
         if ws is not None and (reader is None or not reader.is_alive()):
             # websocket-client's close() does nothing once the read loop has answered
             # the server's close frame (that marks the WebSocket "not connected"),
@@ -326,9 +331,7 @@ def manager_methods() -> list[str]:
     return [name for name in found if name not in CALLS_APPLICATION]
 
 
-def serialise_manager(
-    manager: Any, lock: threading.RLock
-) -> list[tuple[str, Callable[..., Any]]]:
+def serialise_manager(manager: Any, lock: threading.RLock) -> list[tuple[str, Callable[..., Any]]]:
     """Replacements that run each of ``manager``'s bookkeeping methods under ``lock``.
 
     python-socketio's in-memory manager keeps ``rooms``, ``pending_connect`` and

@@ -171,9 +171,7 @@ class SocketChurnRunner:
         def worker() -> None:
             while not stop.is_set() and (index := next_index()) is not None:
                 try:
-                    sid = self._churn_one(
-                        index, url, namespace, auth, on_connect, outcome
-                    )
+                    sid = self._churn_one(index, url, namespace, auth, on_connect, outcome)
                 except SocketChurnError as exc:
                     outcome.failed(exc)
                     stop.set()

@@ -327,6 +327,63 @@ def test_socket_churn_needs_an_initialised_threading_socketio() -> None:
         SocketChurnRunner(clients=1).run(app, flask_socketio.SocketIO())
 
 
+def test_a_missing_upstream_target_fails_the_churn_loudly_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As if python-engineio no longer served WebSockets through SimpleWebSocketWSGI:
+    # the churn must say so, not run without its workaround.
+    chat = ChatApp()
+    eio = chat.socketio.server.eio
+    monkeypatch.setattr(eio, "_async", {**eio._async, "websocket": object})
+
+    with pytest.raises(_upstream.UpstreamChanged) as excinfo:
+        SocketChurnRunner(clients=2, concurrency=1).run(chat.app, chat.socketio)
+
+    message = str(excinfo.value)
+    assert "\n" not in message
+    installed = _upstream.installed_version("python-engineio")
+    assert f"python-engineio {installed} does not have" in message
+    floor, newest = _upstream.VERIFIED_ON["python-engineio"]
+    assert f"verified on {floor} to {newest}" in message
+    assert chat.connected == []
+    # Nothing was left patched: the driver table is the one it found.
+    assert eio._async["websocket"] is object
+    assert "_trigger_event" not in vars(chat.socketio.server)
+
+
+def test_a_method_upstream_adds_to_the_manager_is_serialised_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socketio
+
+    held_elsewhere: list[bool] = []
+
+    def count_members(self: Any, namespace: str) -> int:
+        # Is the manager's lock held while it runs?  Ask from another thread.
+        probe = threading.Thread(
+            target=lambda: held_elsewhere.append(not lock.acquire(blocking=False))
+        )
+        probe.start()
+        probe.join(5)
+        return len(self.rooms.get(namespace, {}))
+
+    monkeypatch.setattr(
+        socketio.base_manager.BaseManager, "count_members", count_members, raising=False
+    )
+    manager = ChatApp().socketio.server.manager
+    lock = threading.RLock()
+
+    replacements = dict(_upstream.serialise_manager(manager, lock))
+
+    assert "count_members" in replacements
+    assert replacements["count_members"]("/") == 0
+    assert held_elsewhere == [True]
+    # And the one that runs application code (an ack callback) is left alone.
+    assert "trigger_callback" not in replacements
+    # Generators come back as snapshots taken under the lock.
+    assert list(replacements["get_namespaces"]()) == list(manager.get_namespaces())
+
+
 class _GilYieldingDict(dict[Any, Any]):
     """A dict that gives up the GIL on every lookup.
 
@@ -350,7 +407,10 @@ def test_socket_churn_serialises_the_socketio_managers_bookkeeping() -> None:
     # connect or whose disconnect handler never runs.
     chat = ChatApp()
     manager = chat.socketio.server.manager
-    for name in ("rooms", "pending_connect", "pending_disconnect"):
+    # pending_connect is python-socketio 5.18 and later
+    names = ("rooms", "pending_connect", "pending_disconnect")
+    books = [name for name in names if hasattr(manager, name)]
+    for name in books:
         setattr(manager, name, _GilYieldingDict(getattr(manager, name)))
 
     result = SocketChurnRunner(clients=30, concurrency=5).run(chat.app, chat.socketio)
@@ -361,7 +421,7 @@ def test_socket_churn_serialises_the_socketio_managers_bookkeeping() -> None:
     assert chat.reasons == {"client disconnect": 30}
     assert chat.tasks_done == 30
     # Every client left the manager's books.
-    assert (manager.rooms, manager.pending_connect, manager.pending_disconnect) == ({}, {}, {})
+    assert [getattr(manager, name) for name in books] == [{}] * len(books)
 
 
 def _server_websocket(state: str) -> tuple[Any, Any, socket.socket]:
