@@ -56,6 +56,7 @@ def server_session(wrapper_class: type[Any], peer_closed: bool) -> tuple[Any, An
         event=threading.Event(),
         close_reason=None,
         close_message=None,
+        thread=threading.Thread(target=lambda: None),  # the reader, never started
     )
     wrapper = object.__new__(wrapper_class)
     wrapper.ws = connection

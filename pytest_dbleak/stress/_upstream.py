@@ -41,6 +41,7 @@ import inspect
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -208,6 +209,18 @@ class ChurnClient(socketio.Client):
         return OrderlyEngineIOClient
 
 
+def client_threads(client: socketio.Client) -> list[threading.Thread]:
+    """The Engine.IO read and write loops of ``client`` (started by ``connect()``)."""
+    eio = client.eio
+    require(
+        hasattr(eio, "read_loop_task") and hasattr(eio, "write_loop_task"),
+        "python-engineio",
+        "Client.read_loop_task and Client.write_loop_task",
+    )
+    loops = (eio.read_loop_task, eio.write_loop_task)
+    return [task for task in loops if isinstance(task, threading.Thread)]
+
+
 require(
     callable(getattr(socketio.Client, "_engineio_client_class", None)),
     "python-socketio",
@@ -252,8 +265,13 @@ class ClosingOnceWebSocket(SimpleWebSocketWSGI):
       is already closed.  Here the event is set after closing.
     """
 
+    def wait(self) -> Any:
+        _remember_reader(self.ws)
+        return super().wait()
+
     def close(self) -> None:
         ws: Any = self.ws
+        _remember_reader(ws)
         require(
             callable(getattr(getattr(ws, "event", None), "set", None))
             and hasattr(ws, "connected")
@@ -273,6 +291,26 @@ class ClosingOnceWebSocket(SimpleWebSocketWSGI):
             ws.event.set()  # wait() re-checks ``connected`` and returns
 
 
+# simple-websocket gives each connection a reader thread of its own that nothing
+# returns a handle to; the sessions served through ClosingOnceWebSocket record theirs.
+_readers: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+_readers_lock = threading.Lock()
+
+
+def _remember_reader(ws: Any) -> None:
+    reader = getattr(ws, "thread", None)
+    require(isinstance(reader, threading.Thread), "simple-websocket", "Base.thread (the reader)")
+    assert isinstance(reader, threading.Thread)
+    with _readers_lock:
+        _readers.add(reader)
+
+
+def websocket_readers() -> list[threading.Thread]:
+    """The reader threads, still alive, of the WebSocket sessions served so far."""
+    with _readers_lock:
+        return [thread for thread in _readers if thread.is_alive()]
+
+
 #: python-engineio's ``Server._async``: the async driver table (thread, sleep, websocket).
 DRIVER_TABLE = "_async"
 
@@ -290,15 +328,6 @@ def websocket_drivers(eio: Any) -> dict[str, Any]:
     )
     assert isinstance(drivers, dict)
     return {**drivers, "websocket": ClosingOnceWebSocket}
-
-
-def is_websocket_reader(thread: threading.Thread) -> bool:
-    """Whether ``thread`` is simple-websocket's per-connection reader (``Base._thread``).
-
-    Nothing returns a handle to it; simple-websocket names it
-    ``Thread-N (simple_websocket.Base._thread)``, before 1.1 ``Thread-N (_thread)``.
-    """
-    return thread.name.endswith(("(simple_websocket.Base._thread)", "(_thread)"))
 
 
 # --------------------------------------------------------------------------

@@ -240,14 +240,7 @@ class SocketChurnRunner:
     def _join_client_threads(self, client: Any, label: str, outcome: _ChurnOutcome) -> None:
         # Engine.IO's read loop joins the writer, and disconnect() joins the
         # read loop; join both here anyway so none is still winding down.
-        loops = [
-            task
-            for task in (
-                getattr(client.eio, "read_loop_task", None),
-                getattr(client.eio, "write_loop_task", None),
-            )
-            if isinstance(task, threading.Thread)
-        ]
+        loops = _upstream.client_threads(client)
         alive = join_all(loops, time.monotonic() + self.connect_timeout)
         if alive:
             outcome.problem(
@@ -287,14 +280,9 @@ class SocketChurnRunner:
         pings = hooks.uninstall(deadline)
         if pings:
             outcome.problem(f"Engine.IO ping timer(s) still running: {names(pings)}")
-        # simple-websocket gives each connection a reader thread of its own
-        # that nothing returns a handle to; it is named after it.  Closing the
-        # connection ends it; join it so it cannot outlive run().
-        readers = [
-            thread
-            for thread in threading.enumerate()
-            if thread not in threads_before and _upstream.is_websocket_reader(thread)
-        ]
+        # simple-websocket's reader of each connection ends once the connection is
+        # closed; join it so it cannot outlive run().
+        readers = [t for t in _upstream.websocket_readers() if t not in threads_before]
         readers = join_all(readers, deadline)
         if readers:
             outcome.problem(f"WebSocket reader thread(s) still running: {names(readers)}")

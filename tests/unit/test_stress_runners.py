@@ -455,6 +455,7 @@ def _server_websocket(state: str) -> tuple[Any, Any, socket.socket]:
         event=threading.Event(),
         close_reason=None,
         close_message=None,
+        thread=threading.Thread(target=lambda: None),  # the reader, never started
     )
     wrapper = object.__new__(_upstream.ClosingOnceWebSocket)
     wrapper.ws = connection
