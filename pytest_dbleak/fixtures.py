@@ -140,10 +140,10 @@ class JobsStress(_Stress):
     kind = "dbleak_jobs"
 
     def run(self, *callables: Any) -> Any:
-        from .stress import JobStress
+        from .stress import JobRunner
 
         s = self.settings
-        runner = JobStress(runs=s.runs, threads=s.threads)
+        runner = JobRunner(runs=s.runs, threads=s.threads)
         return self._run(s.runs * len(callables), lambda: runner.run(*callables))
 
 
@@ -154,10 +154,10 @@ class SocketChurnStress(_Stress):
 
     def run(self, app: Any, socketio: Any, *, namespace: str = "/", auth: Any = None,
             on_connect: Any = None) -> Any:
-        from .stress import SocketChurn
+        from .stress import SocketChurnRunner
 
         s = self.settings
-        runner = SocketChurn(clients=s.clients, concurrency=s.concurrency, timeout=s.timeout)
+        runner = SocketChurnRunner(clients=s.clients, concurrency=s.concurrency, timeout=s.timeout)
         return self._run(s.clients, lambda: runner.run(
             app, socketio, namespace=namespace, auth=auth, on_connect=on_connect
         ))
@@ -170,10 +170,10 @@ class HttpLoadStress(_Stress):
 
     def run(self, app: Any, path: str, *, method: str = "GET",
             headers: dict[str, str] | None = None, body: bytes | str | None = None) -> Any:
-        from .stress import HttpLoad
+        from .stress import HttpLoadRunner
 
         s = self.settings
-        runner = HttpLoad(requests=s.requests, concurrency=s.concurrency, timeout=s.timeout)
+        runner = HttpLoadRunner(requests=s.requests, concurrency=s.concurrency, timeout=s.timeout)
         return self._run(s.requests, lambda: runner.run(
             app, path, method=method, headers=headers, body=body
         ))
