@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,8 @@ from .results import KIND_TITLES, KINDS, CheckResult, Leak
 SECTION = "dbleak"
 REPORT_VERSION = 1
 _PROCESS_COLUMNS = ("id", "user", "host", "db", "command", "time", "state", "trx_started")
+TIMES = "\N{MULTIPLICATION SIGN}"  # "48 TIMES checked-out connection never returned"
+FOLD = 5  # ids and processlist rows shown before the rest is folded into a count
 
 
 def plural(n: int, word: str) -> str:
@@ -63,10 +65,15 @@ def failure_text(result: CheckResult) -> str:
 
 
 def _leak_lines(leak: Leak) -> list[str]:
-    count = f"{leak.count} x " if leak.count > 1 else ""
+    # The prefix counts leaks, not connections: one engine holding two connections is
+    # one "engine created and never disposed".
+    count = f"{leak.occurrences} {TIMES} " if leak.occurrences > 1 else ""
     lines = [f"{count}{KIND_TITLES[leak.kind]}: {leak.what}"]
-    if leak.thread and leak.thread != "MainThread":
-        lines.append(f"    in thread {leak.thread}")
+    if leak.occurrences > 1 and len(leak.connection_ids) > 1:
+        lines.append(f"    connection ids: {folded(leak.connection_ids)}")
+    threads = [t for t in (leak.thread or "").split(", ") if t and t != "MainThread"]
+    if threads:
+        lines.append(f"    in {'thread' if len(threads) == 1 else 'threads'} {folded(threads)}")
     if leak.stack:
         for site in leak.stack:
             lines.append(f"    {site}")
@@ -74,6 +81,13 @@ def _leak_lines(leak: Leak) -> list[str]:
         lines.append("    (no user code on the stack)")
     lines.append("")
     return lines
+
+
+def folded(items: Sequence[object], shown: int = FOLD) -> str:
+    """'5, 6, 7, 8, 9 and 43 more': the first few of a long list, and how many are left."""
+    head = ", ".join(str(i) for i in items[:shown])
+    rest = len(items) - shown
+    return f"{head} and {rest} more" if rest > 0 else head
 
 
 def section_text(result: CheckResult) -> str:
@@ -91,7 +105,9 @@ def section_text(result: CheckResult) -> str:
     if rows:
         lines.append("")
         lines.append("processlist rows left behind:")
-        lines.extend(_table(rows))
+        lines.extend(_table(rows[:FOLD]))
+        if len(rows) > FOLD:
+            lines.append(f"  … and {plural(len(rows) - FOLD, 'more row')} (all in the JSON report)")
     return "\n".join(lines) + "\n"
 
 

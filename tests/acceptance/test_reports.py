@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.helpers import ONLY_DBLEAK, PREAMBLE, line_of, run_pytest_in
+from pytest_dbleak.reporting import TIMES
+from tests.acceptance.helpers import ONLY_DBLEAK, PREAMBLE, failure_of, line_of, run_pytest_in
 
 REPORTED = '''
 import pathlib
@@ -195,3 +196,65 @@ def test_no_output_or_report_contains_the_session_password(
     assert password not in reported_run.stderr.str()
     assert password not in (run_dir / "reports" / "leaks.json").read_text()
     assert password not in (run_dir / "junit.xml").read_text()
+
+
+MANY = '''
+@pytest.fixture(scope="module")
+def engine(dbleak_mysql_url):
+    engine = sa.create_engine(dbleak_mysql_url, poolclass=sa.pool.NullPool)
+    yield engine
+    engine.dispose()
+
+
+def open_one(engine):
+    return engine.connect()  # LEAK-many
+
+
+def test_leaks_48_connections_at_one_line(engine):
+    for _ in range(48):
+        KEEP.append(open_one(engine))
+
+
+def test_returns_48_connections_opened_at_one_line(engine):
+    for _ in range(48):
+        open_one(engine).close()
+'''
+
+
+def test_48_identical_leaks_are_one_entry_a_few_dozen_lines_long_and_the_json_keeps_them_all(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_many=PREAMBLE + MANY)
+    result = pytester.runpytest_subprocess(
+        "--dbleak", "--dbleak-backend=process", "--dbleak-settle-timeout=0.2", *ONLY_DBLEAK,
+        "--dbleak-report=r.json", "--dbleak-html=r.html",
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    line = line_of(PREAMBLE + MANY, "# LEAK-many")
+
+    failure = failure_of(result, "test_leaks_48_connections_at_one_line")
+    assert len(failure.lines) <= 36, "\n".join(failure.lines)
+    failure.fnmatch_lines([
+        f"dbleak: 48 connections leaked (48 checked_out) at test_many.py:{line}",
+        f"48 {TIMES} checked-out connection never returned: server connections of NullPool "
+        "checked out",
+        "    connection ids: *, *, *, *, * and 43 more",
+        "    test_many.py:* in test_leaks_48_connections_at_one_line",
+        f"    test_many.py:{line} in open_one",
+        "processlist rows left behind:",
+        "  id  user*",
+        "  * and 43 more rows (all in the JSON report)",
+    ])
+    assert sum("checked-out connection never returned" in x for x in failure.lines) == 1
+
+    tests = {t["nodeid"].split("::")[1]: t for t in json.loads(
+        (pytester.path / "r.json").read_text())["tests"]}
+    [leak] = tests["test_leaks_48_connections_at_one_line"]["leaks"]
+    assert (leak["kind"], leak["count"], leak["occurrences"]) == ("checked_out", 48, 48)
+    assert len(set(leak["connection_ids"])) == 48
+    assert sorted(row["id"] for row in leak["processlist"]) == sorted(leak["connection_ids"])
+    assert tests["test_returns_48_connections_opened_at_one_line"]["leaks"] == []
+
+    page = (pytester.path / "r.html").read_text()
+    assert page.count('class="leak-item kind-checked_out"') == 1
+    assert "checked_out</span> &times; 48" in page
