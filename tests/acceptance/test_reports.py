@@ -4,6 +4,7 @@ code - and that clean tests were never kept waiting (process backend)."""
 from __future__ import annotations
 
 import json
+import sysconfig
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -258,3 +259,38 @@ def test_48_identical_leaks_are_one_entry_a_few_dozen_lines_long_and_the_json_ke
     page = (pytester.path / "r.html").read_text()
     assert page.count('class="leak-item kind-checked_out"') == 1
     assert "checked_out</span> &times; 48" in page
+
+
+LAUNCHED = """
+def test_leaks_a_checkout(dbleak_mysql_url):
+    engine = sa.create_engine(dbleak_mysql_url)
+    KEEP.append(engine)
+    KEEP.append(engine.connect())  # LEAK-launched
+"""
+
+
+def test_a_run_started_through_the_pytest_console_script_shows_no_launcher_frame(
+    pytester: pytest.Pytester,
+) -> None:
+    script = Path(sysconfig.get_path("scripts")) / "pytest"
+    if not script.exists():
+        pytest.skip(f"no pytest console script at {script}")
+    pytester.makepyfile(test_launched=PREAMBLE + LAUNCHED)
+    result = pytester.run(
+        str(script), "--dbleak", "--dbleak-backend=process", "--dbleak-settle-timeout=0.2",
+        *ONLY_DBLEAK, "--dbleak-report=r.json",
+    )
+    assert result.ret == 6, result.stdout.str()
+    line = line_of(PREAMBLE + LAUNCHED, "# LEAK-launched")
+    failure = failure_of(result, "test_leaks_a_checkout")
+    failure.fnmatch_lines([
+        "checked-out connection never returned: *",
+        f"    test_launched.py:{line} in test_leaks_a_checkout",
+        "-* dbleak -*",
+    ], consecutive=True)
+    assert str(script) not in result.stdout.str()
+    [entry] = json.loads((pytester.path / "r.json").read_text())["tests"]
+    stacks = [leak["stack"] for leak in entry["leaks"]]
+    assert stacks
+    site = {"file": "test_launched.py", "line": line, "function": "test_leaks_a_checkout"}
+    assert all(stack == [site] for stack in stacks), stacks
