@@ -226,6 +226,9 @@ class DbleakManager:
             }
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        # Every bad marker of the run at once, one line each; a class-level mistake that
+        # every method inherits is one line naming the first test and how many more.
+        errors: dict[str, list[str]] = {}
         for item in items:
             values: dict[str, Any] = {}
             for name in marks.MARKERS:
@@ -235,8 +238,18 @@ class DbleakManager:
                 try:
                     values[name] = marks.validate(name, marker.args, marker.kwargs)
                 except DbleakError as exc:
-                    raise pytest.UsageError(f"dbleak: {item.nodeid}: {exc}") from None
+                    errors.setdefault(str(exc), []).append(item.nodeid)
+            for text in marks.misspelt({m.name for m in item.iter_markers()}):
+                errors.setdefault(text, []).append(item.nodeid)
             item.stash[MARKS] = values
+        if errors:
+            raise pytest.UsageError(*(
+                f"dbleak: {nodeids[0]}"
+                + (f" (and {reporting.plural(len(nodeids) - 1, 'more test')})"
+                   if len(nodeids) > 1 else "")
+                + f": {text}"
+                for text, nodeids in errors.items()
+            ))
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         # Start the server now, not inside the first test, so a bad URL or password is a
