@@ -156,8 +156,10 @@ class Detector:
                 )
                 leaks.append(self._with_conn(leak, conn, by_conn))
 
+        gc_returned: set[int] = set()  # id() of ConnStates already counted as gc_return
         for gc in tracker.gc_returns_since(w.seq):
             if not gc.checkout.owned:
+                gc_returned.add(id(gc.conn))
                 leaks.append(self._leak(
                     GC_RETURN, 1,
                     _conn_what(gc.conn, "was checked out here and dropped without close()"),
@@ -170,10 +172,17 @@ class Detector:
             held = [c for c in pool.open.values() if c.checkout is None and not c.in_trx]
             if not held:
                 continue
+            # A connection the gc gave back is already one leak: count each connection once.
+            counted = [c for c in held if id(c) in gc_returned]
             state = "still alive" if pool.alive else "reclaimed by the garbage collector"
             what = (f"{pool.pool_class} {state} without dispose(), holding "
-                    f"{len(held)} server connection{'s' if len(held) != 1 else ''}")
-            leak = self._leak(UNDISPOSED_ENGINE, len(held), what, pool.stack, pool.thread)
+                    f"{_connections(held)}")
+            if counted:
+                what += (" (already counted as gc_return)" if len(counted) == len(held)
+                         else f" ({len(counted)} of them already counted as gc_return)")
+            leak = self._leak(
+                UNDISPOSED_ENGINE, len(held) - len(counted), what, pool.stack, pool.thread
+            )
             for conn in held:
                 self._with_conn(leak, conn, by_conn)
             leaks.append(leak)
@@ -251,6 +260,12 @@ class Detector:
 
     def _counts(self, snap: ServerSnapshot, checked_out: int) -> Counts:
         return Counts(len(snap.ids_of(self.users)), snap.threads_connected, checked_out)
+
+
+def _connections(conns: list[ConnState]) -> str:
+    """'2 server connections' - or '2 connections' where there is no server (SQLite)."""
+    server = "server " if all(c.thread_id is not None for c in conns) else ""
+    return f"{len(conns)} {server}connection{'s' if len(conns) != 1 else ''}"
 
 
 def _conn_what(conn: ConnState, state: str) -> str:

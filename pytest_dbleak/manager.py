@@ -406,13 +406,21 @@ class DbleakManager:
         elif previous is None:
             self.outcomes[report.nodeid] = "passed"
 
+    def pytest_report_header(self) -> list[str]:
+        info = self.info
+        if not self.settings.enabled or info is None or self.is_worker:
+            return []
+        return [self.redact(reporting.header_line(info.backend, info.host, info.port,
+                                                  info.version))]
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self._baseline_line:
             terminalreporter.write_line(self.redact(self._baseline_line))
         lines = reporting.summary_lines(self.results.values())
         if not lines:
-            if self.settings.enabled and self.results:
-                terminalreporter.write_sep("-", f"dbleak: no leaks in {len(self.results)} tests")
+            checked = reporting.checked(self.results.values(), self.outcomes)
+            if self.settings.enabled and checked:
+                terminalreporter.write_sep("-", reporting.clean_line(len(checked)))
             return
         title = f"dbleak: {reporting.plural(len(lines), 'test')} leaked connections"
         terminalreporter.write_sep("=", title, yellow=True, bold=True)
@@ -436,7 +444,8 @@ class DbleakManager:
             "report_only": self.settings.report_only,
         }}
         if self.settings.report:
-            reporting.write_json(self.settings.report, results, self.outcomes, meta, self.redact)
+            reporting.write_json(self.settings.report, results, self.outcomes, meta, self.redact,
+                                 leak_failed=self.leak_failures)
         if self.settings.html:
             html_report.write(self.settings.html, results, self.outcomes, meta, self.redact)
 

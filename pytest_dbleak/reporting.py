@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,9 @@ def _kind_counts(result: CheckResult) -> str:
     kinds: Counter[str] = Counter()
     for leak in result.leaks:
         kinds[leak.kind] += leak.count
-    return ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items(), key=_kind_order))
+    return ", ".join(
+        f"{n} {kind}" for kind, n in sorted(kinds.items(), key=_kind_order) if n
+    )
 
 
 def failure_text(result: CheckResult) -> str:
@@ -121,6 +123,21 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def header_line(backend: str, host: str, port: int | None, version: str) -> str:
+    """pytest's header line: which server the run checks against."""
+    where = f"{host}:{port}" if port else host
+    return f"dbleak: {backend} backend, server {version} at {where}"
+
+
+def checked(results: Iterable[CheckResult], outcomes: Mapping[str, str]) -> list[CheckResult]:
+    """Results of tests that ran: a test skipped in its setup was not checked."""
+    return [r for r in results if outcomes.get(r.nodeid) != "skipped"]
+
+
+def clean_line(n_checked: int) -> str:
+    return f"dbleak: no leaks in {plural(n_checked, 'checked test')}"
+
+
 def summary_lines(results: Iterable[CheckResult]) -> list[str]:
     """One line per test that leaked: what and how much."""
     lines = []
@@ -144,7 +161,10 @@ def summary_lines(results: Iterable[CheckResult]) -> list[str]:
 def write_json(
     path: str | os.PathLike[str], results: list[CheckResult], outcomes: dict[str, str],
     meta: dict[str, Any], redact: Callable[[str], str],
+    leak_failed: Collection[str] | None = None,
 ) -> None:
+    """`leak_failed`: the tests that failed because of a leak and nothing else (a test that
+    failed on its own and also leaked is not one); by default, every result over its limit."""
     tests = []
     for result in results:
         entry = result.as_dict()
@@ -156,7 +176,8 @@ def write_json(
         "summary": {
             "tests": len(results),
             "leaking_tests": sum(1 for r in results if r.leaks),
-            "failed_tests": sum(1 for r in results if r.failed),
+            "failed_tests": (sum(1 for r in results if r.failed) if leak_failed is None
+                             else sum(1 for r in results if r.nodeid in leak_failed)),
             "leaked_connections": sum(r.leaked for r in results),
         },
         "tests": tests,

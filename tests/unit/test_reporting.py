@@ -245,3 +245,49 @@ def test_one_engine_holding_two_connections_is_one_engine() -> None:
 ])
 def test_folded_shows_the_first_few_and_counts_the_rest(items: list[int], text: str) -> None:
     assert reporting.folded(items) == text
+
+
+def test_the_header_names_backend_server_version_and_address() -> None:
+    assert reporting.header_line("process", "127.0.0.1", 40123, "10.11.19-MariaDB") == (
+        "dbleak: process backend, server 10.11.19-MariaDB at 127.0.0.1:40123")
+    assert reporting.header_line("url", "db.local", None, "8.4.3") == (
+        "dbleak: url backend, server 8.4.3 at db.local")
+
+
+@pytest.mark.parametrize(("handshake", "version"), [
+    ("5.5.5-10.11.19-MariaDB-0+deb12u1", "10.11.19-MariaDB-0+deb12u1"),
+    ("11.4.2-MariaDB", "11.4.2-MariaDB"),
+    ("8.4.3", "8.4.3"),
+])
+def test_the_server_version_drops_mariadbs_protocol_prefix(handshake: str, version: str) -> None:
+    from pytest_dbleak.probe import server_version
+
+    assert server_version(handshake) == version
+
+
+def test_only_tests_that_were_not_skipped_count_as_checked() -> None:
+    results = [result(nodeid="a"), result(nodeid="b"), result(nodeid="c")]
+    outcomes = {"a": "passed", "b": "skipped", "c": "failed"}
+    assert [r.nodeid for r in reporting.checked(results, outcomes)] == ["a", "c"]
+    assert reporting.clean_line(1) == "dbleak: no leaks in 1 checked test"
+    assert reporting.clean_line(452) == "dbleak: no leaks in 452 checked tests"
+
+
+def test_the_json_summary_counts_only_the_tests_that_failed_because_of_a_leak(
+    tmp_path: Path,
+) -> None:
+    results = [result(checked_out(), nodeid="t::own_failure"),
+               result(checked_out(), nodeid="t::leak_only")]
+    target = tmp_path / "r.json"
+    reporting.write_json(target, results, {}, {}, Redactor(), leak_failed={"t::leak_only"})
+    assert json.loads(target.read_text())["summary"]["failed_tests"] == 1
+
+
+def test_kinds_that_add_no_connection_are_left_out_of_the_counts() -> None:
+    engine = checked_out(kind="undisposed_engine", count=0,
+                         what="QueuePool still alive without dispose(), holding 1 server "
+                              "connection (already counted as gc_return)",
+                         stack=[Site("t.py", 1, "test_x")])
+    r = result(checked_out(kind="gc_return"), engine)
+    assert reporting.headline(r) == (
+        "dbleak: 1 connection leaked (1 gc_return) at tests/test_orders.py:16")
