@@ -202,13 +202,34 @@ def _user_flags() -> list[str]:
     return ["--user=root"] if os.geteuid() == 0 else []
 
 
+def usable_cache(cache: Path) -> None:
+    """Create the cache folder if need be and write in it, or say in one line why not."""
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=cache)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        if cache.exists() and not cache.is_dir():
+            wrong = "it is a file, not a folder"
+        elif cache.is_dir():
+            wrong = f"cannot write in it ({exc.strerror or exc})"
+        else:
+            parent = next((p for p in cache.parents if p.exists()), cache.anchor)
+            wrong = f"cannot create it under {parent} ({exc.strerror or exc})"
+        raise DbleakError(
+            f"the template cache folder {cache} cannot be used: {wrong}; "
+            "choose another with --dbleak-cache-dir"
+        ) from None
+
+
 def ensure_template(binary: str, cache: Path) -> Path:
     """An initialised datadir for `binary`, built once and shared by every session.
 
     Parallel sessions (pytest-xdist, several pytest runs) serialise on a lock file, and
     the template appears atomically by rename, so nobody copies a half-built one.
     """
-    cache.mkdir(parents=True, exist_ok=True)
+    usable_cache(cache)
     template = cache / f"template-{_template_key(binary)}"
     if (template / "READY").exists():
         return template

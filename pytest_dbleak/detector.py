@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import sysconfig
 import threading
 import time
@@ -39,6 +40,20 @@ _LIBRARY_DIRS = tuple(
     }
     | {os.path.dirname(os.path.realpath(__file__)) + os.sep}
 )
+# Interpreter entry points: console-script launchers (`bin/pytest`, `Scripts\\pytest.exe`)
+# live in the scripts directories of the install schemes and next to the interpreter.
+_ENTRY_DIRS = tuple(
+    {
+        form + os.sep
+        for path in (
+            *(sysconfig.get_path("scripts", scheme) for scheme in sysconfig.get_scheme_names()
+              if scheme in (sysconfig.get_default_scheme(), f"{os.name}_user")),
+            os.path.dirname(sys.executable),
+        )
+        if path
+        for form in (os.path.normpath(path), os.path.realpath(path))
+    }
+)
 _MACHINERY = tuple(
     f"{os.sep}{name}{os.sep}"
     for name in ("sqlalchemy", "pymysql", "pytest_dbleak", "_pytest", "pluggy", "flask_sqlalchemy")
@@ -68,8 +83,9 @@ class Detector:
         self.root = root
         self.owned_ids: set[int] = set()  # server connections owned by wider fixtures
         self._last: ServerSnapshot | None = None
-        # How to take back each leak of the last collection, by id(leak): see reclaim().
-        self._undo: dict[int, Callable[[], None]] = {}
+        # How to take back each leak of the last collection, with the server connections
+        # it holds: see reclaim().
+        self._undo: list[tuple[list[int], Callable[[], None]]] = []
         self._lock = threading.Lock()
 
     # -- windows -----------------------------------------------------------------
@@ -125,17 +141,14 @@ class Detector:
         server: checked-out connections invalidated (which returns them to their pool),
         open transactions rolled back, undisposed engines disposed, and server
         connections of the session's user that no pool owns killed."""
-        kill: set[int] = set()
-        for leak in result.leaks:
-            action = self._undo.get(id(leak))
-            if action is not None:
-                try:
-                    action()
-                except Exception:  # noqa: BLE001 - the leaked object may be in any state
-                    kill.update(leak.connection_ids)
-            elif leak.kind == SERVER_CONNECTION:
-                kill.update(leak.connection_ids)
-        self._undo = {}
+        kill = {i for leak in result.leaks if leak.kind == SERVER_CONNECTION
+                for i in leak.connection_ids}
+        for ids, action in self._undo:  # the last collection: the one `result` came from
+            try:
+                action()
+            except Exception:  # noqa: BLE001 - the leaked object may be in any state
+                kill.update(ids)
+        self._undo = []
         for ident in sorted(kill):
             try:
                 self.monitor.query(f"KILL CONNECTION {int(ident)}")
@@ -161,7 +174,7 @@ class Detector:
         snap = self.monitor.snapshot()
         tracker = self.tracker
         leaks: list[Leak] = []
-        undo = self._undo = {}
+        undo: dict[int, Callable[[], None]] = {}  # id(leak) -> how to take it back
         by_conn: dict[int, Leak] = {}  # server id -> the leak that already covers it
 
         for conn in tracker.connections():
@@ -181,8 +194,10 @@ class Detector:
                 leaks.append(self._with_conn(leak, conn, by_conn))
                 undo[id(leak)] = _rollback(conn)
 
+        gc_returned: set[int] = set()  # id() of ConnStates already counted as gc_return
         for ret in tracker.gc_returns_since(w.seq):
             if not ret.checkout.owned:
+                gc_returned.add(id(ret.conn))
                 leaks.append(self._leak(
                     GC_RETURN, 1,
                     _conn_what(ret.conn, "was checked out here and dropped without close()"),
@@ -195,16 +210,24 @@ class Detector:
             held = [c for c in pool.open.values() if c.checkout is None and not c.in_trx]
             if not held:
                 continue
+            # A connection the gc gave back is already one leak: count each connection once.
+            counted = [c for c in held if id(c) in gc_returned]
             state = "still alive" if pool.alive else "reclaimed by the garbage collector"
             what = (f"{pool.pool_class} {state} without dispose(), holding "
-                    f"{len(held)} server connection{'s' if len(held) != 1 else ''}")
-            leak = self._leak(UNDISPOSED_ENGINE, len(held), what, pool.stack, pool.thread)
+                    f"{_connections(held)}")
+            if counted:
+                what += (" (already counted as gc_return)" if len(counted) == len(held)
+                         else f" ({len(counted)} of them already counted as gc_return)")
+            leak = self._leak(
+                UNDISPOSED_ENGINE, len(held) - len(counted), what, pool.stack, pool.thread
+            )
             for conn in held:
                 self._with_conn(leak, conn, by_conn)
             leaks.append(leak)
             undo[id(leak)] = _dispose(pool)
 
         leaks.extend(self._server_leaks(w, snap, by_conn))
+        self._undo = [(leak.connection_ids, undo[id(leak)]) for leak in leaks if id(leak) in undo]
         for ident, leak in by_conn.items():
             row = snap.rows.get(ident)
             if row is not None and not any(r["id"] == ident for r in leak.processlist):
@@ -326,6 +349,12 @@ def _gc_may_return(leak: Leak) -> bool:
     return leak.kind in (CHECKED_OUT, SERVER_CONNECTION) and not _holder_running(leak.thread)
 
 
+def _connections(conns: list[ConnState]) -> str:
+    """'2 server connections' - or '2 connections' where there is no server (SQLite)."""
+    server = "server " if all(c.thread_id is not None for c in conns) else ""
+    return f"{len(conns)} {server}connection{'s' if len(conns) != 1 else ''}"
+
+
 def _conn_what(conn: ConnState, state: str) -> str:
     ident = f"server connection {conn.thread_id}" if conn.thread_id is not None else "connection"
     return f"{ident} of {conn.pool.pool_class} {state}"
@@ -334,14 +363,25 @@ def _conn_what(conn: ConnState, state: str) -> str:
 def user_sites(stack: tuple[Frame, ...], root: Path, limit: int = 8) -> list[Site]:
     """The frames of user code in `stack` (innermost first), outermost first.
 
+    Entry frames (console-script launchers, runpy, ``-c`` code) are never user code.
     Library frames (site-packages, the standard library, this plugin) are dropped; if
     nothing is left - say, the project itself is installed - only the database
     machinery is dropped.
     """
+    stack = tuple(f for f in stack if not _is_entry_point(f[0]))
     frames = [f for f in stack if not _is_library(f[0])]
     if not frames:
         frames = [f for f in stack if not any(m in f[0] for m in _MACHINERY)]
     return [Site(_relative(f[0], root), f[1], f[2]) for f in frames[:limit]][::-1]
+
+
+def _is_entry_point(filename: str) -> bool:
+    # "<frozen runpy>", "<string>"; a launcher script; a zipapp-style `pytest.exe/__main__.py`.
+    return (
+        filename.startswith("<")
+        or filename.startswith(_ENTRY_DIRS)
+        or f".exe{os.sep}" in filename.lower()
+    )
 
 
 def _is_library(filename: str) -> bool:

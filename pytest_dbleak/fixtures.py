@@ -11,7 +11,7 @@ import pytest
 
 from . import reporting
 from .backends import ServerInfo
-from .errors import DbleakError
+from .errors import DbleakError, missing_extra
 from .manager import MANAGER, DbleakManager
 from .probe import ProcessRow
 
@@ -113,6 +113,18 @@ def dbleak(request: pytest.FixtureRequest, dbleak_mysql_url: str) -> DbleakHandl
 
 
 # -- stress fixtures: each pairs with the marker of the same name ---------------------
+@contextmanager
+def _stress_extra(fixture: str) -> Iterator[None]:
+    """Without the stress extra, the run ends with one line naming it, not a traceback."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        message = missing_extra(exc, "stress", fixture)
+        if message is None:
+            raise
+        pytest.exit(f"dbleak: {message}", returncode=pytest.ExitCode.USAGE_ERROR)
+
+
 class _Stress:
     """Runs a stress runner with the marker's settings and records the runs for the
     leak report's rate ("4 connections leaked over 100 runs (1 in 25)")."""
@@ -128,7 +140,8 @@ class _Stress:
         from .manager import STRESS
 
         try:
-            return call()
+            with _stress_extra(self.kind):
+                return call()
         finally:
             kind, previous = self._item.stash.get(STRESS, (self.kind, 0))
             self._item.stash[STRESS] = (kind, previous + runs)
@@ -140,7 +153,8 @@ class JobsStress(_Stress):
     kind = "dbleak_jobs"
 
     def run(self, *callables: Any) -> Any:
-        from .stress import JobRunner
+        with _stress_extra(self.kind):
+            from .stress import JobRunner
 
         s = self.settings
         runner = JobRunner(runs=s.runs, threads=s.threads)
@@ -154,7 +168,8 @@ class SocketChurnStress(_Stress):
 
     def run(self, app: Any, socketio: Any, *, namespace: str = "/", auth: Any = None,
             on_connect: Any = None) -> Any:
-        from .stress import SocketChurnRunner
+        with _stress_extra(self.kind):
+            from .stress import SocketChurnRunner
 
         s = self.settings
         runner = SocketChurnRunner(clients=s.clients, concurrency=s.concurrency, timeout=s.timeout)
@@ -170,7 +185,8 @@ class HttpLoadStress(_Stress):
 
     def run(self, app: Any, path: str, *, method: str = "GET",
             headers: dict[str, str] | None = None, body: bytes | str | None = None) -> Any:
-        from .stress import HttpLoadRunner
+        with _stress_extra(self.kind):
+            from .stress import HttpLoadRunner
 
         s = self.settings
         runner = HttpLoadRunner(requests=s.requests, concurrency=s.concurrency, timeout=s.timeout)

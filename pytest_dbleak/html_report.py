@@ -397,9 +397,12 @@ def _leak_item(leak: Leak, esc: _Escaper) -> str:
     elif leak.kind != "server_connection":
         rows.append("<dt>user stack</dt><dd><em>no user code on the stack</em></dd>")
     kind_cls = leak.kind if leak.kind in KINDS else "other"
+    # Grouped leaks (issue 13): the heading counts leaks; connections when they differ.
+    held = ("" if leak.count == leak.occurrences
+            else f' <span class="held">({esc(reporting.plural(leak.count, "connection"))})</span>')
     return (
         f'<div class="leak-item kind-{kind_cls}"><h4><span class="kind">{esc(leak.kind)}</span>'
-        f' &times; {leak.count} <span class="kind-title">{esc(title)}</span></h4>'
+        f' &times; {leak.occurrences} <span class="kind-title">{esc(title)}</span>{held}</h4>'
         f'<dl>{"".join(rows)}</dl>{_processlist(leak.processlist, esc)}</div>'
     )
 

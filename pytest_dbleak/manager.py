@@ -257,6 +257,9 @@ class DbleakManager:
             }
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        # Every bad marker of the run at once, one line each; a class-level mistake that
+        # every method inherits is one line naming the first test and how many more.
+        errors: dict[str, list[str]] = {}
         for item in items:
             values: dict[str, Any] = {}
             for name in marks.MARKERS:
@@ -266,8 +269,18 @@ class DbleakManager:
                 try:
                     values[name] = marks.validate(name, marker.args, marker.kwargs)
                 except DbleakError as exc:
-                    raise pytest.UsageError(f"dbleak: {item.nodeid}: {exc}") from None
+                    errors.setdefault(str(exc), []).append(item.nodeid)
+            for text in marks.misspelt({m.name for m in item.iter_markers()}):
+                errors.setdefault(text, []).append(item.nodeid)
             item.stash[MARKS] = values
+        if errors:
+            raise pytest.UsageError(*(
+                f"dbleak: {nodeids[0]}"
+                + (f" (and {reporting.plural(len(nodeids) - 1, 'more test')})"
+                   if len(nodeids) > 1 else "")
+                + f": {text}"
+                for text, nodeids in errors.items()
+            ))
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         if self.settings.enabled:
@@ -443,7 +456,7 @@ class DbleakManager:
             report, result, own_failure=report.failed or any(r.failed for r in check.reports),
             location=_location(item), redact=self.redact, note=note,
         )
-        if result.failed and not note and not self.settings.no_reclaim and self.detector:
+        if result.failed and not note and self.settings.reclaim and self.detector:
             # Reported: now take it back, so the blame stays here and later tests do not
             # wait on an exhausted pool. A tolerated leak stays, as without the plugin.
             self.detector.reclaim(result)
@@ -470,13 +483,21 @@ class DbleakManager:
         elif previous is None:
             self.outcomes[nodeid] = "passed"
 
+    def pytest_report_header(self) -> list[str]:
+        info = self.info
+        if not self.settings.enabled or info is None or self.is_worker:
+            return []
+        return [self.redact(reporting.header_line(info.backend, info.host, info.port,
+                                                  info.version))]
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self._baseline_line:
             terminalreporter.write_line(self.redact(self._baseline_line))
         lines = reporting.summary_lines(self.results.values())
         if not lines:
-            if self.settings.enabled and self.results:
-                terminalreporter.write_sep("-", f"dbleak: no leaks in {len(self.results)} tests")
+            checked = reporting.checked(self.results.values(), self.outcomes)
+            if self.settings.enabled and checked:
+                terminalreporter.write_sep("-", reporting.clean_line(len(checked)))
             return
         title = f"dbleak: {reporting.plural(len(lines), 'test')} leaked connections"
         terminalreporter.write_sep("=", title, yellow=True, bold=True)
@@ -500,7 +521,8 @@ class DbleakManager:
             "report_only": self.settings.report_only,
         }}
         if self.settings.report:
-            reporting.write_json(self.settings.report, results, self.outcomes, meta, self.redact)
+            reporting.write_json(self.settings.report, results, self.outcomes, meta, self.redact,
+                                 leak_failed=self.leak_failures)
         if self.settings.html:
             html_report.write(self.settings.html, results, self.outcomes, meta, self.redact)
 

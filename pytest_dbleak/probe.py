@@ -93,6 +93,12 @@ class Endpoint:
         return pymysql.connect(**kwargs)
 
 
+def server_version(handshake: str) -> str:
+    """'5.5.5-10.11.19-MariaDB-...' -> '10.11.19-MariaDB-...': MariaDB before 11 puts a
+    '5.5.5-' in front of its version in the handshake for old clients' sake."""
+    return handshake.removeprefix("5.5.5-")
+
+
 class Monitor:
     """An administrative connection used for snapshots and for our own DDL."""
 
@@ -102,7 +108,7 @@ class Monitor:
         self._lock = threading.Lock()
         self._conn: Any = endpoint.connect()
         self.connection_id: int = self._conn.thread_id()
-        self.version: str = self._conn.get_server_info()
+        self.version: str = server_version(self._conn.get_server_info())
         self.is_mariadb = "mariadb" in self.version.lower()
 
     def close(self) -> None:

@@ -54,7 +54,7 @@ def test_without_reclaiming_the_same_leaks_make_innocent_tests_time_out(
 ) -> None:
     pytester.makepyfile(test_pool=SMALL_POOL.replace("pool_timeout=3", "pool_timeout=0.5"))
     result = pytester.runpytest_subprocess(
-        "--dbleak", "--dbleak-backend=process", FAST, "--dbleak-no-reclaim", *ONLY_DBLEAK
+        "--dbleak", "--dbleak-backend=process", FAST, "--no-dbleak-reclaim", *ONLY_DBLEAK
     )
     # Two leaks fill the pool; the next three leaky tests and every clean one time out.
     result.assert_outcomes(failed=10)
