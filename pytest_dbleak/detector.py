@@ -69,6 +69,11 @@ class Window:
     trx_before: set[int]
     checked_out: int
     started: float = field(default_factory=time.monotonic)
+    # Threads running when the window opened: one started inside it and still running
+    # may be about to give back a connection it was handed.
+    threads: frozenset[int] = field(
+        default_factory=lambda: frozenset(t.ident or 0 for t in threading.enumerate())
+    )
 
 
 class Detector:
@@ -98,11 +103,14 @@ class Detector:
             seq, server, self.tracker.idle_in_transaction(), self.tracker.checked_out_count()
         )
 
-    def finish(self, window: Window, nodeid: str, *, allow: int, settle: float) -> CheckResult:
+    def finish(self, window: Window, nodeid: str, *, allow: int, settle: float,
+               patient: bool = False) -> CheckResult:
+        """The verdict of `window`. `patient`: re-check every suspicion for up to `settle`
+        (the test asked for its settle time), not only those that can still change."""
         started = time.monotonic()
         leaks, snap = self._collect(window)
         rechecked = False
-        if leaks and any(_gc_may_return(leak) for leak in leaks):
+        if leaks and settle > 0 and any(_gc_may_return(leak) for leak in leaks):
             rechecked = True
             # A connection nobody references any more but a reference cycle: one
             # collection gives it back now, rather than some later test's.
@@ -112,7 +120,8 @@ class Detector:
         # Re-check only what can still change - a server row that lags behind a close, a
         # connection held by a thread that is still running - with backoff, for at most
         # `settle`. A leak whose holder is gone is judged at once.
-        while leaks and any(_may_change(leak) for leak in leaks):
+        while leaks and (patient or _started_threads_running(window)
+                         or any(_may_change(leak) for leak in leaks)):
             left = settle - (time.monotonic() - started)
             if left <= 0:
                 break
@@ -335,6 +344,11 @@ def _holder_running(thread: str | None) -> bool:
         return False
     current = threading.current_thread()
     return any(t.name == thread for t in threading.enumerate() if t is not current)
+
+
+def _started_threads_running(window: Window) -> bool:
+    current = threading.current_thread()
+    return any(t.ident not in window.threads for t in threading.enumerate() if t is not current)
 
 
 def _may_change(leak: Leak) -> bool:

@@ -100,6 +100,7 @@ class DbleakHandle:
         result = self._detector.finish(
             window, "assert_no_leaks()", allow=allow,
             settle=settings.settle_timeout if settle is None else settle,
+            patient=settle is not None,
         )
         if result.leaked > allow:
             text = self._manager.redact(reporting.failure_text(result))

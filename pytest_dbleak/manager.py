@@ -43,6 +43,7 @@ class _Check:
 
     allow: int
     settle: float
+    patient: bool  # the test set its own settle time: wait it out for every suspicion
     window: Window | None = None
     gone: ServerGoneError | None = None
     placed: bool = False  # the window's end is queued behind the item's own finalizers
@@ -403,6 +404,7 @@ class DbleakManager:
         check = _Check(
             allow=self.settings.allow if leak_mark.allow is None else leak_mark.allow,
             settle=self.settings.settle_timeout if leak_mark.settle is None else leak_mark.settle,
+            patient=leak_mark.settle is not None,
         )
         try:
             check.window = detector.begin(reuse=True)
@@ -423,7 +425,8 @@ class DbleakManager:
             return
         try:
             check.result = detector.finish(
-                check.window, item.nodeid, allow=check.allow, settle=check.settle
+                check.window, item.nodeid, allow=check.allow, settle=check.settle,
+                patient=check.patient,
             )
         except ServerGoneError as exc:
             check.gone = exc
