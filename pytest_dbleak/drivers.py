@@ -15,6 +15,7 @@ No pytest import.
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import logging
 import sys
@@ -92,7 +93,8 @@ def in_transaction(dbapi_connection: Any, *, ask_server: bool) -> bool | None:
 class _Target:
     """One driver class whose connect and close are wrapped."""
 
-    module: str  # traced once this module is in sys.modules
+    package: str  # traced once this package is in sys.modules
+    module: str  # where the class is (imported then: MySQLdb imports it lazily)
     cls: str
     connect: str  # method that opens the connection (sync or async)
     closes: tuple[str, ...]
@@ -100,24 +102,36 @@ class _Target:
 
 
 _TARGETS = (
-    _Target("pymysql.connections", "Connection", "connect", ("close",), "PyMySQL 1.1, 1.2.4"),
-    _Target("MySQLdb.connections", "Connection", "__init__", ("close",), "mysqlclient 2.3.2"),
     _Target(
+        "pymysql", "pymysql.connections", "Connection", "connect", ("close",), "PyMySQL 1.1, 1.2.4"
+    ),
+    _Target(
+        "MySQLdb", "MySQLdb.connections", "Connection", "__init__", ("close",), "mysqlclient 2.3.2"
+    ),
+    _Target(
+        "mysql.connector",
         "mysql.connector.connection",
         "MySQLConnection",
         "connect",
         ("close", "disconnect"),
         "mysql-connector-python 26.10.0",
     ),
+    # The C extension needs its own libssl; where it cannot load, nothing to trace.
     _Target(
+        "mysql.connector",
         "mysql.connector.connection_cext",
         "CMySQLConnection",
         "connect",
         ("close", "disconnect"),
         "mysql-connector-python 26.10.0",
     ),
-    _Target("aiomysql.connection", "Connection", "_connect", ("close",), "aiomysql 0.3.2"),
-    _Target("asyncmy.connection", "Connection", "connect", ("close",), "asyncmy 0.2.18"),
+    _Target(
+        "mariadb", "mariadb.connections", "Connection", "__init__", ("close",), "mariadb 1.1.14"
+    ),
+    _Target(
+        "aiomysql", "aiomysql.connection", "Connection", "_connect", ("close",), "aiomysql 0.3.2"
+    ),
+    _Target("asyncmy", "asyncmy.connection", "Connection", "connect", ("close",), "asyncmy 0.2.18"),
 )
 
 
@@ -135,10 +149,15 @@ class DriverTracer:
             return
         for target in _TARGETS:
             key = f"{target.module}.{target.cls}"
-            if key in self._done or target.module not in sys.modules:
+            if key in self._done or target.package not in sys.modules:
                 continue
             self._done.add(key)
-            cls = getattr(sys.modules[target.module], target.cls, None)
+            try:
+                module = importlib.import_module(target.module)
+            except ImportError as exc:
+                log.debug("dbleak: not tracing %s: %s", target.module, exc)
+                continue
+            cls = getattr(module, target.cls, None)
             if not isinstance(cls, type):
                 log.warning(
                     "dbleak: %s has no class %s (checked on %s): its raw connections carry no site",
