@@ -39,7 +39,8 @@ _LIBRARY_DIRS = tuple(
 )
 _MACHINERY = tuple(
     f"{os.sep}{name}{os.sep}"
-    for name in ("sqlalchemy", "pymysql", "pytest_dbleak", "_pytest", "pluggy", "flask_sqlalchemy")
+    for name in ("sqlalchemy", "pymysql", "pytest_dbleak", "_pytest", "pluggy", "flask_sqlalchemy",
+                 "MySQLdb", "mysql", "mariadb", "aiomysql", "asyncmy", "greenlet", "asyncio")
 )
 
 

@@ -414,8 +414,17 @@ class Tracker:
     def _on_detach(self, dbapi_connection: Any, record: Any) -> None:
         with self._lock:
             state = self.open.get(id(dbapi_connection))
-            if state is not None:
-                state.detached = True
+            if state is None:
+                return
+            state.detached = True
+            checkout = state.checkout
+            if checkout is not None and checkout.fairy is not None and checkout.fairy() is None:
+                # An async pool cannot return a connection the garbage collector found
+                # checked out (no I/O outside the greenlet): it detaches and terminates
+                # it, where a sync pool would check it in. Dropped without close() all
+                # the same: e.g. a task cancelled while holding an AsyncConnection.
+                state.checkout, state.last_checkout = None, checkout
+                self.gc_returns.append(GcReturn(self.tick(), checkout, state))
 
     def _on_close_detached(self, dbapi_connection: Any) -> None:
         self._forget(dbapi_connection)
