@@ -30,7 +30,7 @@ from sqlalchemy.pool.base import reset_none
 
 from .errors import DbleakError
 
-CHECKED_ON = "SQLAlchemy 2.0.44 and 2.1.9"
+CHECKED_ON = "SQLAlchemy 2.0.58 and 2.1.9"
 # Pool events listened to on the Pool class; "connect" is listened to per pool, so that
 # the listener knows its pool without the connection record's private attribute.
 CLASS_EVENTS = ("checkout", "checkin", "close", "detach", "close_detached")

@@ -176,9 +176,14 @@ class Tracker:
         self.installed = True
         try:
             self._prove()
-        except Exception:
+        except seam.SeamError:
             self.uninstall()
             raise
+        except Exception as exc:  # noqa: BLE001 - whatever broke, the run must stop on it
+            self.uninstall()
+            raise seam.misfit(
+                f"a throw-away pool failed: {type(exc).__name__}: {exc}".splitlines()[0]
+            ) from None
         self.drivers.trace_imported()
 
     def uninstall(self) -> None:
