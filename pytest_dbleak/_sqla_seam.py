@@ -7,7 +7,8 @@ on single pools, ``engine_disposed``). Four things have no public API, and live 
 - a listener attached to a pool before its ``__init__`` ran (the ``asyncio`` keyword
   spares the listen call from reading the pool's dialect, which ``__init__`` sets);
 - the listeners ``Pool.recreate()`` copied to the new pool: ``event.contains()`` does
-  not see copied listeners, the pool's ``dispatch.connect`` collection does;
+  not see copied listeners (they are filed under the old pool), the pool's
+  ``dispatch.connect`` collection does;
 - whether a pool resets connections on return (``Pool._reset_on_return``).
 
 Checked on the versions in ``CHECKED_ON``. ``Tracker.install()`` proves on a throw-away
@@ -107,24 +108,15 @@ def inherited_connect_listeners(
     return [fn for fn in candidates if id(fn) in present]
 
 
-def remove_inherited_connect(pool: Pool, fn: Callable[..., None]) -> None:
-    """Drop a listener recreate() copied (event.remove() does not know copied ones)."""
-    listeners = getattr(pool.dispatch.connect, "listeners", None)
-    if listeners is None:
-        raise misfit("a pool's dispatch.connect has no listeners collection")
-    if fn in listeners:
-        listeners.remove(fn)
-
-
 def _connect_listeners(pool: Pool) -> list[Callable[..., None]]:
     return list(pool.dispatch.connect)  # the class's and the pool's own listeners
 
 
 def remove_connect(pool: Pool, fn: Callable[..., None]) -> None:
+    """Remove a listener listen_connect() attached to `pool` itself (a copied one stays:
+    SQLAlchemy files it under the pool it was copied from)."""
     if event.contains(pool, "connect", fn):
         event.remove(pool, "connect", fn)
-    else:
-        remove_inherited_connect(pool, fn)
 
 
 def listen_engine_disposed(fn: Callable[[Engine], None]) -> None:

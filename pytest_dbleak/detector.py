@@ -53,6 +53,8 @@ class Window:
     trx_before: set[int]
     checked_out: int
     started: float = field(default_factory=time.monotonic)
+    # Open transactions (thread id -> trx id) of idle connections no pool holds; None: unknown
+    server_trx: dict[int, str] | None = None
 
 
 class Detector:
@@ -66,6 +68,7 @@ class Detector:
         self.users = users
         self.root = root
         self.owned_ids: set[int] = set()  # server connections owned by wider fixtures
+        self.owned_trx: set[tuple[int, str]] = set()  # (thread id, trx id) they began
         self._last: ServerSnapshot | None = None
         self._lock = threading.Lock()
 
@@ -76,7 +79,8 @@ class Detector:
         seq = self.tracker.mark()
         server = self._last if (reuse and self._last is not None) else self.monitor.snapshot()
         return Window(
-            seq, server, self.tracker.idle_in_transaction(), self.tracker.checked_out_count()
+            seq, server, self.tracker.idle_in_transaction(), self.tracker.checked_out_count(),
+            server_trx=self._server_trx_before(server),
         )
 
     def finish(self, window: Window, nodeid: str, *, allow: int, settle: float) -> CheckResult:
@@ -115,6 +119,7 @@ class Detector:
         """Connections that appeared while a wider-scoped fixture was set up are its own."""
         after = self.monitor.snapshot()
         self.owned_ids |= after.ids_of(self.users) - before.ids_of(self.users)
+        self.owned_trx |= self._owned_server_trx(after)
         self._last = after
 
     def snapshot(self) -> ServerSnapshot:
@@ -164,6 +169,7 @@ class Detector:
                 self._with_conn(leak, conn, by_conn)
             leaks.append(leak)
 
+        leaks.extend(self._server_transactions(w, snap, by_conn))
         leaks.extend(self._server_leaks(w, snap, by_conn))
         for ident, leak in by_conn.items():
             row = snap.rows.get(ident)
@@ -207,6 +213,66 @@ class Detector:
             )
             leak.connection_ids.append(row.id)
             leak.processlist.append(row.as_dict())
+            leaks.append(leak)
+        return leaks
+
+    # -- transactions on connections no pool holds ----------------------------------
+    def _untracked_idle(self, snap: ServerSnapshot) -> set[int]:
+        """Idle connections of the session's user that no tracked pool holds: another
+        driver's pool, a raw connection of a wider-scoped fixture."""
+        pooled = self.tracker.by_thread_id
+        return {
+            r.id for r in snap.rows.values()
+            if (self.users is None or r.user in self.users) and r.command == "Sleep"
+            and (r.id not in pooled or pooled[r.id].collected)
+        }
+
+    def _server_trx_before(self, snap: ServerSnapshot) -> dict[int, str] | None:
+        ids = self._untracked_idle(snap)
+        if not ids:
+            return {}  # nothing but tracked pools: no query, and nothing to compare
+        # Not forced fresh: since our last read only pytest's bookkeeping ran.
+        infos = self.monitor.transactions(ids, fresh=False)
+        return {ident: info.trx_id for ident, info in infos.items()}
+
+    def _owned_server_trx(self, snap: ServerSnapshot) -> set[tuple[int, str]]:
+        infos = self.monitor.transactions(self._untracked_idle(snap))
+        return {(ident, info.trx_id) for ident, info in infos.items()}
+
+    def _server_transactions(
+        self, w: Window, snap: ServerSnapshot, by_conn: dict[int, Leak]
+    ) -> list[Leak]:
+        """A transaction that began during the window on an idle connection that existed
+        before it (or that a wider-scoped fixture opened) and that no pool holds."""
+        if w.server_trx is None:
+            return []
+        # Busy during the window: processlist Time (seconds in the current state) is at
+        # most the window's length. Connections opened during the window are
+        # server_connection leaks already.
+        elapsed = time.monotonic() - w.started + 1
+        candidates = {
+            ident for ident in self._untracked_idle(snap)
+            if ident not in by_conn and snap.rows[ident].time <= elapsed
+            and (ident in w.server.rows or ident in self.owned_ids)
+        }
+        if not candidates:
+            return []
+        leaks = []
+        for ident, info in sorted(self.monitor.transactions(candidates).items()):
+            if w.server_trx.get(ident) == info.trx_id or (ident, info.trx_id) in self.owned_trx:
+                continue  # open before the window, or begun by a wider-scoped fixture
+            row = snap.rows[ident]
+            site = self.tracker.handed_out_since(ident, w.seq) or self.tracker.opened_at(ident)
+            leak = self._leak(
+                OPEN_TRANSACTION, 1,
+                f"server connection {ident} ({row.user}@{row.host}) idle inside a transaction "
+                f"that began during the test ({info.describe()}); no pool of this process "
+                "holds it",
+                site.stack if site else (), site.thread if site else None,
+            )
+            leak.connection_ids.append(ident)
+            leak.processlist.append({**row.as_dict(), "trx_started": info.started})
+            by_conn[ident] = leak
             leaks.append(leak)
         return leaks
 

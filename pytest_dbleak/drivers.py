@@ -135,18 +135,30 @@ _TARGETS = (
 )
 
 
+# Drivers' own pools: where a pooled connection was handed out names the line that used
+# it, e.g. for a transaction left open on it. (package, module, class, method, checked on)
+_HANDOUTS = (
+    ("mysql.connector", "mysql.connector.pooling", "MySQLConnectionPool", "get_connection",
+     "mysql-connector-python 26.10.0"),
+)
+
+
 class DriverTracer:
     """Wraps the connect and close of every imported driver; restore() undoes it."""
 
-    def __init__(self, on_connect: OnConnect, on_close: OnClose) -> None:
+    def __init__(
+        self, on_connect: OnConnect, on_close: OnClose, on_handout: OnConnect | None = None
+    ) -> None:
         self._on_connect = on_connect
         self._on_close = on_close
+        self._on_handout = on_handout
         self._done: set[str] = set()
         self._patches: list[tuple[type, str, Any]] = []
 
     def trace_imported(self) -> None:
-        if len(self._done) == len(_TARGETS):
+        if len(self._done) == len(_TARGETS) + len(_HANDOUTS):
             return
+        self._trace_handouts()
         for target in _TARGETS:
             key = f"{target.module}.{target.cls}"
             if key in self._done or target.package not in sys.modules:
@@ -167,6 +179,31 @@ class DriverTracer:
                 )
                 continue
             self._trace(cls, target)
+
+    def _trace_handouts(self) -> None:
+        on_handout = self._on_handout
+        if on_handout is None:
+            return
+        for package, module_name, cls_name, method, checked_on in _HANDOUTS:
+            key = f"{module_name}.{cls_name}.{method}"
+            if key in self._done or package not in sys.modules:
+                continue
+            self._done.add(key)
+            try:
+                cls = getattr(importlib.import_module(module_name), cls_name)
+                original = getattr(cls, method)
+            except (ImportError, AttributeError) as exc:
+                log.warning("dbleak: cannot trace %s (checked on %s): %s", key, checked_on, exc)
+                continue
+
+            @functools.wraps(original)
+            def traced_handout(pool: Any, *args: Any, _original: Any = original,
+                               **kwargs: Any) -> Any:
+                conn = _original(pool, *args, **kwargs)
+                on_handout(conn, capture_stack(1))
+                return conn
+
+            self._patch(cls, method, traced_handout)
 
     def restore(self) -> None:
         for cls, name, original in reversed(self._patches):

@@ -13,7 +13,6 @@ No pytest import: this module only knows SQLAlchemy and the DBAPI drivers.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import threading
@@ -131,7 +130,10 @@ class Tracker:
         self.gc_returns: deque[GcReturn] = deque(maxlen=10_000)
         self.closed_thread_ids: deque[tuple[int, int]] = deque(maxlen=10_000)  # (seq, id)
         self.opened: OrderedDict[int, Opened] = OrderedDict()  # server thread id -> site
-        self.drivers = DriverTracer(self._on_driver_connect, self._on_driver_close)
+        self.handed_out: OrderedDict[int, Opened] = OrderedDict()  # by a driver's own pool
+        self.drivers = DriverTracer(
+            self._on_driver_connect, self._on_driver_close, self._on_driver_handout
+        )
         self._owner_depth = 0
         self._unknown_pool: PoolState | None = None
 
@@ -259,7 +261,7 @@ class Tracker:
                 type(pool).__name__, weakref.ref(pool), threading.current_thread().name,
             )
             state.registered_seq = seq
-            state.listener = functools.partial(self._on_connect, weakref.ref(state))
+            state.listener = _ConnectListener(self, state)
             self.states[pool] = state
             self.pools.append(state)
             self._trim_pools()
@@ -267,7 +269,9 @@ class Tracker:
 
     def _on_engine_disposed(self, engine: Any) -> None:
         # Engine.dispose() swapped in pool.recreate(): same engine, same owner. The new
-        # pool carries the listener of the pool it was recreated from.
+        # pool carries the listener of the pool it was recreated from (recreate() copies
+        # listeners): that one serves the new pool from now on, and the new pool's own
+        # goes, so an engine disposed a thousand times still has one listener.
         pool = engine.pool
         with self._lock:
             state = self.states.get(pool)
@@ -277,11 +281,16 @@ class Tracker:
             others = [s for s in self.pools if s is not state]
         inherited = seam.inherited_connect_listeners(pool, [s.listener for s in others])
         origins = [s for s in others if s.listener in inherited]
-        for origin in origins:
-            seam.remove_inherited_connect(pool, origin.listener)
-        if origins:
-            with self._lock:
-                self._adopt(state, max(origins, key=lambda s: s.registered_seq))
+        if not origins:
+            return
+        origin = max(origins, key=lambda s: s.registered_seq)
+        listener = origin.listener
+        if isinstance(listener, _ConnectListener) and listener is not state.listener:
+            seam.remove_connect(pool, state.listener)
+            listener.state = weakref.ref(state)
+            state.listener = listener
+        with self._lock:
+            self._adopt(state, origin)
 
     @staticmethod
     def _adopt(state: PoolState, origin: PoolState) -> None:
@@ -299,7 +308,7 @@ class Tracker:
             state = PoolState(
                 next(self._serial), -1, True, (), type(pool).__name__, weakref.ref(pool)
             )
-            state.listener = functools.partial(self._on_connect, weakref.ref(state))
+            state.listener = _ConnectListener(self, state)
             self.states[pool] = state
         seam.listen_connect(pool, state.listener)
         return state
@@ -319,11 +328,8 @@ class Tracker:
                 yield state
 
     # -- connection events -----------------------------------------------------
-    def _on_connect(
-        self, state_ref: Callable[[], PoolState | None], dbapi_connection: Any, record: Any
-    ) -> None:
-        pstate = state_ref()
-        if pstate is None or not self.installed:
+    def _on_connect(self, pstate: PoolState, dbapi_connection: Any) -> None:
+        if not self.installed:
             return
         stack = capture_stack(2)
         with self._lock:
@@ -443,11 +449,22 @@ class Tracker:
             while len(self.opened) > _OPENED_LIMIT:
                 self.opened.popitem(last=False)
 
+    def _on_driver_handout(self, pooled: Any, stack: tuple[Frame, ...]) -> None:
+        ident = server_thread_id(pooled)
+        if ident is None:
+            return
+        with self._lock:
+            self.handed_out[ident] = Opened(self.tick(), stack, threading.current_thread().name)
+            self.handed_out.move_to_end(ident)
+            while len(self.handed_out) > _OPENED_LIMIT:
+                self.handed_out.popitem(last=False)
+
     def _on_driver_close(self, ident: int | None) -> None:
         if ident is None:
             return
         with self._lock:
             self.opened.pop(ident, None)
+            self.handed_out.pop(ident, None)
             self.closed_thread_ids.append((self.tick(), ident))
 
     def _forget(self, dbapi_connection: Any) -> None:
@@ -481,6 +498,12 @@ class Tracker:
         with self._lock:
             return self.opened.get(ident)
 
+    def handed_out_since(self, ident: int, seq: int) -> Opened | None:
+        """Where a driver's own pool last handed out connection `ident`, if since `seq`."""
+        with self._lock:
+            handout = self.handed_out.get(ident)
+        return handout if handout is not None and handout.seq >= seq else None
+
     def closed_since(self, seq: int) -> set[int]:
         with self._lock:
             return {ident for s, ident in self.closed_thread_ids if s >= seq}
@@ -500,3 +523,19 @@ class Tracker:
     def checked_out_count(self) -> int:
         with self._lock:
             return sum(1 for s in self.open.values() if s.checkout is not None)
+
+
+class _ConnectListener:
+    """A pool's connect listener; it knows its pool's state, which Engine.dispose() moves
+    on to the recreated pool (see Tracker._on_engine_disposed)."""
+
+    __slots__ = ("__weakref__", "state", "tracker")
+
+    def __init__(self, tracker: Tracker, state: PoolState) -> None:
+        self.tracker = tracker
+        self.state: Callable[[], PoolState | None] = weakref.ref(state)
+
+    def __call__(self, dbapi_connection: Any, record: Any) -> None:
+        state = self.state()
+        if state is not None:
+            self.tracker._on_connect(state, dbapi_connection)
