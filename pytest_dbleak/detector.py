@@ -17,6 +17,7 @@ from pathlib import Path
 from .probe import Monitor, ProcessRow, ServerSnapshot
 from .results import (
     CHECKED_OUT,
+    FORK_SHARED,
     GC_RETURN,
     KINDS,
     OPEN_TRANSACTION,
@@ -170,6 +171,7 @@ class Detector:
             leaks.append(leak)
 
         leaks.extend(self._server_transactions(w, snap, by_conn))
+        leaks.extend(self._fork_shared(w))
         leaks.extend(self._server_leaks(w, snap, by_conn))
         for ident, leak in by_conn.items():
             row = snap.rows.get(ident)
@@ -205,11 +207,13 @@ class Detector:
         leaks = []
         for row in unexplained[anonymous:]:
             opened = tracker.opened_at(row.id)  # a raw driver connection of this process
+            stack, thread, owner = (opened.stack, opened.thread, "") if opened else (
+                self._child_site(row))
             leak = self._leak(
                 SERVER_CONNECTION, 1,
                 f"server connection {row.id} ({row.user}@{row.host}, {row.command}) "
-                "opened during the test and still open; no pool of this process owns it",
-                opened.stack if opened else (), opened.thread if opened else None,
+                f"opened during the test and still open; no pool of this process owns it{owner}",
+                stack, thread,
             )
             leak.connection_ids.append(row.id)
             leak.processlist.append(row.as_dict())
@@ -273,6 +277,49 @@ class Detector:
             leak.connection_ids.append(ident)
             leak.processlist.append({**row.as_dict(), "trx_started": info.started})
             by_conn[ident] = leak
+            leaks.append(leak)
+        return leaks
+
+    # -- child processes -----------------------------------------------------------------
+    def _child_site(self, row: ProcessRow) -> tuple[tuple[Frame, ...], str | None, str]:
+        """Site, thread and a note for a connection a child process of the test holds: the
+        child's own connect line when it was forked (it reports), else the line that
+        started it."""
+        children = self.tracker.children
+        reported = children.opened_by_child(row.id)
+        if reported is not None:
+            return reported.stack, reported.thread, f" (child process {reported.pid})"
+        pid = children.owner_of(row.host, self.monitor.endpoint.port)
+        if pid is None:
+            return (), None, ""
+        started = children.starter_of(pid)
+        if started is None:
+            return (), None, f" (child process {pid})"
+        return started.stack, started.thread, f" (child process {pid}, started here)"
+
+    def _fork_shared(self, w: Window) -> list[Leak]:
+        """The fork bug: a child forked during the window used a pooled connection that
+        this process opened; both now talk over one socket."""
+        leaks: list[Leak] = []
+        seen: set[tuple[int, int | None]] = set()
+        for event in self.tracker.children.events():
+            if event.kind != FORK_SHARED or event.fork_seq < w.seq:
+                continue
+            if (event.pid, event.thread_id) in seen:
+                continue
+            seen.add((event.pid, event.thread_id))
+            parent = user_sites(event.parent_stack, self.root)
+            opened = f" opened at {parent[-1].file}:{parent[-1].line}" if parent else ""
+            ident = f"server connection {event.thread_id}" if event.thread_id else "a connection"
+            leak = self._leak(
+                FORK_SHARED, 1,
+                f"{ident}{opened} by this process, used by child process {event.pid} "
+                "(forked during the test): both talk over one socket; call "
+                "engine.dispose(close=False) in the child",
+                event.stack, f"{event.thread} of child process {event.pid}",
+            )
+            if event.thread_id is not None:
+                leak.connection_ids.append(event.thread_id)
             leaks.append(leak)
         return leaks
 

@@ -11,7 +11,10 @@ GC_RETURN = "gc_return"
 OPEN_TRANSACTION = "open_transaction"
 UNDISPOSED_ENGINE = "undisposed_engine"
 SERVER_CONNECTION = "server_connection"
-KINDS = (CHECKED_OUT, GC_RETURN, OPEN_TRANSACTION, UNDISPOSED_ENGINE, SERVER_CONNECTION)
+FORK_SHARED = "fork_shared"
+KINDS = (
+    CHECKED_OUT, GC_RETURN, OPEN_TRANSACTION, UNDISPOSED_ENGINE, SERVER_CONNECTION, FORK_SHARED
+)
 
 KIND_TITLES = {
     CHECKED_OUT: "checked-out connection never returned",
@@ -19,6 +22,7 @@ KIND_TITLES = {
     OPEN_TRANSACTION: "open transaction on a connection idle in a pool",
     UNDISPOSED_ENGINE: "engine created and never disposed",
     SERVER_CONNECTION: "server connection left open",
+    FORK_SHARED: "pooled connection of the parent used in a child process",
 }
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy.pool import Pool
 
 from . import _sqla_seam as seam
+from .children import CONNECT, FORK_SHARED, Children
 from .drivers import DriverTracer, in_transaction, server_thread_id
 from .stacks import Frame, capture_stack
 
@@ -136,6 +137,8 @@ class Tracker:
         )
         self._owner_depth = 0
         self._unknown_pool: PoolState | None = None
+        self.children = Children()
+        self.children.on_fork.append(self._after_fork_in_child)
 
     # -- sequence and ownership -------------------------------------------------
     def tick(self) -> int:
@@ -147,6 +150,7 @@ class Tracker:
         # A driver imported since the last window is traced from now on; the check is a
         # few dictionary lookups.
         self.drivers.trace_imported()
+        self.children.trace_imported()
         return self.tick() + 1
 
     @property
@@ -187,6 +191,7 @@ class Tracker:
                 f"a throw-away pool failed: {type(exc).__name__}: {exc}".splitlines()[0]
             ) from None
         self.drivers.trace_imported()
+        self.children.install(lambda: self.seq)
 
     def uninstall(self) -> None:
         if not self.installed:
@@ -198,7 +203,12 @@ class Tracker:
         for pool, state in list(self.states.items()):
             seam.remove_connect(pool, state.listener)
         self.drivers.restore()
+        self.children.uninstall()
         self.installed = False
+
+    def _after_fork_in_child(self) -> None:
+        # Another thread may have held the lock at the fork: it would never be released.
+        self._lock = threading.RLock()
 
     def _prove(self) -> None:
         """Open and return one connection of throw-away SQLite pools and engines, and check
@@ -368,6 +378,8 @@ class Tracker:
         pstate.open[state.serial] = state
         if state.thread_id is not None:
             self.by_thread_id[state.thread_id] = state
+        if stack and self.children.in_child:
+            self.children.report(CONNECT, state.thread_id, stack)
         return state
 
     def _conn(self, dbapi_connection: Any, record: Any) -> ConnState | None:
@@ -414,6 +426,11 @@ class Tracker:
                     self.gc_returns.append(GcReturn(seq, checkout, state))
             state.checkin_seq = seq
             pstate = state.pool
+        children = self.children
+        if children.in_child and state.created_seq < children.fork_seq and checkout is not None:
+            # The fork bug: this process uses a pooled connection its parent opened (and
+            # got through to the checkin, so no pid check in a checkout event stopped it).
+            children.report(FORK_SHARED, state.thread_id, checkout.stack, state.stack)
         # Outside the lock: asking the server is I/O. The connection is still ours here:
         # the checkin event runs before the pool puts it back in its queue.
         trx = in_transaction(dbapi_connection, ask_server=not pstate.resets_on_return)
@@ -448,6 +465,8 @@ class Tracker:
             self.opened[ident] = Opened(self.tick(), stack, threading.current_thread().name)
             while len(self.opened) > _OPENED_LIMIT:
                 self.opened.popitem(last=False)
+        if self.children.in_child:
+            self.children.report(CONNECT, ident, stack)
 
     def _on_driver_handout(self, pooled: Any, stack: tuple[Frame, ...]) -> None:
         ident = server_thread_id(pooled)
