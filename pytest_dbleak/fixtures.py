@@ -11,6 +11,7 @@ import pytest
 
 from . import reporting
 from .backends import ServerInfo
+from .database import Database
 from .errors import DbleakError, missing_extra
 from .manager import MANAGER, DbleakManager
 from .probe import ProcessRow
@@ -220,3 +221,18 @@ def dbleak_socket_churn(request: pytest.FixtureRequest) -> SocketChurnStress:
 def dbleak_http_load(request: pytest.FixtureRequest) -> HttpLoadStress:
     """HTTP load; settings from ``@pytest.mark.dbleak_http_load(requests, concurrency)``."""
     return HttpLoadStress(request, _mark_settings(request, "dbleak_http_load"))
+
+
+# -- the session database for every driver (issue 10) ---------------------------------
+@pytest.fixture(scope="session")
+def dbleak_database(request: pytest.FixtureRequest, dbleak_server: ServerInfo) -> Database:
+    """The session database for any driver: ``.url(driver="aiomysql")``,
+    ``.connect_kwargs(driver="mysqldb")``, each with that driver's "no TLS" spelling."""
+    try:
+        db = _manager(request).ensure_database()
+    except DbleakError as exc:
+        _fail_setup(exc)
+        raise
+    local = dbleak_server.host in ("127.0.0.1", "localhost", "::1")
+    return Database(db.name, db.user, db.password, dbleak_server.host, dbleak_server.port,
+                    local)

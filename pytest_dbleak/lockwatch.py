@@ -24,7 +24,8 @@ from types import FrameType
 from .detector import user_sites
 from .probe import Endpoint, Monitor
 from .results import LOCK_WAIT, Leak
-from .tracking import Frame, Tracker, stack_of
+from .stacks import Frame, stack_of
+from .tracking import Tracker
 
 log = logging.getLogger(__name__)
 
