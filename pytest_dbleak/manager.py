@@ -202,7 +202,7 @@ class DbleakManager:
                     self._server.endpoint, self._server.where, users, self.tracker,
                     self.config.rootpath, self.settings.lock_wait,
                 )
-                self.detector.owned_ids.add(self.lockwatch.connection_id)
+                self.monitor.own_ids.add(self.lockwatch.connection_id)
         return self.detector
 
     def _release_server(self) -> None:

@@ -148,6 +148,8 @@ class Monitor:
         self._lock = threading.Lock()
         self._conn: Any = endpoint.connect()
         self.connection_id: int = self._conn.thread_id()
+        # The plugin's own connections (this one, the lock watch's): never the session's.
+        self.own_ids: set[int] = {self.connection_id}
         self.version: str = server_version(self._conn.get_server_info())
         self.is_mariadb = "mariadb" in self.version.lower()
         self._trx_read_at = 0.0
@@ -180,7 +182,7 @@ class Monitor:
         rows: dict[int, ProcessRow] = {}
         for row in self.query("SHOW PROCESSLIST"):
             ident, user, host, db, command, seconds, state, info = row[:8]
-            if ident == self.connection_id or user in _SYSTEM_USERS:
+            if ident in self.own_ids or user in _SYSTEM_USERS:
                 continue
             if command in _SYSTEM_COMMANDS:
                 continue
@@ -279,7 +281,7 @@ class Monitor:
 
         killed = 0
         for row in self.query("SHOW PROCESSLIST"):
-            if row[1] == user and row[0] != self.connection_id:
+            if row[1] == user and row[0] not in self.own_ids:
                 try:
                     self.query(f"KILL CONNECTION {int(row[0])}")
                     killed += 1
