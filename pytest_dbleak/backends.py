@@ -132,8 +132,8 @@ def start_url(url: str, timeout: float) -> RunningServer:
 def start_docker(image: str, timeout: float) -> RunningServer:
     from . import containers
 
-    endpoint, stop = containers.start(image, timeout)
-    return RunningServer("docker", endpoint, owned=True, stop=stop)
+    endpoint, stop, notes = containers.start(image, timeout)
+    return RunningServer("docker", endpoint, owned=True, stop=stop, notes=notes)
 
 
 # -- process ---------------------------------------------------------------------

@@ -185,26 +185,27 @@ def _container(image: str, name: str, root_password: str) -> Any:
     return container
 
 
-def _disable_unavailable_ryuk() -> None:
-    """Ryuk is honoured where it runs; where it cannot start, our reaper is enough."""
+def _disable_unavailable_ryuk() -> str | None:
+    """Ryuk is honoured where it runs; where it cannot start, our reaper is enough.
+
+    Returns a note for the terminal when Ryuk was wanted but could not start.
+    """
     from testcontainers.core.config import testcontainers_config as config
 
     if config.ryuk_disabled:
-        return
+        return None
     try:
         from testcontainers.core.container import Reaper as Ryuk
 
         Ryuk.get_instance()
     except Exception as exc:  # noqa: BLE001 - image pull or socket errors vary
-        log.warning(
-            "dbleak: Ryuk did not start (%s); the plugin's reaper removes the container",
-            _one_line(exc),
-        )
         config.ryuk_disabled = True
+        return f"Ryuk did not start ({_one_line(exc)}); the plugin's reaper removes the container"
+    return None
 
 
-def start(image: str, timeout: float) -> tuple[Endpoint, Callable[[], None]]:
-    """A running container with a server that took a real login; and how to stop it."""
+def start(image: str, timeout: float) -> tuple[Endpoint, Callable[[], None], list[str]]:
+    """A running container whose server took a real login; how to stop it; notes."""
     if not docker_available():
         raise DbleakError("the docker backend needs a running Docker daemon; none answered")
     deadline = time.monotonic() + timeout
@@ -214,7 +215,7 @@ def start(image: str, timeout: float) -> tuple[Endpoint, Callable[[], None]]:
     container = _container(image, name, root_password)
     reaper = Reaper(name)
     try:
-        _disable_unavailable_ryuk()
+        notes = [note] if (note := _disable_unavailable_ryuk()) else []
         try:
             container.start()
         finally:
@@ -234,7 +235,7 @@ def start(image: str, timeout: float) -> tuple[Endpoint, Callable[[], None]]:
     except BaseException:  # Ctrl-C while starting: the container goes too
         reaper.release()
         raise
-    return endpoint, reaper.release
+    return endpoint, reaper.release, notes
 
 
 def _wait_for_login(
