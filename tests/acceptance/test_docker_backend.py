@@ -67,6 +67,7 @@ def test_without_a_daemon_the_docker_matrix_skips_with_a_reason_that_names_docke
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DOCKER_HOST", NO_DAEMON)
+    monkeypatch.delenv("DBLEAK_TEST_DOCKER_HOST", raising=False)
     pytester.makeconftest((ROOT / "conftest.py").read_text())
     pytester.makepyfile(test_it="def test_a_backend(backend_args):\n    pass\n")
     result = pytester.runpytest_subprocess("-v", "-rs", "-p", "no:cacheprovider")
