@@ -34,13 +34,17 @@ def test_other_names_are_never_swept(name: str) -> None:
 
 
 def test_sigterm_interrupts_like_ctrl_c_until_undone() -> None:
-    undo = sigterm_as_interrupt()
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a fresh process
     try:
-        with pytest.raises(KeyboardInterrupt):  # the handler runs as os.kill returns
-            os.kill(os.getpid(), signal.SIGTERM)
+        undo = sigterm_as_interrupt()
+        try:
+            with pytest.raises(KeyboardInterrupt):  # the handler runs as os.kill returns
+                os.kill(os.getpid(), signal.SIGTERM)
+        finally:
+            undo()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     finally:
-        undo()
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_a_sigterm_handler_someone_else_installed_stays_in_charge() -> None:
