@@ -2,8 +2,10 @@
 
 No pytest import. testcontainers' ``MySqlContainer`` creates the container (it sets
 MYSQL_ROOT_PASSWORD, MYSQL_DATABASE, MYSQL_USER, MYSQL_PASSWORD as the official images
-expect); everything of testcontainers beyond its public constructor and ``start``/``stop``
-sits in ``_container()``, the one seam, checked on testcontainers 4.13-4.15.
+expect). What it uses of testcontainers beyond the constructor and ``start`` - the port
+map, the readiness hook, Ryuk's switch - is in ``_container()`` and
+``_disable_unavailable_ryuk()``, checked on testcontainers 4.15; ``_container()`` fails
+loudly when the port map or the hook are not where they were.
 
 No orphans: a reaper process is started before the container is created, and removes
 it when pytest ends in any way (exit, Ctrl-C, SIGKILL) - the process backend's mechanism,
@@ -28,7 +30,7 @@ from .probe import Endpoint
 log = logging.getLogger(__name__)
 
 LABEL = "org.pytest-dbleak.pid"  # value: the pid of the pytest that started the container
-_CHECKED_ON = "testcontainers 4.13-4.15"
+_CHECKED_ON = "testcontainers 4.15"
 
 
 class ImageUnavailable(DbleakError):

@@ -87,12 +87,13 @@ class InnerRun:
 
 # -- docker ------------------------------------------------------------------------------
 def _our_containers(pid: int) -> list[str]:
+    """Names of the containers (running or not) that the pytest with `pid` started."""
     import docker
 
     client = docker.from_env(timeout=30)
-    try:
-        found = client.containers.list(all=True, filters={"label": f"{LABEL}={pid}"})
-        return [c.name for c in found]
+    try:  # the low-level list: no per-container inspect that a removal could race
+        found = client.api.containers(all=True, filters={"label": f"{LABEL}={pid}"})
+        return [name for c in found for name in c["Names"]]
     finally:
         client.close()
 
