@@ -47,6 +47,7 @@ if [ "$(current)" = "$inputs" ]; then
   exit 0
 fi
 
+old_id=$(docker image inspect --format '{{.Id}}' "$name" 2>/dev/null || true)
 rootfs=$(mktemp -d "${TMPDIR:-/tmp}/dbleak-rootfs.XXXXXX")
 trap 'rm -rf "$rootfs"' EXIT
 chmod 0755 "$rootfs"  # it becomes the image's /
@@ -71,4 +72,6 @@ tar -C "$rootfs" --numeric-owner -c . | docker import \
   --change 'EXPOSE 3306' \
   --change "LABEL $label=$inputs" \
   - "$name" >&2
+# The image it replaces, now untagged, would only take up space.
+if [ -n "$old_id" ]; then docker image rm "$old_id" >/dev/null 2>&1 || true; fi
 echo "$name"

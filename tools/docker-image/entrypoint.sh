@@ -15,6 +15,9 @@ env_of() {  # the MYSQL_ value, else the MARIADB_ one, else empty
   eval "v=\${MYSQL_$1:-\${MARIADB_$1:-}}"
   printf '%s' "$v"
 }
+say() {  # a line as it is: dash's echo would interpret the backslashes in it
+  printf '%s\n' "$*"
+}
 sql_string() {  # a quoted SQL string literal
   printf "'%s'" "$(printf '%s' "$1" | sed -e "s/\\\\/\\\\\\\\/g" -e "s/'/''/g")"
 }
@@ -53,21 +56,21 @@ if [ ! -e "$marker" ]; then
     sleep 0.05
   done
   {
-    echo "SET @@SESSION.SQL_LOG_BIN=0;"
-    echo "DELETE FROM mysql.global_priv WHERE User = '' OR Host NOT IN ('localhost');"
-    echo "CREATE USER 'root'@'%' IDENTIFIED BY $(sql_string "$root_password");"
-    echo "GRANT ALL PRIVILEGES ON *.* TO 'root'@'%' WITH GRANT OPTION;"
-    echo "ALTER USER 'root'@'localhost' IDENTIFIED BY $(sql_string "$root_password");"
+    say "SET @@SESSION.SQL_LOG_BIN=0;"
+    say "DELETE FROM mysql.global_priv WHERE User = '' OR Host NOT IN ('localhost');"
+    say "CREATE USER 'root'@'%' IDENTIFIED BY $(sql_string "$root_password");"
+    say "GRANT ALL PRIVILEGES ON *.* TO 'root'@'%' WITH GRANT OPTION;"
+    say "ALTER USER 'root'@'localhost' IDENTIFIED BY $(sql_string "$root_password");"
     if [ -n "$database" ]; then
-      echo "CREATE DATABASE IF NOT EXISTS \`$database\`;"
+      say "CREATE DATABASE IF NOT EXISTS \`$database\`;"
     fi
     if [ -n "$user" ] && [ "$user" != root ]; then
-      echo "CREATE USER $(sql_string "$user")@'%' IDENTIFIED BY $(sql_string "$password");"
+      say "CREATE USER $(sql_string "$user")@'%' IDENTIFIED BY $(sql_string "$password");"
       if [ -n "$database" ]; then
-        echo "GRANT ALL PRIVILEGES ON \`$database\`.* TO $(sql_string "$user")@'%';"
+        say "GRANT ALL PRIVILEGES ON \`$database\`.* TO $(sql_string "$user")@'%';"
       fi
     fi
-    echo "FLUSH PRIVILEGES;"
+    say "FLUSH PRIVILEGES;"
   } | mariadb --socket="$sock" -uroot
   auth="--password=$root_password"
   for f in /docker-entrypoint-initdb.d/*; do
