@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 import secrets
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ from .errors import DbleakError, Redactor, ServerGoneError
 from .probe import Endpoint, Monitor
 from .results import CheckResult
 from .settings import Settings
+from .signals import sigterm_as_interrupt
 
 if TYPE_CHECKING:
     from .baseline import Baseline
@@ -91,6 +92,7 @@ class DbleakManager:
         self.recording = False  # --dbleak-baseline names a file that does not exist yet
         self._baseline_line = ""
         self._closed = False
+        self._undo_sigterm: Callable[[], None] = lambda: None
 
     @property
     def tracker(self) -> Tracker:
@@ -126,11 +128,22 @@ class DbleakManager:
                 raise backends.connect_error(server, exc) from None
             self.info = backends.describe(server, self.monitor.version)
             self.redact.add(server.endpoint.password)
+            for note in server.notes:
+                self._note(note)
         except DbleakError as exc:
             self._server_error = DbleakError(self.redact(str(exc)))
             self._release_server()
             raise self._server_error from None
         return self.info
+
+    def _note(self, text: str) -> None:
+        """A one-line remark about the run (e.g. the backend auto chose instead)."""
+        line = self.redact(f"dbleak: {text}")
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(line)
+        else:
+            log.warning("%s", line)
 
     def _start_server(self) -> RunningServer:
         shared = getattr(self.config, "workerinput", {}).get("dbleak_server")
@@ -161,6 +174,13 @@ class DbleakManager:
         password = secrets.token_hex(16)
         self.redact.add(password)
         try:
+            # On a server others use: hold the session's lock first, then remove what
+            # killed runs left (their locks are free), then create ours.
+            self.monitor.claim(name)
+            if not self._server.owned:
+                for swept in self.monitor.sweep_orphans():
+                    log.info("dbleak: removed %s, left by a run that was killed", swept)
+            self._undo_sigterm = sigterm_as_interrupt()  # so a cancelled CI job drops it
             self.monitor.create_database(name, name, password, "%")
         except Exception as exc:  # noqa: BLE001 - report any refusal as one line
             raise DbleakError(self.redact(
@@ -224,6 +244,7 @@ class DbleakManager:
             self.monitor.close()
         if self._server is not None:
             self._server.stop()
+        self._undo_sigterm()
         self.monitor, self._server, self.detector, self.database = None, None, None, None
 
     # -- session hooks -----------------------------------------------------------------

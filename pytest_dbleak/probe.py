@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ServerGoneError
+from .errors import DbleakError, ServerGoneError
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +112,13 @@ class Endpoint:
     def is_local(self) -> bool:
         return self.unix_socket is not None or self.host in ("127.0.0.1", "localhost", "::1")
 
-    def connect(self, *, database: str | None = None, timeout: float = 5.0) -> Any:
+    def connect(
+        self, *, database: str | None = None, timeout: float = 5.0, read_timeout: float = 30
+    ) -> Any:
         kwargs: dict[str, Any] = {
             "user": self.user, "password": self.password, "database": database,
-            "autocommit": True, "connect_timeout": max(1, int(timeout)),
-            "read_timeout": 30, "write_timeout": 30, "charset": "utf8mb4",
+            "autocommit": True, "connect_timeout": max(0.5, timeout),
+            "read_timeout": read_timeout, "write_timeout": 30, "charset": "utf8mb4",
             "init_command": (
                 f"SET SESSION lock_wait_timeout={LOCK_WAIT_TIMEOUT}, "
                 f"SESSION innodb_lock_wait_timeout={LOCK_WAIT_TIMEOUT}"
@@ -271,6 +274,48 @@ class Monitor:
         self.query(f"CREATE USER '{user}'@'{_escape(host)}' IDENTIFIED BY %s", (password,))
         self.query(f"GRANT ALL PRIVILEGES ON `{database}`.* TO '{user}'@'{host}'")
 
+    def claim(self, name: str) -> None:
+        """Hold a server-side lock named after a session while this connection lives.
+
+        The server releases it when the connection dies, however pytest ended: a free
+        lock marks a session's leftovers for ``sweep_orphans``.
+        """
+        held = self.query("SELECT GET_LOCK(%s, 0)", (_lock_name(name),))[0][0]
+        if held != 1:
+            raise DbleakError(f"the session lock of {name} is held by another connection")
+
+    def sweep_orphans(self) -> list[str]:
+        """Drop the databases and users of dbleak sessions whose lock is free (killed runs).
+
+        Only names of the form our sessions use; a live session holds its lock, and takes
+        it before creating anything, so nothing of a running session is touched.
+        """
+        import pymysql
+
+        names = {r[0] for r in self.query(
+            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE %s",
+            ("dbleak\\_%",),
+        )}
+        users: set[tuple[str, str]] = set()
+        try:
+            users = {(r[0], r[1]) for r in self.query(
+                "SELECT User, Host FROM mysql.user WHERE User LIKE %s", ("dbleak\\_%",)
+            )}
+        except pymysql.err.Error as exc:  # no SELECT on mysql.user: databases only
+            log.info("dbleak: cannot list users for the sweep: %s", exc)
+        candidates = {n for n in names | {u for u, _ in users} if _SESSION_NAME.match(n)}
+        swept = []
+        for name in sorted(candidates):
+            if self.query("SELECT IS_FREE_LOCK(%s)", (_lock_name(name),))[0][0] != 1:
+                continue
+            self.kill_connections_of(name)
+            for user, host in users:
+                if user == name:
+                    self.query(f"DROP USER IF EXISTS '{user}'@'{host}'")  # no args: no %-format
+            self.query(f"DROP DATABASE IF EXISTS `{name}`")
+            swept.append(name)
+        return swept
+
     def drop_database(self, database: str, user: str, host: str) -> None:
         self.kill_connections_of(user)
         self.query(f"DROP USER IF EXISTS '{user}'@'{host}'")
@@ -288,6 +333,14 @@ class Monitor:
                 except pymysql.err.OperationalError:
                     pass  # it ended on its own meanwhile
         return killed
+
+
+# The names ensure_database gives a session's database and user: dbleak_<worker>_<hex6>.
+_SESSION_NAME = re.compile(r"^dbleak_[A-Za-z0-9]{1,8}_[0-9a-f]{6}$")
+
+
+def _lock_name(name: str) -> str:
+    return f"pytest-dbleak:{name}"
 
 
 def _escape(text: str) -> str:
