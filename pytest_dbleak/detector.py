@@ -96,7 +96,6 @@ class Detector:
         # How to take back each leak of the last collection, with the server connections
         # it holds: see reclaim().
         self._undo: list[tuple[list[int], Callable[[], None]]] = []
-        self._lock = threading.Lock()
 
     # -- windows -----------------------------------------------------------------
     def begin(self, *, reuse: bool = False) -> Window:

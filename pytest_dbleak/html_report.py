@@ -24,13 +24,13 @@ import json
 import logging
 import os
 import re
-import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import reporting
+from .files import write_atomic
 from .results import KIND_TITLES, KINDS, CheckResult, Leak, Site
 
 log = logging.getLogger(__name__)
@@ -102,18 +102,7 @@ def write(
 ) -> Path:
     """Render and write the report atomically: readers never see half a file."""
     text = render(results, outcomes, meta, redact)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # A unique temporary name in the same directory: os.replace is atomic only within
-    # one file system, and two writers must not share a temporary file.
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    target = write_atomic(path, text)
     log.debug("wrote HTML report %s (%d bytes)", target, len(text))
     return target
 

@@ -53,7 +53,6 @@ class ServerSnapshot:
 
     rows: dict[int, ProcessRow] = field(default_factory=dict)
     threads_connected: int = 0
-    taken_at: float = 0.0
 
     def ids_of(self, users: frozenset[str] | None) -> set[int]:
         return {r.id for r in self.rows.values() if users is None or r.user in users}
@@ -154,7 +153,6 @@ class Monitor:
         # The plugin's own connections (this one, the lock watch's): never the session's.
         self.own_ids: set[int] = {self.connection_id}
         self.version: str = server_version(self._conn.get_server_info())
-        self.is_mariadb = "mariadb" in self.version.lower()
         self._trx_read_at = 0.0
         self._mdl_query: str | None = None  # None: not tried yet; "": none works here
 
@@ -194,7 +192,7 @@ class Monitor:
                 _shorten(info),
             )
         # Threads_connected counts our own connection too.
-        return ServerSnapshot(rows, len(rows) + 1, time.monotonic())
+        return ServerSnapshot(rows, len(rows) + 1)
 
     def open_transactions(self, ids: set[int]) -> dict[int, str]:
         """Start time of the open InnoDB transaction of each connection in `ids`.
