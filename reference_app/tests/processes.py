@@ -94,6 +94,12 @@ class ServerProcess:
             return self._changed.wait_for(lambda: needle in self.output, timeout=timeout)
 
     @property
+    def address(self) -> str:
+        """The URL of a started server."""
+        assert self.url is not None, self.output
+        return self.url
+
+    @property
     def pid(self) -> int:
         assert self._process is not None
         return self._process.pid

@@ -235,9 +235,9 @@ def test_a_driver_a_guest_and_an_admin_on_three_processes_see_each_others_events
     with servers(*[env] * PROCESSES) as (on_a, on_b, on_c):
         clients: list[socketio.Client] = []
         try:
-            driver, driver_events = connect(on_a.url, world.driver.token)
-            guest, guest_events = connect(on_b.url, world.guest.token)
-            admin, admin_events = connect(on_c.url, world.admin.token)
+            driver, driver_events = connect(on_a.address, world.driver.token)
+            guest, guest_events = connect(on_b.address, world.guest.token)
+            admin, admin_events = connect(on_c.address, world.admin.token)
             clients += [driver, guest, admin]
             # The guest calls a buggy on B: the driver on A hears of it.
             status, made = http(
