@@ -38,11 +38,12 @@ def flask(database_url: str, *args: str, **extra: str) -> subprocess.CompletedPr
 
 
 class ServerProcess:
-    """``python -m reference_app --port 0``; its output, its URL, a clean stop."""
+    """``python -m reference_app --port 0`` (or ``port``); its output, its URL, a clean stop."""
 
-    def __init__(self, env: dict[str, str], *args: str) -> None:
+    def __init__(self, env: dict[str, str], *args: str, port: int = 0) -> None:
         self.env = env
         self.args = args
+        self.port = port
         self.lines: list[str] = []
         self.url: str | None = None
         self._changed = threading.Condition()
@@ -59,7 +60,7 @@ class ServerProcess:
                 "--host",
                 "127.0.0.1",
                 "--port",
-                "0",
+                str(self.port),
                 *self.args,
             ],
             cwd=ROOT,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -282,3 +283,27 @@ def test_a_driver_a_guest_and_an_admin_on_three_processes_see_each_others_events
                     client.disconnect()
     for server in (on_a, on_b, on_c):
         assert "Traceback" not in server.output, server.output
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_processes_started_with_reuse_port_share_one_port(
+    world: World, dbleak_mysql_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = server_env(dbleak_mysql_url, tmp_path / "sent", SCHEDULER_ENABLED="0")
+    shared = [ServerProcess(env, "--reuse-port", port=port) for _ in range(PROCESSES)]
+    with ExitStack() as stack:
+        for server in shared:
+            stack.enter_context(server)
+            assert server.url == f"http://127.0.0.1:{port}", server.output
+        for _ in range(60):  # a new connection each: the kernel spreads them
+            status, body = http("GET", f"http://127.0.0.1:{port}/api/locations")
+            assert status == 200, body
+        served = [server.output.count('"GET /api/locations HTTP/1.1" 200') for server in shared]
+    assert sum(served) == 60
+    assert all(count > 0 for count in served), served
