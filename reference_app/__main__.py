@@ -15,6 +15,7 @@ import logging
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from types import FrameType
 
 from flask import Flask
@@ -77,11 +78,12 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, build: Callable[[], Flask] = create_app) -> int:
+    """Serve the app ``build()`` returns (the factory, reading the environment)."""
     args = _parse(argv)
     configure_logging()
     try:
-        app = create_app()
+        app = build()
     except ConfigError as error:
         print(f"error: {error.message}", file=sys.stderr)
         return 2

@@ -40,10 +40,13 @@ def flask(database_url: str, *args: str, **extra: str) -> subprocess.CompletedPr
 class ServerProcess:
     """``python -m reference_app --port 0`` (or ``port``); its output, its URL, a clean stop."""
 
-    def __init__(self, env: dict[str, str], *args: str, port: int = 0) -> None:
+    def __init__(
+        self, env: dict[str, str], *args: str, port: int = 0, module: str = "reference_app"
+    ) -> None:
         self.env = env
         self.args = args
         self.port = port
+        self.module = module
         self.lines: list[str] = []
         self.url: str | None = None
         self._changed = threading.Condition()
@@ -56,7 +59,7 @@ class ServerProcess:
             [
                 sys.executable,
                 "-m",
-                "reference_app",
+                self.module,
                 "--host",
                 "127.0.0.1",
                 "--port",

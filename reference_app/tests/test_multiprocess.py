@@ -304,6 +304,7 @@ def test_processes_started_with_reuse_port_share_one_port(
         for _ in range(60):  # a new connection each: the kernel spreads them
             status, body = http("GET", f"http://127.0.0.1:{port}/api/locations")
             assert status == 200, body
-        served = [server.output.count('"GET /api/locations HTTP/1.1" 200') for server in shared]
+    # Counted once the processes have stopped: their output has been read to the end.
+    served = [server.output.count('"GET /api/locations HTTP/1.1" 200') for server in shared]
     assert sum(served) == 60
     assert all(count > 0 for count in served), served
