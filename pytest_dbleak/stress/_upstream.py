@@ -23,7 +23,10 @@ has a minimal reproduction against the plain upstream code under ``bench/upstrea
   ``Client.disconnect()`` queues CLOSE for its writer thread, then closes the WebSocket
   from the calling thread at once, so the close frame overtakes packets still queued
   (events just emitted, Socket.IO's DISCONNECT).  Avoided by :class:`ChurnClient`,
-  which writes every packet from the thread that sends it.
+  which writes every packet from the thread that sends it.  A second one, seen at the
+  floors: ``disconnect(abort=True)`` (python-socketio before 5.14) can drain the
+  writer's stop sentinel in ``_reset()``, leaving the writer waiting ~50 s; the churn
+  client never aborts.
 * simple-websocket, close vs reader (``simple_websocket_close_race.py``): ``close()``
   races the reader thread that answers the peer's close frame (``LocalProtocolError``
   or ``ConnectionClosed`` from a complete handshake), and clears ``connected`` without
@@ -62,7 +65,7 @@ from .wsgi import RequestHandler
 _log = logging.getLogger(__name__)
 
 #: Distribution -> (declared floor, newest verified).  The floors are the ``stress``
-#: extra's in pyproject.toml, run by ``tox -e min`` with ci/min-versions.txt.
+#: extra's in pyproject.toml, run by ``tox -e min`` with .ci/min-versions.txt.
 VERIFIED_ON: dict[str, tuple[str, str]] = {
     "python-socketio": ("5.12.0", "5.18.1"),
     "python-engineio": ("4.13.4", "4.15.1"),
