@@ -74,7 +74,7 @@ def test_the_detector_catches(
     monkeypatch.delenv(ENV_VAR, raising=False)
     clean = run(pytester, selection)
     assert clean.ret == pytest.ExitCode.OK, clean.stdout.str()
-    clean.stdout.fnmatch_lines(["*dbleak: no leaks in * tests*"])
+    clean.stdout.fnmatch_lines(["*dbleak: no leaks in * checked test*"])
 
     monkeypatch.setenv(ENV_VAR, name)
     broken = run(pytester, selection)
