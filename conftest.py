@@ -24,6 +24,13 @@ def _local_mysql_reachable() -> bool:
     return True
 
 
+@pytest.fixture(autouse=True)
+def _inner_runs_keep_their_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytest-randomly is installed for the order tests, which turn it on with
+    ``-p randomly``; every other inner pytest run keeps the order its assertions read."""
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:randomly")
+
+
 @pytest.fixture(scope="session")
 def local_mysql_url() -> str:
     """Admin URL of the machine's MariaDB, or a skip that says where it was looked for."""

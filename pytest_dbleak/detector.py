@@ -7,17 +7,20 @@ window did not create explains it as an idle connection.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import sysconfig
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .probe import Monitor, ProcessRow, ServerSnapshot
 from .results import (
     CHECKED_OUT,
+    FORK_SHARED,
     GC_RETURN,
     KINDS,
     OPEN_TRANSACTION,
@@ -28,7 +31,7 @@ from .results import (
     Leak,
     Site,
 )
-from .tracking import ConnState, Frame, Tracker
+from .tracking import Checkout, ConnState, Frame, PoolState, Tracker
 
 _LIBRARY_DIRS = tuple(
     {
@@ -54,7 +57,8 @@ _ENTRY_DIRS = tuple(
 )
 _MACHINERY = tuple(
     f"{os.sep}{name}{os.sep}"
-    for name in ("sqlalchemy", "pymysql", "pytest_dbleak", "_pytest", "pluggy", "flask_sqlalchemy")
+    for name in ("sqlalchemy", "pymysql", "pytest_dbleak", "_pytest", "pluggy", "flask_sqlalchemy",
+                 "MySQLdb", "mysql", "mariadb", "aiomysql", "asyncmy", "greenlet", "asyncio")
 )
 
 
@@ -67,6 +71,13 @@ class Window:
     trx_before: set[int]
     checked_out: int
     started: float = field(default_factory=time.monotonic)
+    # Threads running when the window opened: one started inside it and still running
+    # may be about to give back a connection it was handed.
+    threads: frozenset[int] = field(
+        default_factory=lambda: frozenset(t.ident or 0 for t in threading.enumerate())
+    )
+    # Open transactions (thread id -> trx id) of idle connections no pool holds; None: unknown
+    server_trx: dict[int, str] | None = None
 
 
 class Detector:
@@ -80,7 +91,11 @@ class Detector:
         self.users = users
         self.root = root
         self.owned_ids: set[int] = set()  # server connections owned by wider fixtures
+        self.owned_trx: set[tuple[int, str]] = set()  # (thread id, trx id) they began
         self._last: ServerSnapshot | None = None
+        # How to take back each leak of the last collection, with the server connections
+        # it holds: see reclaim().
+        self._undo: list[tuple[list[int], Callable[[], None]]] = []
         self._lock = threading.Lock()
 
     # -- windows -----------------------------------------------------------------
@@ -90,24 +105,39 @@ class Detector:
         seq = self.tracker.mark()
         server = self._last if (reuse and self._last is not None) else self.monitor.snapshot()
         return Window(
-            seq, server, self.tracker.idle_in_transaction(), self.tracker.checked_out_count()
+            seq, server, self.tracker.idle_in_transaction(), self.tracker.checked_out_count(),
+            server_trx=self._server_trx_before(server),
         )
 
-    def finish(self, window: Window, nodeid: str, *, allow: int, settle: float) -> CheckResult:
+    def finish(self, window: Window, nodeid: str, *, allow: int, settle: float,
+               patient: bool = False) -> CheckResult:
+        """The verdict of `window`. `patient`: re-check every suspicion for up to `settle`
+        (the test asked for its settle time), not only those that can still change."""
+        started = time.monotonic()
         leaks, snap = self._collect(window)
-        waited_from = time.monotonic()
-        delay = 0.01
         rechecked = False
-        # Re-check with backoff: a closed connection lingers in the processlist for a
-        # moment, and a background thread may be returning its connection right now.
-        while leaks and time.monotonic() - waited_from < settle:
+        if leaks and settle > 0 and any(_gc_may_return(leak) for leak in leaks):
             rechecked = True
-            time.sleep(min(delay, max(0.0, settle - (time.monotonic() - waited_from))))
+            # A connection nobody references any more but a reference cycle: one
+            # collection gives it back now, rather than some later test's.
+            gc.collect()
+            leaks, snap = self._collect(window)
+        delay = 0.01
+        # Re-check only what can still change - a server row that lags behind a close, a
+        # connection held by a thread that is still running - with backoff, for at most
+        # `settle`. A leak whose holder is gone is judged at once.
+        while leaks and (patient or _started_threads_running(window)
+                         or any(_may_change(leak) for leak in leaks)):
+            left = settle - (time.monotonic() - started)
+            if left <= 0:
+                break
+            rechecked = True
+            time.sleep(min(delay, left))
             delay = min(delay * 2, 0.05)  # notice a suspicion clearing within 50 ms
             leaks, snap = self._collect(window)
-        # The time spent re-checking, also when the suspicion cleared: 0 only for a test
-        # that was clean at the first look.
-        waited = time.monotonic() - waited_from if rechecked else 0.0
+        # The time spent judging a suspicion, also when it cleared: 0 only for a test that
+        # was clean at the first look.
+        waited = time.monotonic() - started if rechecked else 0.0
         self._last = snap
         if leaks:
             self._describe_transactions(leaks)
@@ -121,6 +151,26 @@ class Detector:
             waited=round(waited, 4),
         )
 
+    def reclaim(self, result: CheckResult) -> None:
+        """Take back what `result` leaked, so later tests start from a healthy pool and
+        server: checked-out connections invalidated (which returns them to their pool),
+        open transactions rolled back, undisposed engines disposed, and server
+        connections of the session's user that no pool owns killed."""
+        kill = {i for leak in result.leaks if leak.kind == SERVER_CONNECTION
+                for i in leak.connection_ids}
+        for ids, action in self._undo:  # the last collection: the one `result` came from
+            try:
+                action()
+            except Exception:  # noqa: BLE001 - the leaked object may be in any state
+                kill.update(ids)
+        self._undo = []
+        for ident in sorted(kill):
+            try:
+                self.monitor.query(f"KILL CONNECTION {int(ident)}")
+            except Exception:  # noqa: BLE001 - it may have gone by itself meanwhile
+                continue
+        self._last = None  # the next window starts from what is left now
+
     def forget_baseline(self) -> None:
         """The next window takes a fresh snapshot: an unchecked test ran in between."""
         self._last = None
@@ -129,6 +179,7 @@ class Detector:
         """Connections that appeared while a wider-scoped fixture was set up are its own."""
         after = self.monitor.snapshot()
         self.owned_ids |= after.ids_of(self.users) - before.ids_of(self.users)
+        self.owned_trx |= self._owned_server_trx(after)
         self._last = after
 
     def snapshot(self) -> ServerSnapshot:
@@ -139,6 +190,7 @@ class Detector:
         snap = self.monitor.snapshot()
         tracker = self.tracker
         leaks: list[Leak] = []
+        undo: dict[int, Callable[[], None]] = {}  # id(leak) -> how to take it back
         by_conn: dict[int, Leak] = {}  # server id -> the leak that already covers it
 
         for conn in tracker.connections():
@@ -148,6 +200,7 @@ class Detector:
                     leak = self._leak(CHECKED_OUT, 1, _conn_what(conn, "checked out"),
                                       co.stack, co.thread)
                     leaks.append(self._with_conn(leak, conn, by_conn))
+                    undo[id(leak)] = _invalidate(co)
             elif conn.in_trx and conn.checkin_seq >= w.seq and conn.serial not in w.trx_before:
                 last = conn.last_checkout
                 leak = self._leak(
@@ -155,15 +208,16 @@ class Detector:
                     last.stack if last else conn.stack, last.thread if last else None,
                 )
                 leaks.append(self._with_conn(leak, conn, by_conn))
+                undo[id(leak)] = _rollback(conn)
 
         gc_returned: set[int] = set()  # id() of ConnStates already counted as gc_return
-        for gc in tracker.gc_returns_since(w.seq):
-            if not gc.checkout.owned:
-                gc_returned.add(id(gc.conn))
+        for ret in tracker.gc_returns_since(w.seq):
+            if not ret.checkout.owned:
+                gc_returned.add(id(ret.conn))
                 leaks.append(self._leak(
                     GC_RETURN, 1,
-                    _conn_what(gc.conn, "was checked out here and dropped without close()"),
-                    gc.checkout.stack, gc.checkout.thread,
+                    _conn_what(ret.conn, "was checked out here and dropped without close()"),
+                    ret.checkout.stack, ret.checkout.thread,
                 ))
 
         for pool in tracker.pools_created_since(w.seq):
@@ -186,8 +240,12 @@ class Detector:
             for conn in held:
                 self._with_conn(leak, conn, by_conn)
             leaks.append(leak)
+            undo[id(leak)] = _dispose(pool)
 
+        leaks.extend(self._server_transactions(w, snap, by_conn))
+        leaks.extend(self._fork_shared(w))
         leaks.extend(self._server_leaks(w, snap, by_conn))
+        self._undo = [(leak.connection_ids, undo[id(leak)]) for leak in leaks if id(leak) in undo]
         for ident, leak in by_conn.items():
             row = snap.rows.get(ident)
             if row is not None and not any(r["id"] == ident for r in leak.processlist):
@@ -222,14 +280,119 @@ class Detector:
         leaks = []
         for row in unexplained[anonymous:]:
             opened = tracker.opened_at(row.id)  # a raw driver connection of this process
+            stack, thread, owner = (opened.stack, opened.thread, "") if opened else (
+                self._child_site(row))
             leak = self._leak(
                 SERVER_CONNECTION, 1,
                 f"server connection {row.id} ({row.user}@{row.host}, {row.command}) "
-                "opened during the test and still open; no pool of this process owns it",
-                opened.stack if opened else (), opened.thread if opened else None,
+                f"opened during the test and still open; no pool of this process owns it{owner}",
+                stack, thread,
             )
             leak.connection_ids.append(row.id)
             leak.processlist.append(row.as_dict())
+            leaks.append(leak)
+        return leaks
+
+    # -- transactions on connections no pool holds ----------------------------------
+    def _untracked_idle(self, snap: ServerSnapshot) -> set[int]:
+        """Idle connections of the session's user that no tracked pool holds: another
+        driver's pool, a raw connection of a wider-scoped fixture."""
+        pooled = self.tracker.by_thread_id
+        return {
+            r.id for r in snap.rows.values()
+            if (self.users is None or r.user in self.users) and r.command == "Sleep"
+            and (r.id not in pooled or pooled[r.id].collected)
+        }
+
+    def _server_trx_before(self, snap: ServerSnapshot) -> dict[int, str] | None:
+        ids = self._untracked_idle(snap)
+        if not ids:
+            return {}  # nothing but tracked pools: no query, and nothing to compare
+        # Not forced fresh: since our last read only pytest's bookkeeping ran.
+        infos = self.monitor.transactions(ids, fresh=False)
+        return {ident: info.trx_id for ident, info in infos.items()}
+
+    def _owned_server_trx(self, snap: ServerSnapshot) -> set[tuple[int, str]]:
+        infos = self.monitor.transactions(self._untracked_idle(snap))
+        return {(ident, info.trx_id) for ident, info in infos.items()}
+
+    def _server_transactions(
+        self, w: Window, snap: ServerSnapshot, by_conn: dict[int, Leak]
+    ) -> list[Leak]:
+        """A transaction that began during the window on an idle connection that existed
+        before it (or that a wider-scoped fixture opened) and that no pool holds."""
+        if w.server_trx is None:
+            return []
+        # Busy during the window: processlist Time (seconds in the current state) is at
+        # most the window's length. Connections opened during the window are
+        # server_connection leaks already.
+        elapsed = time.monotonic() - w.started + 1
+        candidates = {
+            ident for ident in self._untracked_idle(snap)
+            if ident not in by_conn and snap.rows[ident].time <= elapsed
+            and (ident in w.server.rows or ident in self.owned_ids)
+        }
+        if not candidates:
+            return []
+        leaks = []
+        for ident, info in sorted(self.monitor.transactions(candidates).items()):
+            if w.server_trx.get(ident) == info.trx_id or (ident, info.trx_id) in self.owned_trx:
+                continue  # open before the window, or begun by a wider-scoped fixture
+            row = snap.rows[ident]
+            site = self.tracker.handed_out_since(ident, w.seq) or self.tracker.opened_at(ident)
+            leak = self._leak(
+                OPEN_TRANSACTION, 1,
+                f"server connection {ident} ({row.user}@{row.host}) idle inside a transaction "
+                f"that began during the test ({info.describe()}); no pool of this process "
+                "holds it",
+                site.stack if site else (), site.thread if site else None,
+            )
+            leak.connection_ids.append(ident)
+            leak.processlist.append({**row.as_dict(), "trx_started": info.started})
+            by_conn[ident] = leak
+            leaks.append(leak)
+        return leaks
+
+    # -- child processes -----------------------------------------------------------------
+    def _child_site(self, row: ProcessRow) -> tuple[tuple[Frame, ...], str | None, str]:
+        """Site, thread and a note for a connection a child process of the test holds: the
+        child's own connect line when it was forked (it reports), else the line that
+        started it."""
+        children = self.tracker.children
+        reported = children.opened_by_child(row.id)
+        if reported is not None:
+            return reported.stack, reported.thread, f" (child process {reported.pid})"
+        pid = children.owner_of(row.host, self.monitor.endpoint.port)
+        if pid is None:
+            return (), None, ""
+        started = children.starter_of(pid)
+        if started is None:
+            return (), None, f" (child process {pid})"
+        return started.stack, started.thread, f" (child process {pid}, started here)"
+
+    def _fork_shared(self, w: Window) -> list[Leak]:
+        """The fork bug: a child forked during the window used a pooled connection that
+        this process opened; both now talk over one socket."""
+        leaks: list[Leak] = []
+        seen: set[tuple[int, int | None]] = set()
+        for event in self.tracker.children.events():
+            if event.kind != FORK_SHARED or event.fork_seq < w.seq:
+                continue
+            if (event.pid, event.thread_id) in seen:
+                continue
+            seen.add((event.pid, event.thread_id))
+            parent = user_sites(event.parent_stack, self.root)
+            opened = f" opened at {parent[-1].file}:{parent[-1].line}" if parent else ""
+            ident = f"server connection {event.thread_id}" if event.thread_id else "a connection"
+            leak = self._leak(
+                FORK_SHARED, 1,
+                f"{ident}{opened} by this process, used by child process {event.pid} "
+                "(forked during the test): both talk over one socket; call "
+                "engine.dispose(close=False) in the child",
+                event.stack, f"{event.thread} of child process {event.pid}",
+            )
+            if event.thread_id is not None:
+                leak.connection_ids.append(event.thread_id)
             leaks.append(leak)
         return leaks
 
@@ -260,6 +423,58 @@ class Detector:
 
     def _counts(self, snap: ServerSnapshot, checked_out: int) -> Counts:
         return Counts(len(snap.ids_of(self.users)), snap.threads_connected, checked_out)
+
+
+def _invalidate(checkout: Checkout) -> Callable[[], None]:
+    def undo() -> None:
+        fairy = checkout.fairy() if checkout.fairy is not None else None
+        if fairy is not None and fairy.dbapi_connection is not None:
+            fairy.invalidate()  # closes it and gives the pool its slot back
+    return undo
+
+
+def _rollback(conn: ConnState) -> Callable[[], None]:
+    def undo() -> None:
+        dbapi = conn.ref() if conn.ref is not None else None
+        if dbapi is not None and conn.checkout is None:
+            dbapi.rollback()
+            conn.in_trx = False
+    return undo
+
+
+def _dispose(pool: PoolState) -> Callable[[], None]:
+    def undo() -> None:
+        target = pool.ref()
+        if target is not None:
+            target.dispose()
+    return undo
+
+
+def _holder_running(thread: str | None) -> bool:
+    """Whether a thread of that name, other than this one, still runs: it may still give
+    back what it holds. Names are not unique, so a namesake counts as running - the
+    safe side: the leak is re-checked as it always was."""
+    if thread is None:
+        return False
+    current = threading.current_thread()
+    return any(t.name == thread for t in threading.enumerate() if t is not current)
+
+
+def _started_threads_running(window: Window) -> bool:
+    current = threading.current_thread()
+    return any(t.ident not in window.threads for t in threading.enumerate() if t is not current)
+
+
+def _may_change(leak: Leak) -> bool:
+    if leak.kind == GC_RETURN:
+        return False  # it happened
+    if leak.kind == SERVER_CONNECTION and not leak.stack and leak.thread is None:
+        return True  # opened by nobody this process saw: may be a close the server lags on
+    return _holder_running(leak.thread)
+
+
+def _gc_may_return(leak: Leak) -> bool:
+    return leak.kind in (CHECKED_OUT, SERVER_CONNECTION) and not _holder_running(leak.thread)
 
 
 def _connections(conns: list[ConnState]) -> str:

@@ -11,6 +11,7 @@ import pytest
 
 from . import reporting
 from .backends import ServerInfo
+from .database import Database
 from .errors import DbleakError, missing_extra
 from .manager import MANAGER, DbleakManager
 from .probe import ProcessRow
@@ -100,6 +101,7 @@ class DbleakHandle:
         result = self._detector.finish(
             window, "assert_no_leaks()", allow=allow,
             settle=settings.settle_timeout if settle is None else settle,
+            patient=settle is not None,
         )
         if result.leaked > allow:
             text = self._manager.redact(reporting.failure_text(result))
@@ -154,10 +156,10 @@ class JobsStress(_Stress):
 
     def run(self, *callables: Any) -> Any:
         with _stress_extra(self.kind):
-            from .stress import JobStress
+            from .stress import JobRunner
 
         s = self.settings
-        runner = JobStress(runs=s.runs, threads=s.threads)
+        runner = JobRunner(runs=s.runs, threads=s.threads)
         return self._run(s.runs * len(callables), lambda: runner.run(*callables))
 
 
@@ -169,10 +171,10 @@ class SocketChurnStress(_Stress):
     def run(self, app: Any, socketio: Any, *, namespace: str = "/", auth: Any = None,
             on_connect: Any = None) -> Any:
         with _stress_extra(self.kind):
-            from .stress import SocketChurn
+            from .stress import SocketChurnRunner
 
         s = self.settings
-        runner = SocketChurn(clients=s.clients, concurrency=s.concurrency, timeout=s.timeout)
+        runner = SocketChurnRunner(clients=s.clients, concurrency=s.concurrency, timeout=s.timeout)
         return self._run(s.clients, lambda: runner.run(
             app, socketio, namespace=namespace, auth=auth, on_connect=on_connect
         ))
@@ -186,10 +188,10 @@ class HttpLoadStress(_Stress):
     def run(self, app: Any, path: str, *, method: str = "GET",
             headers: dict[str, str] | None = None, body: bytes | str | None = None) -> Any:
         with _stress_extra(self.kind):
-            from .stress import HttpLoad
+            from .stress import HttpLoadRunner
 
         s = self.settings
-        runner = HttpLoad(requests=s.requests, concurrency=s.concurrency, timeout=s.timeout)
+        runner = HttpLoadRunner(requests=s.requests, concurrency=s.concurrency, timeout=s.timeout)
         return self._run(s.requests, lambda: runner.run(
             app, path, method=method, headers=headers, body=body
         ))
@@ -219,3 +221,18 @@ def dbleak_socket_churn(request: pytest.FixtureRequest) -> SocketChurnStress:
 def dbleak_http_load(request: pytest.FixtureRequest) -> HttpLoadStress:
     """HTTP load; settings from ``@pytest.mark.dbleak_http_load(requests, concurrency)``."""
     return HttpLoadStress(request, _mark_settings(request, "dbleak_http_load"))
+
+
+# -- the session database for every driver (issue 10) ---------------------------------
+@pytest.fixture(scope="session")
+def dbleak_database(request: pytest.FixtureRequest, dbleak_server: ServerInfo) -> Database:
+    """The session database for any driver: ``.url(driver="aiomysql")``,
+    ``.connect_kwargs(driver="mysqldb")``, each with that driver's "no TLS" spelling."""
+    try:
+        db = _manager(request).ensure_database()
+    except DbleakError as exc:
+        _fail_setup(exc)
+        raise
+    local = dbleak_server.host in ("127.0.0.1", "localhost", "::1")
+    return Database(db.name, db.user, db.password, dbleak_server.host, dbleak_server.port,
+                    local)

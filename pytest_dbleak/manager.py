@@ -10,14 +10,12 @@ import gc
 import logging
 import secrets
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from _pytest._code.code import ReprExceptionInfo, ReprFileLocation, ReprTracebackNative
-from _pytest.runner import runtestprotocol
 
-from . import backends, marks, reporting
+from . import _pytest_seam, backends, marks, reporting, verdict
 from .backends import RunningServer, ServerInfo
 from .errors import DbleakError, Redactor, ServerGoneError
 from .probe import Endpoint, Monitor
@@ -26,7 +24,8 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from .baseline import Baseline
-    from .detector import Detector
+    from .detector import Detector, Window
+    from .lockwatch import LockWatch
     from .tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -36,6 +35,25 @@ MANAGER = pytest.StashKey["DbleakManager"]()
 EXIT_LEAKS_FOUND = 6
 MARKS = pytest.StashKey[dict[str, Any]]()  # validated marker values of an item
 STRESS = pytest.StashKey[tuple[str, int]]()  # (stress kind, runs) set by stress fixtures
+
+
+@dataclass
+class _Check:
+    """One test's (one attempt's) leak check, from its setup to its teardown report."""
+
+    allow: int
+    settle: float
+    patient: bool  # the test set its own settle time: wait it out for every suspicion
+    window: Window | None = None
+    gone: ServerGoneError | None = None
+    placed: bool = False  # the window's end is queued behind the item's own finalizers
+    closed: bool = False
+    result: CheckResult | None = None
+    reports: list[pytest.TestReport] = field(default_factory=list)  # setup, call
+
+
+CHECK = pytest.StashKey[_Check]()
+EARLIER_LEAK = pytest.StashKey[CheckResult]()  # a failing leak of an earlier attempt
 
 
 @dataclass(frozen=True)
@@ -57,6 +75,8 @@ class DbleakManager:
         self.worker = getattr(config, "workerinput", {}).get("workerid", "main")
         self.results: dict[str, CheckResult] = {}
         self.outcomes: dict[str, str] = {}
+        self.status = verdict.DeferredStatus()
+        self._failed_reports: dict[str, pytest.TestReport] = {}  # nodeid -> setup/call
         self.leak_failures: set[str] = set()  # failed because of a leak only
         self.other_failures: set[str] = set()
         self._server: RunningServer | None = None
@@ -66,6 +86,7 @@ class DbleakManager:
         self.info: ServerInfo | None = None
         self.database: SessionDatabase | None = None
         self.detector: Detector | None = None
+        self.lockwatch: LockWatch | None = None
         self.baseline: Baseline | None = None
         self.recording = False  # --dbleak-baseline names a file that does not exist yet
         self._baseline_line = ""
@@ -174,6 +195,14 @@ class DbleakManager:
             from .detector import Detector
 
             self.detector = Detector(self.tracker, self.monitor, users, self.config.rootpath)
+            if self.settings.lock_wait > 0:
+                from .lockwatch import LockWatch
+
+                self.lockwatch = LockWatch(
+                    self._server.endpoint, self._server.where, users, self.tracker,
+                    self.config.rootpath, self.settings.lock_wait,
+                )
+                self.detector.owned_ids.add(self.lockwatch.connection_id)
         return self.detector
 
     def _release_server(self) -> None:
@@ -188,6 +217,9 @@ class DbleakManager:
                 self.monitor.drop_database(self.database.name, self.database.user, "%")
             except Exception as exc:  # noqa: BLE001 - best effort at the very end
                 log.warning("dbleak: could not drop %s: %s", self.database.name, exc)
+        if self.lockwatch is not None:
+            self.lockwatch.close()
+            self.lockwatch = None
         if self.monitor is not None:
             self.monitor.close()
         if self._server is not None:
@@ -252,6 +284,11 @@ class DbleakManager:
             ))
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if self.settings.enabled:
+            try:
+                _pytest_seam.check(session)
+            except DbleakError as exc:
+                raise pytest.UsageError(f"dbleak: {exc}") from None
         # Start the server now, not inside the first test, so a bad URL or password is a
         # usage error before any test runs.
         if self.info is None and any(_uses_server(i) for i in session.items):
@@ -298,113 +335,156 @@ class DbleakManager:
                 detector.note_owned_server_connections(before)
 
     # -- the check around every test ----------------------------------------------------
+    # The window opens before the test's setup and closes after the last finalizer of
+    # the test's own node (function fixtures, setup/teardown_method, unittest cleanups),
+    # before any class, module or session finalizer: those run inside the teardown of
+    # the last test of their scope, and would otherwise erase its leak (alone, -k, --lf,
+    # last on an xdist worker). Wrapping hooks, not owning the protocol, keeps rerun
+    # plugins, pytest-timeout and xdist in charge of what they own.
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, Any, Any]:
+        check = self._open_window(item)
+        try:
+            return (yield)
+        finally:
+            if check is not None:
+                check.placed = _pytest_seam.run_after_item_teardown(
+                    item, lambda: self._close_window(item, check)
+                )
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_teardown(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> Generator[None, Any, Any]:
+        check = item.stash.get(CHECK, None)
+        if check is not None and not check.placed:
+            self._close_window(item, check)  # a parent's setup failed: nothing of it ran
+        try:
+            return (yield)
+        finally:
+            if check is not None and not check.closed:
+                pytest.exit(f"dbleak: {_pytest_seam.misfit_message()}", returncode=3)
+            if self.detector is not None and (check is None or not _same_parents(item, nextitem)):
+                # An unchecked test ran, or wider fixtures are torn down before the next
+                # test: its window starts from a fresh snapshot, not this test's last one.
+                self.detector.forget_baseline()
+
+    @pytest.hookimpl(wrapper=True, trylast=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        # Innermost wrapper: rerun plugins and reporters around it see the verdict.
+        report = yield
+        check = item.stash.get(CHECK, None)
+        if check is None:
+            return report
+        if report.when == "teardown":
+            self._judge(item, check, report)
+        else:
+            report.dbleak_checked = True  # type: ignore[attr-defined]
+            check.reports.append(report)
+        return report
+
     @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    def pytest_report_teststatus(self, report: pytest.TestReport, config: pytest.Config) -> Any:
+        return self.status.status(report, config)
+
+    def _open_window(self, item: pytest.Item) -> _Check | None:
         detector = self.detector
+        if CHECK in item.stash:
+            del item.stash[CHECK]
+        if STRESS in item.stash:
+            del item.stash[STRESS]  # a rerun counts its own stress runs
         if detector is None or not self.settings.enabled:
             return None
         item_marks = item.stash.get(MARKS, {})
-        ihook = item.ihook
         if "no_dbleak" in item_marks:
-            ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-            runtestprotocol(item, nextitem=nextitem, log=True)
-            ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
-            detector.forget_baseline()  # what this test left is nobody else's fault
-            return True
+            return None  # what it leaves is nobody else's fault: see pytest_runtest_teardown
         leak_mark: marks.LeakMark = item_marks.get("dbleak") or marks.LeakMark()
-        allow = self.settings.allow if leak_mark.allow is None else leak_mark.allow
-        settle = self.settings.settle_timeout if leak_mark.settle is None else leak_mark.settle
-
-        ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-        gone: ServerGoneError | None = None
+        check = _Check(
+            allow=self.settings.allow if leak_mark.allow is None else leak_mark.allow,
+            settle=self.settings.settle_timeout if leak_mark.settle is None else leak_mark.settle,
+            patient=leak_mark.settle is not None,
+        )
         try:
-            window = detector.begin(reuse=True)
+            check.window = detector.begin(reuse=True)
         except ServerGoneError as exc:
-            gone, window = exc, None
-        reports = runtestprotocol(item, nextitem=nextitem, log=False)
-        result: CheckResult | None = None
-        if window is not None:
-            try:
-                result = detector.finish(window, item.nodeid, allow=allow, settle=settle)
-            except ServerGoneError as exc:
-                gone = exc
-        if gone is not None:
-            self._server_gone(item, reports, gone)
-        elif result is not None:
-            if STRESS in item.stash:
-                result.stress, result.runs = item.stash[STRESS]
-            result.report_only = self.settings.report_only
-            if self.baseline is not None:
-                self.baseline.judge(result)
-            self._apply(item, result, reports)
-        for report in reports:
-            ihook.pytest_runtest_logreport(report=report)
-        ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
-        return True
+            check.gone = exc
+        if self.lockwatch is not None:
+            self.lockwatch.arm()
+        item.stash[CHECK] = check
+        return check
 
-    def _apply(
-        self, item: pytest.Item, result: CheckResult, reports: list[pytest.TestReport]
-    ) -> None:
-        # The call report; without one (setup failed or skipped), the failed setup report,
-        # so that one test stays one entry in the summary.
-        target = next((r for r in reports if r.when == "call"), None) or next(
-            (r for r in reports if r.failed), reports[-1]
-        )
-        target.dbleak = result.as_dict()  # type: ignore[attr-defined]  # travels with xdist
-        if not result.leaks:
+    def _close_window(self, item: pytest.Item, check: _Check) -> None:
+        if check.closed:
             return
-        # JUnit XML reads the properties from the teardown report; keep them on both.
-        for report in {id(r): r for r in (target, reports[-1])}.values():
-            report.user_properties.append(("dbleak_leaked", result.leaked))
-        details = self.redact(reporting.section_text(result))
-        text = self.redact(reporting.failure_text(result))
-        if not result.failed or target.failed:
-            # The test failed on its own (keep its error) or the leak is tolerated.
-            target.sections.append((reporting.SECTION, text + "\n" + details))
+        check.closed = True
+        stuck = self.lockwatch.disarm() if self.lockwatch is not None else []
+        detector = self.detector
+        if check.window is None or detector is None:
             return
-        target.sections.append((reporting.SECTION, details))
-        target.outcome = "failed"
-        if hasattr(target, "wasxfail"):
-            del target.wasxfail
-        site = next((leak.site for leak in result.leaks if leak.site), None)
-        path, line = (site.file, site.line) if site else _location(item)
-        target.longrepr = ReprExceptionInfo(
-            reprtraceback=ReprTracebackNative([text]),
-            reprcrash=ReprFileLocation(path, line, self.redact(reporting.headline(result))),
-        )
-        for report in {id(r): r for r in (target, reports[-1])}.values():
-            report.user_properties.append(("dbleak_failed", True))
-
-    def _server_gone(
-        self, item: pytest.Item, reports: list[pytest.TestReport], exc: ServerGoneError
-    ) -> None:
-        message = self.redact(f"dbleak: {exc}; stopping the run")
-        target = reports[-1]
-        if not target.failed:
-            target.outcome = "failed"
-            target.longrepr = ReprExceptionInfo(
-                reprtraceback=ReprTracebackNative([message + "\n"]),
-                reprcrash=ReprFileLocation(*_location(item), message),
+        try:
+            check.result = detector.finish(
+                check.window, item.nodeid, allow=check.allow, settle=check.settle,
+                patient=check.patient,
             )
-        item.session.shouldstop = message
-        self.detector = None  # no more checks against a dead server
+        except ServerGoneError as exc:
+            check.gone = exc
+            return
+        check.result.leaks.extend(stuck)
+
+    def _judge(self, item: pytest.Item, check: _Check, report: pytest.TestReport) -> None:
+        if check.gone is not None:
+            message = self.redact(f"dbleak: {check.gone}; stopping the run")
+            verdict.server_gone(report, message, _location(item))
+            item.session.shouldstop = message
+            self.detector = None  # no more checks against a dead server
+            return
+        result = check.result
+        if result is None:
+            return
+        if STRESS in item.stash:
+            result.stress, result.runs = item.stash[STRESS]
+        result.report_only = self.settings.report_only
+        if self.baseline is not None:
+            self.baseline.judge(result)
+        note = ""
+        earlier = item.stash.get(EARLIER_LEAK, None)
+        if result.failed:
+            item.stash[EARLIER_LEAK] = result
+        elif earlier is not None:
+            # A rerun does not take a leak back: the code leaked in an earlier attempt.
+            result, note = earlier, "dbleak: leaked in an earlier attempt of this test"
+        verdict.apply(
+            report, result, own_failure=report.failed or any(r.failed for r in check.reports),
+            location=_location(item), redact=self.redact, note=note,
+        )
+        if result.failed and not note and self.settings.reclaim and self.detector:
+            # Reported: now take it back, so the blame stays here and later tests do not
+            # wait on an exhausted pool. A tolerated leak stays, as without the plugin.
+            self.detector.reclaim(result)
 
     # -- collecting results (also on the xdist controller) -------------------------------
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        nodeid = report.nodeid
+        if report.when == "teardown":
+            verdict.carry_section(report, self._failed_reports.pop(nodeid, None))
+        elif report.failed:
+            self._failed_reports[nodeid] = report
         data = getattr(report, "dbleak", None)
         if data is not None:
-            self.results[report.nodeid] = CheckResult.from_dict(data)
-        previous = self.outcomes.get(report.nodeid)
+            self.results[nodeid] = CheckResult.from_dict(data)
+        previous = self.outcomes.get(nodeid)
         if report.failed:
-            if ("dbleak_failed", True) in report.user_properties:
-                self.leak_failures.add(report.nodeid)
+            if getattr(report, "dbleak_failed", False):
+                self.leak_failures.add(nodeid)
             else:
-                self.other_failures.add(report.nodeid)
-            self.outcomes[report.nodeid] = "failed"
+                self.other_failures.add(nodeid)
+            self.outcomes[nodeid] = "failed"
         elif report.skipped and previous != "failed":
-            self.outcomes[report.nodeid] = "skipped"
+            self.outcomes[nodeid] = "skipped"
         elif previous is None:
-            self.outcomes[report.nodeid] = "passed"
+            self.outcomes[nodeid] = "passed"
 
     def pytest_report_header(self) -> list[str]:
         info = self.info
@@ -458,6 +538,12 @@ class DbleakManager:
 
 def _location(item: pytest.Item) -> tuple[str, int]:
     return item.location[0], (item.location[1] or 0) + 1
+
+
+def _same_parents(item: pytest.Item, nextitem: pytest.Item | None) -> bool:
+    """Whether the next test shares every collector with this one (so no wider fixture
+    is torn down between the two)."""
+    return nextitem is not None and nextitem.listchain()[:-1] == item.listchain()[:-1]
 
 
 def _uses_server(item: pytest.Item) -> bool:

@@ -13,6 +13,7 @@ from . import marks
 from .errors import DbleakError
 from .fixtures import (
     dbleak,
+    dbleak_database,
     dbleak_http_load,
     dbleak_jobs,
     dbleak_mysql_url,
@@ -24,6 +25,7 @@ from .settings import OPTIONS, resolve
 
 __all__ = [
     "dbleak",
+    "dbleak_database",
     "dbleak_http_load",
     "dbleak_jobs",
     "dbleak_mysql_url",

@@ -7,6 +7,7 @@ short lock wait so that our DDL can never hang behind a lock a leaky test left.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -55,6 +56,45 @@ class ServerSnapshot:
 
     def ids_of(self, users: frozenset[str] | None) -> set[int]:
         return {r.id for r in self.rows.values() if users is None or r.user in users}
+
+
+@dataclass(frozen=True)
+class TrxInfo:
+    """An open InnoDB transaction of one connection (information_schema.INNODB_TRX)."""
+
+    thread_id: int
+    trx_id: str
+    started: str
+    state: str
+    rows_locked: int
+    tables_locked: int
+    rows_modified: int
+    tables: tuple[str, ...] = ()  # with metadata locks, where the server tells
+
+    def describe(self) -> str:
+        """`began 2026-12-01 20:31:02, 1 row lock, 1 table locked, 1 row modified`."""
+        parts = [f"began {self.started}"]
+        for count, one, many in ((self.rows_locked, "row lock", "row locks"),
+                                 (self.tables_locked, "table locked", "tables locked"),
+                                 (self.rows_modified, "row modified", "rows modified")):
+            if count:
+                parts.append(f"{count} {one if count == 1 else many}")
+        if self.tables:
+            parts.append("metadata locks on " + ", ".join(self.tables))
+        return ", ".join(parts)
+
+
+# The server refreshes INNODB_TRX on a read only after 0.1 s without reads (MariaDB's and
+# MySQL's CACHE_MIN_IDLE_TIME); a little more, for the clocks' granularity.
+_TRX_CACHE_IDLE = 0.11
+_MDL_QUERIES = (
+    "SELECT t.PROCESSLIST_ID, m.OBJECT_SCHEMA, m.OBJECT_NAME "
+    "FROM performance_schema.metadata_locks m "
+    "JOIN performance_schema.threads t ON t.THREAD_ID = m.OWNER_THREAD_ID "
+    "WHERE m.OBJECT_TYPE = 'TABLE' AND t.PROCESSLIST_ID IN ({marks})",
+    "SELECT THREAD_ID, TABLE_SCHEMA, TABLE_NAME FROM information_schema.METADATA_LOCK_INFO "
+    "WHERE TABLE_NAME <> '' AND THREAD_ID IN ({marks})",
+)
 
 
 @dataclass(frozen=True)
@@ -110,6 +150,8 @@ class Monitor:
         self.connection_id: int = self._conn.thread_id()
         self.version: str = server_version(self._conn.get_server_info())
         self.is_mariadb = "mariadb" in self.version.lower()
+        self._trx_read_at = 0.0
+        self._mdl_query: str | None = None  # None: not tried yet; "": none works here
 
     def close(self) -> None:
         import pymysql
@@ -164,6 +206,62 @@ class Monitor:
             tuple(sorted(ids)),
         )
         return {int(r[0]): str(r[1]) for r in rows}
+
+    def transactions(self, ids: set[int], *, fresh: bool = True) -> dict[int, TrxInfo]:
+        """The open InnoDB transaction of each connection in `ids`, as of now.
+
+        INNODB_TRX is a cache that the server refreshes on a read only when nobody read it
+        for 0.1 s: when `fresh`, wait for the rest of those 0.1 s since our last read, so
+        that what we read is never older than this call. Callers ask only when a
+        connection outside every pool was busy during the window: a suite whose
+        connections all come from SQLAlchemy pools never waits.
+        """
+        if not ids:
+            return {}
+        wait = self._trx_read_at + _TRX_CACHE_IDLE - time.monotonic()
+        if fresh and wait > 0:
+            time.sleep(wait)
+        marks = ", ".join(["%s"] * len(ids))
+        try:
+            rows = self.query(
+                "SELECT trx_mysql_thread_id, trx_id, trx_started, trx_state, trx_rows_locked, "
+                "trx_tables_locked, trx_rows_modified FROM information_schema.INNODB_TRX "
+                f"WHERE trx_mysql_thread_id IN ({marks})",
+                tuple(sorted(ids)),
+            )
+        finally:
+            self._trx_read_at = time.monotonic()
+        found = {
+            int(r[0]): TrxInfo(int(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4] or 0),
+                               int(r[5] or 0), int(r[6] or 0))
+            for r in rows
+        }
+        for ident, tables in self._locked_tables(set(found)).items():
+            found[ident] = dataclasses.replace(found[ident], tables=tuple(tables))
+        return found
+
+    def _locked_tables(self, ids: set[int]) -> dict[int, list[str]]:
+        """Tables each connection holds metadata locks on, where the server tells: MySQL's
+        performance_schema.metadata_locks, MariaDB's METADATA_LOCK_INFO plugin."""
+        if not ids or self._mdl_query == "":
+            return {}
+        import pymysql
+
+        marks = ", ".join(["%s"] * len(ids))
+        for sql in ([self._mdl_query] if self._mdl_query else _MDL_QUERIES):
+            try:
+                rows = self.query(sql.format(marks=marks), tuple(sorted(ids)))
+            except pymysql.err.Error:
+                continue
+            self._mdl_query = sql
+            tables: dict[int, list[str]] = {}
+            for ident, schema, name in rows:
+                entry = f"{schema}.{name}"
+                if entry not in tables.setdefault(int(ident), []):
+                    tables[int(ident)].append(entry)
+            return tables
+        self._mdl_query = ""  # neither exists here: do not ask again
+        return {}
 
     # -- provisioning ----------------------------------------------------------
     def create_database(self, database: str, user: str, password: str, host: str) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .results import KIND_TITLES, KINDS, CheckResult, Leak
+from .results import KIND_TITLES, KINDS, LOCK_WAIT, CheckResult, Leak
 
 SECTION = "dbleak"
 REPORT_VERSION = 1
@@ -54,7 +54,9 @@ def _kind_counts(result: CheckResult) -> str:
     for leak in result.leaks:
         kinds[leak.kind] += leak.count
     return ", ".join(
-        f"{n} {kind}" for kind, n in sorted(kinds.items(), key=_kind_order) if n
+        f"{n} {kind}" if n else kind
+        for kind, n in sorted(kinds.items(), key=_kind_order)
+        if n or kind == LOCK_WAIT  # a stuck statement counts no connection
     )
 
 

@@ -12,7 +12,12 @@ GC_RETURN = "gc_return"
 OPEN_TRANSACTION = "open_transaction"
 UNDISPOSED_ENGINE = "undisposed_engine"
 SERVER_CONNECTION = "server_connection"
-KINDS = (CHECKED_OUT, GC_RETURN, OPEN_TRANSACTION, UNDISPOSED_ENGINE, SERVER_CONNECTION)
+FORK_SHARED = "fork_shared"
+LOCK_WAIT = "lock_wait"  # not a connection (count 0): a statement stuck behind a leak
+KINDS = (
+    CHECKED_OUT, GC_RETURN, OPEN_TRANSACTION, UNDISPOSED_ENGINE, SERVER_CONNECTION, FORK_SHARED,
+    LOCK_WAIT,
+)
 
 KIND_TITLES = {
     CHECKED_OUT: "checked-out connection never returned",
@@ -20,6 +25,8 @@ KIND_TITLES = {
     OPEN_TRANSACTION: "open transaction on a connection idle in a pool",
     UNDISPOSED_ENGINE: "engine created and never disposed",
     SERVER_CONNECTION: "server connection left open",
+    FORK_SHARED: "pooled connection of the parent used in a child process",
+    LOCK_WAIT: "statement stuck behind a lock that a transaction left open holds",
 }
 
 

@@ -62,6 +62,7 @@ def _whole_number(*, minimum: int) -> Callable[[str], int]:
 _parse_settle = _seconds(positive=False)  # 0: judge at the first look
 _parse_startup = _seconds(positive=True)  # 0: no server could ever be ready
 _parse_allow = _whole_number(minimum=0)
+_parse_lock_wait = _seconds(positive=False)  # 0: never interrupt a statement
 
 
 def _parse_backend(text: str) -> str:
@@ -134,6 +135,13 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "are new or larger than recorded.", _parse_str, None, "--dbleak-baseline", "PATH"),
     OptionSpec("report_only", "report leaks without failing tests (for adopting the gate).",
                _parse_bool, False, "--dbleak-report-only"),
+    OptionSpec("reclaim", "take back what a failing test leaked once it is reported, so later "
+               "tests start from a healthy pool and server (default: on).",
+               _parse_bool, True, "--dbleak-reclaim"),
+    OptionSpec("lock_wait", "seconds a statement may wait on a lock while a connection sits "
+               "idle in a transaction before it is interrupted and its test failed (default: "
+               "5; 0: never).", _parse_lock_wait, 5.0, "--dbleak-lock-wait",
+               "SECONDS"),
     OptionSpec("cache_dir", "where the process backend keeps its initialised template datadir "
                "(default: $XDG_CACHE_HOME/pytest-dbleak).", _parse_str, None,
                "--dbleak-cache-dir", "DIR"),
@@ -158,6 +166,8 @@ class Settings:
     html: str | None = None
     baseline: str | None = None
     report_only: bool = False
+    reclaim: bool = True
+    lock_wait: float = 5.0
     cache_dir: str | None = None
     startup_timeout: float = 30.0
 

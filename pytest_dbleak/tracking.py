@@ -1,20 +1,20 @@
 """Tracks every SQLAlchemy pool of the process and the DBAPI connections it holds.
 
 Pool events are listened to on the ``Pool`` class, so every pool class is covered,
-including NullPool and StaticPool which keep no ``checkedout()`` counter. Pool
-creation is seen by wrapping ``Pool.__init__`` (SQLAlchemy has no creation event).
-Everything is stamped with a global sequence number, so that a *window* (a test, or
-an ``assert_no_leaks()`` block) is just "what happened since sequence N".
+including NullPool and StaticPool which keep no ``checkedout()`` counter; each pool's
+``connect`` event is listened to on the pool itself, so that the listener knows its pool.
+The SQLAlchemy internals this needs live in ``_sqla_seam``; raw driver connections are
+traced by ``drivers``. Everything is stamped with a global sequence number, so that a
+*window* (a test, or an ``assert_no_leaks()`` block) is just "what happened since
+sequence N".
 
 No pytest import: this module only knows SQLAlchemy and the DBAPI drivers.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
-import sys
 import threading
 import weakref
 from collections import OrderedDict, deque
@@ -22,82 +22,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import event
 from sqlalchemy.pool import Pool
-from sqlalchemy.pool.base import reset_none
+
+from . import _sqla_seam as seam
+from .children import CONNECT, FORK_SHARED, Children
+from .drivers import DriverTracer, in_transaction, server_thread_id
+from .stacks import Frame, capture_stack
+
+__all__ = ["ConnState", "Frame", "PoolState", "Tracker", "capture_stack", "server_thread_id"]
 
 log = logging.getLogger(__name__)
-
-Frame = tuple[str, int, str]  # (filename, line number, function)
-_STACK_LIMIT = 64
-_POOL_EVENTS = ("connect", "checkout", "checkin", "close", "detach", "close_detached")
-
-
-def capture_stack(skip: int = 1) -> tuple[Frame, ...]:
-    """The caller's stack, innermost first, without reading any source file."""
-    frame: Any = sys._getframe(skip + 1)
-    frames: list[Frame] = []
-    while frame is not None and len(frames) < _STACK_LIMIT:
-        code = frame.f_code
-        frames.append((code.co_filename, frame.f_lineno, code.co_name))
-        frame = frame.f_back
-    return tuple(frames)
-
-
-def _driver_connection(dbapi_connection: Any) -> Any:
-    # Async dialects hand out an adapter whose real connection is driver_connection.
-    return getattr(dbapi_connection, "driver_connection", dbapi_connection)
-
-
-def server_thread_id(dbapi_connection: Any) -> int | None:
-    """The server's connection id (processlist ID) of a DBAPI connection, if known."""
-    conn = _driver_connection(dbapi_connection)
-    ident = getattr(conn, "server_thread_id", None)  # PyMySQL, aiomysql
-    if isinstance(ident, tuple) and ident:
-        return int(ident[0])
-    ident = getattr(conn, "connection_id", None)  # mysql-connector
-    if isinstance(ident, int):
-        return ident
-    thread_id = getattr(conn, "thread_id", None)  # mysqlclient
-    if callable(thread_id):
-        try:
-            return int(thread_id())
-        except Exception:  # noqa: BLE001 - a closed or foreign connection has no id
-            return None
-    return None
-
-
-_SERVER_STATUS_IN_TRANS = 1
-
-
-def in_transaction(dbapi_connection: Any, *, ask_server: bool) -> bool | None:
-    """Whether the connection has an open transaction; None when it cannot be told.
-
-    The status flag of the last server reply is free to read. MariaDB does not set it
-    for an implicit read-only transaction (autocommit off, then a SELECT), which still
-    holds a snapshot and metadata locks, so for pools that do not reset connections on
-    return the server is asked (``@@in_transaction``) while the connection is ours.
-    """
-    conn = _driver_connection(dbapi_connection)
-    flag = getattr(conn, "in_transaction", None)  # mysql-connector
-    if isinstance(flag, bool):
-        return flag
-    status = getattr(conn, "server_status", None)  # PyMySQL, aiomysql
-    if isinstance(status, int) and status & _SERVER_STATUS_IN_TRANS:
-        return True
-    if not ask_server or not hasattr(conn, "cursor"):
-        return False if isinstance(status, int) else None
-    try:
-        cursor = conn.cursor()
-        try:
-            cursor.execute("SELECT @@in_transaction")
-            row = cursor.fetchone()
-        finally:
-            cursor.close()
-    except Exception:  # noqa: BLE001 - MySQL lacks @@in_transaction; a broken link is not ours to report
-        return False if isinstance(status, int) else None
-    return bool(row and row[0])
-
 
 @dataclass(eq=False)
 class PoolState:
@@ -114,6 +48,8 @@ class PoolState:
     # When the tracker saw this pool object: Tracker.pools is in this order. Not the same
     # as created_seq, which a pool recreated by Engine.dispose() inherits from its engine.
     registered_seq: int = -1
+    listener: Callable[..., None] = field(default=lambda *a: None, repr=False)
+    origin: PoolState | None = None  # the pool that recreate() built this one from
 
     @property
     def alive(self) -> bool:
@@ -122,7 +58,7 @@ class PoolState:
     @property
     def resets_on_return(self) -> bool:
         pool = self.ref()
-        return pool is None or getattr(pool, "_reset_on_return", None) is not reset_none
+        return pool is None or seam.resets_on_return(pool)
 
 
 @dataclass(eq=False)
@@ -190,12 +126,19 @@ class Tracker:
         self.open: dict[int, ConnState] = {}  # id(dbapi connection) -> state
         self.by_thread_id: dict[int, ConnState] = {}
         self.pools: list[PoolState] = []  # in registration order, for "created since"
+        # What the tracker knows of each pool, without writing onto SQLAlchemy's objects.
+        self.states: weakref.WeakKeyDictionary[Pool, PoolState] = weakref.WeakKeyDictionary()
         self.gc_returns: deque[GcReturn] = deque(maxlen=10_000)
         self.closed_thread_ids: deque[tuple[int, int]] = deque(maxlen=10_000)  # (seq, id)
         self.opened: OrderedDict[int, Opened] = OrderedDict()  # server thread id -> site
-        self._driver_patches: list[tuple[type, str, Any]] = []
+        self.handed_out: OrderedDict[int, Opened] = OrderedDict()  # by a driver's own pool
+        self.drivers = DriverTracer(
+            self._on_driver_connect, self._on_driver_close, self._on_driver_handout
+        )
         self._owner_depth = 0
-        self._listeners: list[tuple[str, Callable[..., None]]] = []
+        self._unknown_pool: PoolState | None = None
+        self.children = Children()
+        self.children.on_fork.append(self._after_fork_in_child)
 
     # -- sequence and ownership -------------------------------------------------
     def tick(self) -> int:
@@ -204,6 +147,10 @@ class Tracker:
 
     def mark(self) -> int:
         """A sequence number strictly before everything that happens from now on."""
+        # A driver imported since the last window is traced from now on; the check is a
+        # few dictionary lookups.
+        self.drivers.trace_imported()
+        self.children.trace_imported()
         return self.tick() + 1
 
     @property
@@ -221,96 +168,159 @@ class Tracker:
 
     # -- installation ----------------------------------------------------------
     def install(self) -> None:
+        """Listen to SQLAlchemy and the drivers; prove that the events arrive.
+
+        Raises SeamError (a DbleakError, one line naming the versions) when an internal
+        the tracker relies on is missing or behaves differently.
+        """
         if self.installed:
             return
-        _install_pool_new()
-        _CREATION_HOOKS.append(self._on_pool_created)
-        for name in _POOL_EVENTS:
-            fn = getattr(self, f"_on_{name}")
-            event.listen(Pool, name, fn)
-            self._listeners.append((name, fn))
-        self._patch_drivers()
+        seam.on_pool_created(self._on_pool_created)
+        for name in seam.CLASS_EVENTS:
+            seam.listen_pool_class(name, getattr(self, f"_on_{name}"))
+        seam.listen_engine_disposed(self._on_engine_disposed)
         self.installed = True
+        try:
+            self._prove()
+        except seam.SeamError:
+            self.uninstall()
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever broke, the run must stop on it
+            self.uninstall()
+            raise seam.misfit(
+                f"a throw-away pool failed: {type(exc).__name__}: {exc}".splitlines()[0]
+            ) from None
+        self.drivers.trace_imported()
+        self.children.install(lambda: self.seq)
 
     def uninstall(self) -> None:
         if not self.installed:
             return
-        for name, fn in self._listeners:
-            event.remove(Pool, name, fn)
-        self._listeners.clear()
-        if self._on_pool_created in _CREATION_HOOKS:
-            _CREATION_HOOKS.remove(self._on_pool_created)
-        for cls, name, original in reversed(self._driver_patches):
-            setattr(cls, name, original)
-        self._driver_patches.clear()
+        for name in seam.CLASS_EVENTS:
+            seam.remove_pool_class(name, getattr(self, f"_on_{name}"))
+        seam.remove_engine_disposed(self._on_engine_disposed)
+        seam.remove_pool_created(self._on_pool_created)
+        for pool, state in list(self.states.items()):
+            seam.remove_connect(pool, state.listener)
+        self.drivers.restore()
+        self.children.uninstall()
         self.installed = False
 
-    def _patch_drivers(self) -> None:
-        """See where raw PyMySQL connections are opened and closed.
+    def _after_fork_in_child(self) -> None:
+        # Another thread may have held the lock at the fork: it would never be released.
+        self._lock = threading.RLock()
 
-        Pools report their connections through events; a raw driver connection is seen
-        only on the server. Wrapping the driver's connect() names the line that opened a
-        connection no pool owns, and its close() tells the detector that a connection
-        still listed by the server is on its way out (as a pool's close event does).
-        """
+    def _prove(self) -> None:
+        """Open and return one connection of throw-away SQLite pools and engines, and check
+        that every event the detector relies on arrived with its pool known."""
+        import sqlite3
+
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import QueuePool
+
+        def creator() -> Any:
+            return sqlite3.connect(":memory:")
+
+        mark = self.mark()
+        pool = QueuePool(creator)
+        no_reset = QueuePool(creator, reset_on_return=None)
+        engine = create_engine("sqlite://", poolclass=QueuePool)
         try:
-            from pymysql.connections import Connection
-        except ImportError:
-            return
-        tracker = self
-        connect = Connection.__dict__["connect"]
-        close = Connection.__dict__["close"]
-
-        @functools.wraps(connect)
-        def traced_connect(conn: Any, *args: Any, **kwargs: Any) -> Any:
-            result = connect(conn, *args, **kwargs)
-            tracker._on_driver_connect(conn)
-            return result
-
-        @functools.wraps(close)
-        def traced_close(conn: Any) -> Any:
-            was_open = bool(getattr(conn, "open", False))
-            try:
-                return close(conn)
-            finally:
-                if was_open:
-                    tracker._on_driver_close(conn)
-
-        for name, original, wrapper in (("connect", connect, traced_connect),
-                                        ("close", close, traced_close)):
-            setattr(Connection, name, wrapper)
-            self._driver_patches.append((Connection, name, original))
+            state = self.states.get(pool)
+            if state is None or state.created_seq < mark:
+                raise seam.misfit("Pool.__new__ no longer sees a pool being created")
+            proxy = pool.connect()
+            conns = list(state.open.values())
+            if len(conns) != 1 or conns[0].pool is not state:
+                raise seam.misfit("a pool's connect event no longer reaches its listener")
+            if conns[0].checkout is None:
+                raise seam.misfit("the checkout event on the Pool class no longer arrives")
+            proxy.close()
+            if conns[0].checkout is not None or conns[0].checkin_seq < mark:
+                raise seam.misfit("the checkin event on the Pool class no longer arrives")
+            seam.prove_reset_on_return(pool, no_reset)
+            origin = self.states.get(engine.pool)
+            with engine.connect():
+                pass
+            engine.dispose()
+            recreated = self.states.get(engine.pool)
+            if origin is None or recreated is None or recreated.origin is not origin:
+                raise seam.misfit("engine_disposed no longer tells which pool was recreated")
+            pool.dispose()
+            if state.open:
+                raise seam.misfit("the close event on the Pool class no longer arrives")
+        finally:
+            engine.dispose()
+            pool.dispose()
+            # Forget the proof: nothing of it may count in a window.
+            with self._lock:
+                for key, conn in list(self.open.items()):
+                    if conn.created_seq >= mark:
+                        del self.open[key]
+                for p in (pool, no_reset, engine.pool):
+                    seam.remove_connect(p, self.states.pop(p).listener)
+                self.pools = [s for s in self.pools if s.registered_seq < mark]
 
     # -- pools -----------------------------------------------------------------
     def _on_pool_created(self, pool: Pool) -> None:
-        origin = _recreated_from(pool)
+        # Called from Pool.__new__, before the pool's __init__ ran.
         with self._lock:
             seq = self.tick()
-            if origin is not None:
-                # Engine.dispose() swaps in pool.recreate(): same engine, same owner.
-                src = self.state_of(origin)
-                state = PoolState(
-                    next(self._serial), src.created_seq, src.owned, src.stack,
-                    type(pool).__name__, weakref.ref(pool), src.thread,
-                )
-            else:
-                state = PoolState(
-                    next(self._serial), seq, self.owner_active, capture_stack(2),
-                    type(pool).__name__, weakref.ref(pool), threading.current_thread().name,
-                )
+            state = PoolState(
+                next(self._serial), seq, self.owner_active, capture_stack(2),
+                type(pool).__name__, weakref.ref(pool), threading.current_thread().name,
+            )
             state.registered_seq = seq
-            pool._dbleak_state = state  # type: ignore[attr-defined]
+            state.listener = _ConnectListener(self, state)
+            self.states[pool] = state
             self.pools.append(state)
             self._trim_pools()
+        seam.listen_connect(pool, state.listener)
+
+    def _on_engine_disposed(self, engine: Any) -> None:
+        # Engine.dispose() swapped in pool.recreate(): same engine, same owner. The new
+        # pool carries the listener of the pool it was recreated from (recreate() copies
+        # listeners): that one serves the new pool from now on, and the new pool's own
+        # goes, so an engine disposed a thousand times still has one listener.
+        pool = engine.pool
+        with self._lock:
+            state = self.states.get(pool)
+            if state is None:
+                return
+            # The pool it came from may be gone already: look among all pools seen.
+            others = [s for s in self.pools if s is not state]
+        inherited = seam.inherited_connect_listeners(pool, [s.listener for s in others])
+        origins = [s for s in others if s.listener in inherited]
+        if not origins:
+            return
+        origin = max(origins, key=lambda s: s.registered_seq)
+        listener = origin.listener
+        if isinstance(listener, _ConnectListener) and listener is not state.listener:
+            seam.remove_connect(pool, state.listener)
+            listener.state = weakref.ref(state)
+            state.listener = listener
+        with self._lock:
+            self._adopt(state, origin)
+
+    @staticmethod
+    def _adopt(state: PoolState, origin: PoolState) -> None:
+        if state.origin is None:
+            state.origin = origin
+            state.created_seq, state.owned = origin.created_seq, origin.owned
+            state.stack, state.thread = origin.stack, origin.thread
 
     def state_of(self, pool: Pool) -> PoolState:
-        state: PoolState | None = getattr(pool, "_dbleak_state", None)
-        if state is None:
+        with self._lock:
+            state = self.states.get(pool)
+            if state is not None:
+                return state
             # Created before install(): treat as pre-existing, owned by nobody in a window.
             state = PoolState(
                 next(self._serial), -1, True, (), type(pool).__name__, weakref.ref(pool)
             )
-            pool._dbleak_state = state  # type: ignore[attr-defined]
+            state.listener = _ConnectListener(self, state)
+            self.states[pool] = state
+        seam.listen_connect(pool, state.listener)
         return state
 
     def _trim_pools(self) -> None:
@@ -328,13 +338,30 @@ class Tracker:
                 yield state
 
     # -- connection events -----------------------------------------------------
-    def _on_connect(self, dbapi_connection: Any, record: Any) -> None:
-        pool = _pool_of(record)
+    def _on_connect(self, pstate: PoolState, dbapi_connection: Any) -> None:
+        if not self.installed:
+            return
+        stack = capture_stack(2)
         with self._lock:
-            pstate = self.state_of(pool) if pool is not None else None
-            if pstate is None:
+            known = self._known(dbapi_connection)
+            if known is not None:
+                # A recreated pool also runs the listener it inherited: the connection is
+                # the newer pool's, and the older one is where it came from.
+                if known.pool is not pstate:
+                    older, newer = sorted((known.pool, pstate), key=lambda s: s.registered_seq)
+                    self._adopt(newer, older)
+                    if known.pool is older:
+                        older.open.pop(known.serial, None)
+                        known.pool = newer
+                        newer.open[known.serial] = known
                 return
-            self._new_conn(dbapi_connection, pstate, self.tick(), capture_stack(2))
+            self._new_conn(dbapi_connection, pstate, self.tick(), stack)
+
+    def _known(self, dbapi_connection: Any) -> ConnState | None:
+        state = self.open.get(id(dbapi_connection))
+        if state is not None and state.ref is not None and state.ref() is not dbapi_connection:
+            return None  # the id was reused by a new object
+        return state
 
     def _new_conn(
         self, dbapi_connection: Any, pstate: PoolState, seq: int, stack: tuple[Frame, ...]
@@ -351,20 +378,26 @@ class Tracker:
         pstate.open[state.serial] = state
         if state.thread_id is not None:
             self.by_thread_id[state.thread_id] = state
+        if stack and self.children.in_child:
+            self.children.report(CONNECT, state.thread_id, stack)
         return state
 
     def _conn(self, dbapi_connection: Any, record: Any) -> ConnState | None:
         if dbapi_connection is None:
             return None
-        state = self.open.get(id(dbapi_connection))
-        if state is not None and state.ref is not None and state.ref() is not dbapi_connection:
-            state = None  # the id was reused by a new object
+        state = self._known(dbapi_connection)
         if state is None:
-            pool = _pool_of(record)
-            if pool is None:
-                return None
-            state = self._new_conn(dbapi_connection, self.state_of(pool), -1, ())
+            # Opened before install() by a pool created before it: its pool is unknown.
+            state = self._new_conn(dbapi_connection, self._unknown(), -1, ())
         return state
+
+    def _unknown(self) -> PoolState:
+        if self._unknown_pool is None:
+            self._unknown_pool = PoolState(
+                next(self._serial), -1, True, (), "a pool created before the session",
+                lambda: None,
+            )
+        return self._unknown_pool
 
     def _on_checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
         stack = capture_stack(2)
@@ -393,6 +426,11 @@ class Tracker:
                     self.gc_returns.append(GcReturn(seq, checkout, state))
             state.checkin_seq = seq
             pstate = state.pool
+        children = self.children
+        if children.in_child and state.created_seq < children.fork_seq and checkout is not None:
+            # The fork bug: this process uses a pooled connection its parent opened (and
+            # got through to the checkin, so no pid check in a checkout event stopped it).
+            children.report(FORK_SHARED, state.thread_id, checkout.stack, state.stack)
         # Outside the lock: asking the server is I/O. The connection is still ours here:
         # the checkin event runs before the pool puts it back in its queue.
         trx = in_transaction(dbapi_connection, ask_server=not pstate.resets_on_return)
@@ -404,28 +442,48 @@ class Tracker:
     def _on_detach(self, dbapi_connection: Any, record: Any) -> None:
         with self._lock:
             state = self.open.get(id(dbapi_connection))
-            if state is not None:
-                state.detached = True
+            if state is None:
+                return
+            state.detached = True
+            checkout = state.checkout
+            if checkout is not None and checkout.fairy is not None and checkout.fairy() is None:
+                # An async pool cannot return a connection the garbage collector found
+                # checked out (no I/O outside the greenlet): it detaches and terminates
+                # it, where a sync pool would check it in. Dropped without close() all
+                # the same: e.g. a task cancelled while holding an AsyncConnection.
+                state.checkout, state.last_checkout = None, checkout
+                self.gc_returns.append(GcReturn(self.tick(), checkout, state))
 
     def _on_close_detached(self, dbapi_connection: Any) -> None:
         self._forget(dbapi_connection)
 
-    def _on_driver_connect(self, dbapi_connection: Any) -> None:
+    def _on_driver_connect(self, dbapi_connection: Any, stack: tuple[Frame, ...]) -> None:
         ident = server_thread_id(dbapi_connection)
         if ident is None:
             return
-        stack = capture_stack(2)
         with self._lock:
             self.opened[ident] = Opened(self.tick(), stack, threading.current_thread().name)
             while len(self.opened) > _OPENED_LIMIT:
                 self.opened.popitem(last=False)
+        if self.children.in_child:
+            self.children.report(CONNECT, ident, stack)
 
-    def _on_driver_close(self, dbapi_connection: Any) -> None:
-        ident = server_thread_id(dbapi_connection)
+    def _on_driver_handout(self, pooled: Any, stack: tuple[Frame, ...]) -> None:
+        ident = server_thread_id(pooled)
+        if ident is None:
+            return
+        with self._lock:
+            self.handed_out[ident] = Opened(self.tick(), stack, threading.current_thread().name)
+            self.handed_out.move_to_end(ident)
+            while len(self.handed_out) > _OPENED_LIMIT:
+                self.handed_out.popitem(last=False)
+
+    def _on_driver_close(self, ident: int | None) -> None:
         if ident is None:
             return
         with self._lock:
             self.opened.pop(ident, None)
+            self.handed_out.pop(ident, None)
             self.closed_thread_ids.append((self.tick(), ident))
 
     def _forget(self, dbapi_connection: Any) -> None:
@@ -459,6 +517,12 @@ class Tracker:
         with self._lock:
             return self.opened.get(ident)
 
+    def handed_out_since(self, ident: int, seq: int) -> Opened | None:
+        """Where a driver's own pool last handed out connection `ident`, if since `seq`."""
+        with self._lock:
+            handout = self.handed_out.get(ident)
+        return handout if handout is not None and handout.seq >= seq else None
+
     def closed_since(self, seq: int) -> set[int]:
         with self._lock:
             return {ident for s, ident in self.closed_thread_ids if s >= seq}
@@ -480,42 +544,17 @@ class Tracker:
             return sum(1 for s in self.open.values() if s.checkout is not None)
 
 
-# Pool creation is seen in __new__, not __init__: SQLAlchemy reads the pool classes'
-# __init__ signatures to route create_engine() keywords, and a wrapper there would hide
-# them. The __new__ stays once installed (deleting it again leaves CPython's slot
-# pointing at object.__new__ with arguments, which raises); without a tracker it only
-# calls object.__new__.
-_CREATION_HOOKS: list[Callable[[Pool], None]] = []
+class _ConnectListener:
+    """A pool's connect listener; it knows its pool's state, which Engine.dispose() moves
+    on to the recreated pool (see Tracker._on_engine_disposed)."""
 
+    __slots__ = ("__weakref__", "state", "tracker")
 
-def _pool_new(cls: type[Pool], *args: Any, **kwargs: Any) -> Pool:
-    pool = object.__new__(cls)
-    for hook in _CREATION_HOOKS:
-        hook(pool)
-    return pool
+    def __init__(self, tracker: Tracker, state: PoolState) -> None:
+        self.tracker = tracker
+        self.state: Callable[[], PoolState | None] = weakref.ref(state)
 
-
-def _install_pool_new() -> None:
-    current = Pool.__dict__.get("__new__")
-    if getattr(current, "__func__", None) is not _pool_new:
-        Pool.__new__ = staticmethod(_pool_new)  # type: ignore[assignment]
-
-
-def _pool_of(record: Any) -> Pool | None:
-    # ConnectionPoolEntry has no public pool attribute; the record keeps it privately.
-    pool = getattr(record, "_ConnectionRecord__pool", None)
-    return pool if isinstance(pool, Pool) else None
-
-
-def _recreated_from(pool: Pool) -> Pool | None:
-    """The pool whose recreate() is constructing `pool`, if any."""
-    frame: Any = sys._getframe(2)
-    for _ in range(6):
-        if frame is None:
-            return None
-        if frame.f_code.co_name == "recreate":
-            origin = frame.f_locals.get("self")
-            if isinstance(origin, Pool) and origin is not pool:
-                return origin
-        frame = frame.f_back
-    return None
+    def __call__(self, dbapi_connection: Any, record: Any) -> None:
+        state = self.state()
+        if state is not None:
+            self.tracker._on_connect(state, dbapi_connection)

@@ -94,6 +94,11 @@ class ServerProcess:
             return self._changed.wait_for(lambda: needle in self.output, timeout=timeout)
 
     @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    @property
     def output(self) -> str:
         return "\n".join(self.lines)
 

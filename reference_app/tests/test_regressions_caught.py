@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from pytest_dbleak.settings import OPTIONS, Settings
-from reference_app.regressions import ENV_VAR, REGRESSIONS
+
+from .regressions import ENV_VAR, REGRESSIONS
 
 HERE = Path(__file__).parent
 LEAKS = HERE / "leaks"
@@ -37,11 +38,18 @@ def _child_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DBLEAK_CACHE_DIR", os.environ.get("DBLEAK_CACHE_DIR", TEMPLATE_CACHE))
     monkeypatch.delenv(ENV_VAR, raising=False)
 
+
 # regression -> (the tests that exercise it, the kind of leak the detector names)
 CASES: dict[str, tuple[list[str], str]] = {
     "no_request_cleanup": (["test_api_locations.py"], "checked_out"),
-    "job_without_app_context": (["test_jobs.py", "-k", "cleans_up"], "checked_out"),
-    "job_create_app_per_run": (["test_jobs.py", "-k", "cleans_up"], "undisposed_engine"),
+    "job_without_app_context": (
+        ["test_jobs.py", "-k", "each_job_runs_in_the_app_and_cleans_up"],
+        "checked_out",
+    ),
+    "job_create_app_per_run": (
+        ["test_jobs.py", "-k", "each_job_runs_in_the_app_and_cleans_up"],
+        "undisposed_engine",
+    ),
     "disconnect_thread_without_cleanup": (
         ["test_socketio.py", "-k", "disconnect_puts_everything_back"],
         "checked_out",
@@ -113,7 +121,7 @@ STRESS_CASES: dict[str, tuple[str, str]] = {
     # rate: that look is dbleak.assert_no_leaks(), not the per-test check).
     "long_running_job_session": (
         JOBS_RETRY,
-        "*dbleak: * leaked (* checked_out) at reference_app/regressions.py:*",
+        "*dbleak: * leaked (* checked_out) at reference_app/tests/regressions.py:*",
     ),
 }
 

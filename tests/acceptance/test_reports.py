@@ -151,13 +151,15 @@ def test_the_json_report_has_one_entry_per_test_with_its_leaks_and_counts(
             "passed", 0, False, [])
 
 
-def test_a_clean_test_does_not_wait_and_a_leaky_one_is_rechecked(
+def test_a_clean_test_does_not_wait_and_a_leak_whose_holder_is_gone_is_judged_at_once(
     reported_run: pytest.RunResult, run_dir: Path
 ) -> None:
     report = json.loads((run_dir / "reports" / "leaks.json").read_text())
     waited = {entry["nodeid"].split("::")[1]: entry["waited"] for entry in report["tests"]}
     assert {name: waited[name] for name in CLEAN} == dict.fromkeys(CLEAN, 0)
-    assert all(waited[name] >= 1.0 for name in LEAKY), waited
+    # The test's own thread held them and has finished: one garbage collection, no
+    # waiting out the settle time (1 s here).
+    assert all(0 < waited[name] < 0.5 for name in LEAKY), waited
 
 
 def test_the_terminal_summary_lists_the_leaking_tests(reported_run: pytest.RunResult) -> None:

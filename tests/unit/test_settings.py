@@ -139,7 +139,8 @@ def test_a_cli_false_switches_the_check_off_over_the_environment_and_the_ini_fil
     assert settings(cli={"dbleak": False}, env={"DBLEAK_ENABLED": "1"},
                     ini={"dbleak_enabled": "true"}).enabled is False
     flags = [spec for spec in OPTIONS if spec.is_flag]
-    assert [spec.negative for spec in flags] == ["--no-dbleak", "--no-dbleak-report-only"]
+    assert [spec.negative for spec in flags] == [
+        "--no-dbleak", "--no-dbleak-report-only", "--no-dbleak-reclaim"]
 
 
 def test_the_template_cache_follows_the_cache_dir_then_xdg(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,147 @@
+"""Every SQLAlchemy internal the tracker relies on, in one place.
+
+Public events are used where SQLAlchemy has them (pool events on the ``Pool`` class and
+on single pools, ``engine_disposed``). Four things have no public API, and live here:
+
+- pool creation: SQLAlchemy has no pool-creation event, so ``Pool.__new__`` is replaced;
+- a listener attached to a pool before its ``__init__`` ran (the ``asyncio`` keyword
+  spares the listen call from reading the pool's dialect, which ``__init__`` sets);
+- the listeners ``Pool.recreate()`` copied to the new pool: ``event.contains()`` does
+  not see copied listeners (they are filed under the old pool), the pool's
+  ``dispatch.connect`` collection does;
+- whether a pool resets connections on return (``Pool._reset_on_return``).
+
+Checked on the versions in ``CHECKED_ON``. ``Tracker.install()`` proves on a throw-away
+pool that each of them still behaves as described; when one does not, the run stops with
+``misfit()``'s one line instead of a gate that silently finds nothing.
+
+No pytest import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import Pool
+from sqlalchemy.pool.base import reset_none
+
+from .errors import DbleakError
+
+CHECKED_ON = "SQLAlchemy 2.0.58 and 2.1.9"
+# Pool events listened to on the Pool class; "connect" is listened to per pool, so that
+# the listener knows its pool without the connection record's private attribute.
+CLASS_EVENTS = ("checkout", "checkin", "close", "detach", "close_detached")
+
+
+class SeamError(DbleakError):
+    """An internal of SQLAlchemy no longer behaves as pytest-dbleak was checked on."""
+
+
+def misfit(what: str) -> SeamError:
+    return SeamError(
+        f"pytest-dbleak cannot watch SQLAlchemy {sqlalchemy.__version__}: {what} "
+        f"(checked on {CHECKED_ON})"
+    )
+
+
+# -- pool creation ---------------------------------------------------------------------
+# Seen in __new__, not __init__: SQLAlchemy reads the pool classes' __init__ signatures
+# to route create_engine() keywords, and a wrapper there would hide them. The __new__
+# stays once installed (deleting it again leaves CPython's slot pointing at
+# object.__new__ with arguments, which raises); without a hook it only calls
+# object.__new__.
+_CREATION_HOOKS: list[Callable[[Pool], None]] = []
+
+
+def _pool_new(cls: type[Pool], *args: Any, **kwargs: Any) -> Pool:
+    pool = object.__new__(cls)
+    for hook in _CREATION_HOOKS:
+        hook(pool)
+    return pool
+
+
+def on_pool_created(hook: Callable[[Pool], None]) -> None:
+    """Call `hook(pool)` for every pool constructed from now on, before its __init__."""
+    current = Pool.__dict__.get("__new__")
+    if current is not None and getattr(current, "__func__", None) is not _pool_new:
+        raise misfit("Pool defines its own __new__")
+    if current is None:
+        Pool.__new__ = staticmethod(_pool_new)  # type: ignore[assignment]
+    if hook not in _CREATION_HOOKS:
+        _CREATION_HOOKS.append(hook)
+
+
+def remove_pool_created(hook: Callable[[Pool], None]) -> None:
+    if hook in _CREATION_HOOKS:
+        _CREATION_HOOKS.remove(hook)
+
+
+# -- listeners -------------------------------------------------------------------------
+def listen_pool_class(name: str, fn: Callable[..., None]) -> None:
+    event.listen(Pool, name, fn)
+
+
+def remove_pool_class(name: str, fn: Callable[..., None]) -> None:
+    event.remove(Pool, name, fn)
+
+
+def listen_connect(pool: Pool, fn: Callable[..., None]) -> None:
+    """`fn(dbapi_connection, record)` when `pool` opens a connection.
+
+    Called from on_pool_created() hooks, before the pool's __init__: ``asyncio=False``
+    keeps PoolEvents._listen from reading ``pool._dialect`` (not set yet). Pool.recreate()
+    copies the listener to the new pool (``_dispatch=self.dispatch``): the tracker tells
+    the two apart (see inherited_connect_listeners()).
+    """
+    event.listen(pool, "connect", fn, asyncio=False)
+
+
+def inherited_connect_listeners(
+    pool: Pool, candidates: list[Callable[..., None]]
+) -> list[Callable[..., None]]:
+    """Those of `candidates` that `pool` carries: listeners recreate() copied to it."""
+    present = {id(fn) for fn in _connect_listeners(pool)}
+    return [fn for fn in candidates if id(fn) in present]
+
+
+def _connect_listeners(pool: Pool) -> list[Callable[..., None]]:
+    return list(pool.dispatch.connect)  # the class's and the pool's own listeners
+
+
+def remove_connect(pool: Pool, fn: Callable[..., None]) -> None:
+    """Remove a listener listen_connect() attached to `pool` itself (a copied one stays:
+    SQLAlchemy files it under the pool it was copied from)."""
+    if event.contains(pool, "connect", fn):
+        event.remove(pool, "connect", fn)
+
+
+def listen_engine_disposed(fn: Callable[[Engine], None]) -> None:
+    event.listen(Engine, "engine_disposed", fn)
+
+
+def remove_engine_disposed(fn: Callable[[Engine], None]) -> None:
+    if event.contains(Engine, "engine_disposed", fn):
+        event.remove(Engine, "engine_disposed", fn)
+
+
+# -- pool settings -----------------------------------------------------------------------
+_MISSING = object()
+
+
+def resets_on_return(pool: Pool) -> bool:
+    """Whether `pool` rolls back (or commits) a connection given back to it."""
+    value = getattr(pool, "_reset_on_return", _MISSING)
+    # Inside pool events: never raise, assume the default. prove_reset_on_return() checks.
+    return value is _MISSING or value is not reset_none
+
+
+def prove_reset_on_return(default_pool: Pool, no_reset_pool: Pool) -> None:
+    for pool, expected in ((default_pool, True), (no_reset_pool, False)):
+        if getattr(pool, "_reset_on_return", _MISSING) is _MISSING:
+            raise misfit("Pool._reset_on_return is gone")
+        if resets_on_return(pool) is not expected:
+            raise misfit("Pool._reset_on_return no longer tells reset_on_return=None apart")

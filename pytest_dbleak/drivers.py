@@ -1,0 +1,280 @@
+"""What the tracker knows of each DBAPI driver: ids, transaction state, raw connects.
+
+A pooled connection is reported through SQLAlchemy's pool events; a raw driver
+connection is seen only on the server. Wrapping each driver's connect names the line
+that opened a connection no pool owns, and its close tells the detector that a
+connection still listed by the server is on its way out (as a pool's close event does).
+
+Only drivers the process has imported are traced (``trace_imported()`` looks them up in
+``sys.modules``): a driver never imported costs nothing. The methods wrapped are the
+drivers' own and are listed in ``_TARGETS`` with the versions they were checked on.
+
+No pytest import.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .stacks import Frame, capture_stack
+
+log = logging.getLogger(__name__)
+
+OnConnect = Callable[[Any, tuple[Frame, ...]], None]
+OnClose = Callable[[int | None], None]
+
+
+def driver_connection(dbapi_connection: Any) -> Any:
+    # Async dialects hand out an adapter whose real connection is driver_connection.
+    return getattr(dbapi_connection, "driver_connection", dbapi_connection)
+
+
+def server_thread_id(dbapi_connection: Any) -> int | None:
+    """The server's connection id (processlist ID) of a DBAPI connection, if known."""
+    conn = driver_connection(dbapi_connection)
+    conn = getattr(conn, "_cnx", conn)  # mysql-connector's PooledMySQLConnection
+    ident = getattr(conn, "server_thread_id", None)  # PyMySQL, aiomysql, asyncmy
+    if isinstance(ident, tuple) and ident:
+        return int(ident[0])
+    ident = getattr(conn, "connection_id", None)  # mysql-connector
+    if isinstance(ident, int):
+        return ident
+    thread_id = getattr(conn, "thread_id", None)  # mysqlclient
+    if callable(thread_id):
+        try:
+            return int(thread_id())
+        except Exception:  # noqa: BLE001 - a closed or foreign connection has no id
+            return None
+    return None
+
+
+_SERVER_STATUS_IN_TRANS = 1
+
+
+def in_transaction(dbapi_connection: Any, *, ask_server: bool) -> bool | None:
+    """Whether the connection has an open transaction; None when it cannot be told.
+
+    The status flag of the last server reply is free to read. MariaDB does not set it
+    for an implicit read-only transaction (autocommit off, then a SELECT), which still
+    holds a snapshot and metadata locks, so for pools that do not reset connections on
+    return the server is asked (``@@in_transaction``) while the connection is ours.
+    """
+    conn = driver_connection(dbapi_connection)
+    flag = getattr(conn, "in_transaction", None)  # mysql-connector
+    if isinstance(flag, bool):
+        return flag
+    status = getattr(conn, "server_status", None)  # PyMySQL, aiomysql, asyncmy
+    if isinstance(status, int) and status & _SERVER_STATUS_IN_TRANS:
+        return True
+    if not ask_server or not hasattr(dbapi_connection, "cursor"):
+        return False if isinstance(status, int) else None
+    try:
+        # The DBAPI connection, not the driver's: an async driver's adapter runs the
+        # query synchronously inside SQLAlchemy's greenlet.
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SELECT @@in_transaction")
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+    except Exception:  # noqa: BLE001 - MySQL lacks @@in_transaction; a broken link is not ours to report
+        return False if isinstance(status, int) else None
+    return bool(row and row[0])
+
+
+@dataclass(frozen=True)
+class _Target:
+    """One driver class whose connect and close are wrapped."""
+
+    package: str  # traced once this package is in sys.modules
+    module: str  # where the class is (imported then: MySQLdb imports it lazily)
+    cls: str
+    connect: str  # method that opens the connection (sync or async)
+    closes: tuple[str, ...]
+    checked_on: str
+
+
+_TARGETS = (
+    _Target(
+        "pymysql", "pymysql.connections", "Connection", "connect", ("close",), "PyMySQL 1.1, 1.2.4"
+    ),
+    _Target(
+        "MySQLdb", "MySQLdb.connections", "Connection", "__init__", ("close",), "mysqlclient 2.3.2"
+    ),
+    _Target(
+        "mysql.connector",
+        "mysql.connector.connection",
+        "MySQLConnection",
+        "connect",
+        ("close", "disconnect"),
+        "mysql-connector-python 26.10.0",
+    ),
+    # The C extension needs its own libssl; where it cannot load, nothing to trace.
+    _Target(
+        "mysql.connector",
+        "mysql.connector.connection_cext",
+        "CMySQLConnection",
+        "connect",
+        ("close", "disconnect"),
+        "mysql-connector-python 26.10.0",
+    ),
+    _Target(
+        "mariadb", "mariadb.connections", "Connection", "__init__", ("close",), "mariadb 1.1.14"
+    ),
+    _Target(
+        "aiomysql", "aiomysql.connection", "Connection", "_connect", ("close",), "aiomysql 0.3.2"
+    ),
+    _Target("asyncmy", "asyncmy.connection", "Connection", "connect", ("close",), "asyncmy 0.2.18"),
+)
+
+
+# Drivers' own pools: where a pooled connection was handed out names the line that used
+# it, e.g. for a transaction left open on it. (package, module, class, method, checked on)
+_HANDOUTS = (
+    ("mysql.connector", "mysql.connector.pooling", "MySQLConnectionPool", "get_connection",
+     "mysql-connector-python 26.10.0"),
+)
+
+
+class DriverTracer:
+    """Wraps the connect and close of every imported driver; restore() undoes it."""
+
+    def __init__(
+        self, on_connect: OnConnect, on_close: OnClose, on_handout: OnConnect | None = None
+    ) -> None:
+        self._on_connect = on_connect
+        self._on_close = on_close
+        self._on_handout = on_handout
+        self._done: set[str] = set()
+        self._patches: list[tuple[type, str, Any]] = []
+
+    def trace_imported(self) -> None:
+        if len(self._done) == len(_TARGETS) + len(_HANDOUTS):
+            return
+        self._trace_handouts()
+        for target in _TARGETS:
+            key = f"{target.module}.{target.cls}"
+            if key in self._done or target.package not in sys.modules:
+                continue
+            self._done.add(key)
+            try:
+                module = importlib.import_module(target.module)
+            except ImportError as exc:
+                log.debug("dbleak: not tracing %s: %s", target.module, exc)
+                continue
+            cls = getattr(module, target.cls, None)
+            if not isinstance(cls, type):
+                log.warning(
+                    "dbleak: %s has no class %s (checked on %s): its raw connections carry no site",
+                    target.module,
+                    target.cls,
+                    target.checked_on,
+                )
+                continue
+            self._trace(cls, target)
+
+    def _trace_handouts(self) -> None:
+        on_handout = self._on_handout
+        if on_handout is None:
+            return
+        for package, module_name, cls_name, method, checked_on in _HANDOUTS:
+            key = f"{module_name}.{cls_name}.{method}"
+            if key in self._done or package not in sys.modules:
+                continue
+            self._done.add(key)
+            try:
+                cls = getattr(importlib.import_module(module_name), cls_name)
+                original = getattr(cls, method)
+            except (ImportError, AttributeError) as exc:
+                log.warning("dbleak: cannot trace %s (checked on %s): %s", key, checked_on, exc)
+                continue
+
+            @functools.wraps(original)
+            def traced_handout(pool: Any, *args: Any, _original: Any = original,
+                               **kwargs: Any) -> Any:
+                conn = _original(pool, *args, **kwargs)
+                on_handout(conn, capture_stack(1))
+                return conn
+
+            self._patch(cls, method, traced_handout)
+
+    def restore(self) -> None:
+        for cls, name, original in reversed(self._patches):
+            _restore(cls, name, original)
+        self._patches.clear()
+        self._done.clear()
+
+    def _trace(self, cls: type, target: _Target) -> None:
+        connect = getattr(cls, target.connect, None)
+        if connect is None:
+            log.warning(
+                "dbleak: %s.%s has no %s (checked on %s): its raw connections carry no site",
+                target.module,
+                target.cls,
+                target.connect,
+                target.checked_on,
+            )
+            return
+        self._patch(cls, target.connect, self._traced_connect(connect))
+        for name in target.closes:
+            close = getattr(cls, name, None)
+            if close is not None:
+                self._patch(cls, name, self._traced_close(close))
+
+    def _patch(self, cls: type, name: str, wrapper: Any) -> None:
+        # The original as the class holds it (a staticmethod stays one when restored).
+        original = cls.__dict__.get(name, _INHERITED)
+        setattr(cls, name, wrapper)
+        self._patches.append((cls, name, original))
+
+    def _traced_connect(self, connect: Any) -> Any:
+        on_connect = self._on_connect
+        if inspect.iscoroutinefunction(connect):
+
+            @functools.wraps(connect)
+            async def traced_async_connect(conn: Any, *args: Any, **kwargs: Any) -> Any:
+                # Captured while the coroutine runs: its frames lead to the user's await.
+                stack = capture_stack(1)
+                result = await connect(conn, *args, **kwargs)
+                on_connect(conn, stack)
+                return result
+
+            return traced_async_connect
+
+        @functools.wraps(connect)
+        def traced_connect(conn: Any, *args: Any, **kwargs: Any) -> Any:
+            result = connect(conn, *args, **kwargs)
+            on_connect(conn, capture_stack(1))
+            return result
+
+        return traced_connect
+
+    def _traced_close(self, close: Any) -> Any:
+        on_close = self._on_close
+
+        @functools.wraps(close)
+        def traced_close(conn: Any, *args: Any, **kwargs: Any) -> Any:
+            ident = server_thread_id(conn)  # read before: a closed connection has none
+            try:
+                return close(conn, *args, **kwargs)
+            finally:
+                on_close(ident)
+
+        return traced_close
+
+
+_INHERITED = object()
+
+
+def _restore(cls: type, name: str, original: Any) -> None:
+    if original is _INHERITED:
+        delattr(cls, name)
+    else:
+        setattr(cls, name, original)
