@@ -203,6 +203,7 @@ class DbleakManager:
                     self.config.rootpath, self.settings.lock_wait,
                 )
                 self.detector.owned_ids.add(self.lockwatch.connection_id)
+                self.monitor.own_ids.add(self.lockwatch.connection_id)  # not in the counts
         return self.detector
 
     def _release_server(self) -> None:

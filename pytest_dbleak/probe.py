@@ -148,6 +148,8 @@ class Monitor:
         self._lock = threading.Lock()
         self._conn: Any = endpoint.connect()
         self.connection_id: int = self._conn.thread_id()
+        # The plugin's own connections (this one, the lock watch's): never the session's.
+        self.own_ids: set[int] = {self.connection_id}
         self.version: str = server_version(self._conn.get_server_info())
         self.is_mariadb = "mariadb" in self.version.lower()
         self._trx_read_at = 0.0
@@ -180,7 +182,7 @@ class Monitor:
         rows: dict[int, ProcessRow] = {}
         for row in self.query("SHOW PROCESSLIST"):
             ident, user, host, db, command, seconds, state, info = row[:8]
-            if ident == self.connection_id or user in _SYSTEM_USERS:
+            if ident in self.own_ids or user in _SYSTEM_USERS:
                 continue
             if command in _SYSTEM_COMMANDS:
                 continue
@@ -188,8 +190,8 @@ class Monitor:
                 int(ident), user, host or "", db, command, int(seconds or 0), state or None,
                 _shorten(info),
             )
-        # Threads_connected counts our own connection too.
-        return ServerSnapshot(rows, len(rows) + 1, time.monotonic())
+        # Threads_connected counts our own connections too.
+        return ServerSnapshot(rows, len(rows) + len(self.own_ids), time.monotonic())
 
     def open_transactions(self, ids: set[int]) -> dict[int, str]:
         """Start time of the open InnoDB transaction of each connection in `ids`.
