@@ -191,8 +191,8 @@ class Monitor:
                 int(ident), user, host or "", db, command, int(seconds or 0), state or None,
                 _shorten(info),
             )
-        # Threads_connected counts our own connection too.
-        return ServerSnapshot(rows, len(rows) + 1)
+        # Threads_connected counts our own connections too.
+        return ServerSnapshot(rows, len(rows) + len(self.own_ids))
 
     def open_transactions(self, ids: set[int]) -> dict[int, str]:
         """Start time of the open InnoDB transaction of each connection in `ids`.

@@ -50,7 +50,7 @@ def readme_sample() -> tuple[str, list[str], list[list[str]]]:
     """The module's source, the command's arguments, and the shown output in segments
     (each segment's lines follow one another in the real output)."""
     text = README.read_text(encoding="utf-8")
-    section = text[text.index(SECTION):]
+    section = text[text.index(SECTION) :]
     blocks = re.findall(r"^```(\w*)\n(.*?)^```$", section, re.MULTILINE | re.DOTALL)
     (lang, source), (_, output) = blocks[:2]
     assert lang == "python"
@@ -81,24 +81,43 @@ def test_the_readme_sample_failure_is_what_a_real_run_prints(pytester: pytest.Py
     at = 0
     for segment in segments:
         want = [normalised(line) for line in segment]
-        found = next((i for i in range(at, len(real) - len(want) + 1)
-                      if real[i:i + len(want)] == want), None)
+        found = next(
+            (i for i in range(at, len(real) - len(want) + 1) if real[i : i + len(want)] == want),
+            None,
+        )
         assert found is not None, (
             "README's sample does not match the real output; expected, in order:\n"
-            + "\n".join(want) + "\n\nreal output (normalised):\n" + "\n".join(real)
+            + "\n".join(want)
+            + "\n\nreal output (normalised):\n"
+            + "\n".join(real)
         )
         at = found + len(want)
     assert result.ret == 6  # the only failure is the leak
 
     # The JSON sample: the same fields, and the same values where a run does not vary.
-    sample = json.loads(re.search(r"^  ```json\n(.*?)^  ```$", README.read_text(encoding="utf-8"),
-                                  re.MULTILINE | re.DOTALL)[1])
+    sample = json.loads(
+        re.search(
+            r"^  ```json\n(.*?)^  ```$",
+            README.read_text(encoding="utf-8"),
+            re.MULTILINE | re.DOTALL,
+        )[1]
+    )
     same_shape(sample, json.loads((pytester.path / "dbleak.json").read_text()), "report")
 
 
 # Values that vary from run to run; every other value of the sample must be the real one.
-_VARYING_FIELDS = {"port", "version", "what", "connection_ids", "id", "user", "host", "db",
-                   "time", "waited"}
+_VARYING_FIELDS = {
+    "port",
+    "version",
+    "what",
+    "connection_ids",
+    "id",
+    "user",
+    "host",
+    "db",
+    "time",
+    "waited",
+}
 
 
 def same_shape(sample: object, real: object, where: str) -> None:
@@ -124,10 +143,14 @@ def same_shape(sample: object, real: object, where: str) -> None:
 
 def test_the_normalisation_keeps_what_matters() -> None:
     # Ids and widths go; kinds, counts, lines and functions stay.
-    assert normalised("  6   dbleak_main_37f9b3  127.0.0.1:56536  dbleak_main_37f9b3  Sleep    1") \
+    assert (
+        normalised("  6   dbleak_main_37f9b3  127.0.0.1:56536  dbleak_main_37f9b3  Sleep    1")
         == "  ID SESSION_USER 127.0.0.1:PORT SESSION_USER Sleep T"
+    )
     assert normalised("_____ test_checkout ______") == "___ test_checkout ___"
-    assert normalised("dbleak: 1 connection leaked (1 checked_out) at tests/test_orders.py:15") \
-        != normalised("dbleak: 2 connections leaked (2 checked_out) at tests/test_orders.py:15")
-    assert normalised("    tests/test_orders.py:26 in test_checkout") \
-        != normalised("    tests/test_orders.py:27 in test_checkout")
+    assert normalised(
+        "dbleak: 1 connection leaked (1 checked_out) at tests/test_orders.py:15"
+    ) != normalised("dbleak: 2 connections leaked (2 checked_out) at tests/test_orders.py:15")
+    assert normalised("    tests/test_orders.py:26 in test_checkout") != normalised(
+        "    tests/test_orders.py:27 in test_checkout"
+    )
