@@ -67,12 +67,16 @@ def _pool_new(cls: type[Pool], *args: Any, **kwargs: Any) -> Pool:
     return pool
 
 
+_pool_new.dbleak = True  # type: ignore[attr-defined]  # ours, also from a re-imported module
+
+
 def on_pool_created(hook: Callable[[Pool], None]) -> None:
     """Call `hook(pool)` for every pool constructed from now on, before its __init__."""
     current = Pool.__dict__.get("__new__")
-    if current is not None and getattr(current, "__func__", None) is not _pool_new:
+    ours = getattr(getattr(current, "__func__", None), "dbleak", False)
+    if current is not None and not ours:
         raise misfit("Pool defines its own __new__")
-    if current is None:
+    if getattr(current, "__func__", None) is not _pool_new:
         Pool.__new__ = staticmethod(_pool_new)  # type: ignore[assignment]
     if hook not in _CREATION_HOOKS:
         _CREATION_HOOKS.append(hook)
