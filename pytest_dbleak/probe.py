@@ -285,34 +285,48 @@ class Monitor:
     def sweep_orphans(self) -> list[str]:
         """Drop the databases and users of dbleak sessions whose lock is free (killed runs).
 
-        Only names of the form our sessions use; a live session holds its lock, and takes
-        it before creating anything, so nothing of a running session is touched.
+        A live session holds its lock, and takes it before creating anything, so nothing
+        of a running session is touched. Only what has a session's exact shape goes: a
+        database named as ours (a session creates it first and drops it last, so a killed
+        one always leaves it), and its same-named user only when that user holds nothing
+        but its own database - never a look-alike administrator someone else made.
         """
         import pymysql
 
         names = {r[0] for r in self.query(
             "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE %s",
             ("dbleak\\_%",),
-        )}
-        users: set[tuple[str, str]] = set()
+        ) if _SESSION_NAME.match(r[0])}
+        users: dict[str, list[str]] = {}
         try:
-            users = {(r[0], r[1]) for r in self.query(
+            for user, host in self.query(
                 "SELECT User, Host FROM mysql.user WHERE User LIKE %s", ("dbleak\\_%",)
-            )}
+            ):
+                users.setdefault(user, []).append(host)
         except pymysql.err.Error as exc:  # no SELECT on mysql.user: databases only
             log.info("dbleak: cannot list users for the sweep: %s", exc)
-        candidates = {n for n in names | {u for u, _ in users} if _SESSION_NAME.match(n)}
         swept = []
-        for name in sorted(candidates):
+        for name in sorted(names):
             if self.query("SELECT IS_FREE_LOCK(%s)", (_lock_name(name),))[0][0] != 1:
                 continue
+            hosts = users.get(name, [])
+            if not all(self._holds_only_its_database(name, host) for host in hosts):
+                continue
             self.kill_connections_of(name)
-            for user, host in users:
-                if user == name:
-                    self.query(f"DROP USER IF EXISTS '{user}'@'{host}'")  # no args: no %-format
+            for host in hosts:
+                self.query(f"DROP USER IF EXISTS '{name}'@'{host}'")  # no args: no %-format
             self.query(f"DROP DATABASE IF EXISTS `{name}`")
             swept.append(name)
         return swept
+
+    def _holds_only_its_database(self, user: str, host: str) -> bool:
+        """The user's grants are what create_database gives a session user, nothing more."""
+        allowed = {"USAGE ON *.*", f"ALL PRIVILEGES ON `{user}`.*"}
+        for (line,) in self.query(f"SHOW GRANTS FOR '{user}'@'{host}'"):
+            what = str(line).removeprefix("GRANT ").split(" TO ", 1)[0]
+            if what not in allowed:
+                return False
+        return True
 
     def drop_database(self, database: str, user: str, host: str) -> None:
         self.kill_connections_of(user)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -180,3 +181,39 @@ def test_a_killed_url_run_leaves_nothing_after_the_next_run_and_a_live_session_k
     assert _objects_of(local_mysql_url, live) == (True, True), "the live session lost its own"
     live_url_session.kill(signal.SIGTERM)
     assert _objects_of(local_mysql_url, live) == (False, False)
+
+
+@pytest.fixture
+def look_alikes(local_mysql_url: str) -> Iterator[tuple[str, str]]:
+    """Objects named like a session's that are not: a lone administrator (as
+    test_trust.py makes), and a database whose same-named user holds more than it."""
+    admin, other = (f"dbleak_{tag}_{secrets.token_hex(3)}" for tag in ("t", "z"))
+    conn = parse_mysql_url(local_mysql_url).connect()
+    try:
+        with conn.cursor() as cur:
+            for user in (admin, other):
+                cur.execute(f"CREATE USER '{user}'@'%%' IDENTIFIED BY %s", ("pw",))
+                cur.execute(f"GRANT ALL PRIVILEGES ON *.* TO '{user}'@'%'")
+            cur.execute(f"CREATE DATABASE `{other}`")
+        yield admin, other
+    finally:
+        with conn.cursor() as cur:
+            for user in (admin, other):
+                cur.execute(f"DROP USER IF EXISTS '{user}'@'%'")
+            cur.execute(f"DROP DATABASE IF EXISTS `{other}`")
+        conn.close()
+
+
+def test_the_sweep_leaves_objects_that_only_look_like_a_sessions(
+    pytester: pytest.Pytester, local_mysql_url: str, look_alikes: tuple[str, str]
+) -> None:
+    admin, other = look_alikes
+    pytester.makepyfile(test_next="def test_next(dbleak_mysql_url):\n    pass\n")
+    pytester.runpytest_subprocess(
+        "--dbleak",
+        "--dbleak-backend=url",
+        f"--dbleak-mysql-url={local_mysql_url}",
+        *ONLY_DBLEAK,
+    ).assert_outcomes(passed=1)
+    assert _objects_of(local_mysql_url, admin) == (False, True)
+    assert _objects_of(local_mysql_url, other) == (True, True)
