@@ -110,13 +110,13 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
     manager = config.stash.get(MANAGER, None)
     items = config.stash.get(_ITEMS, [])
-    if manager is None or not manager.settings.enabled or manager.info is None:
+    if manager is None or not manager.settings.enabled or manager.runtime.info is None:
         return
     if not proof.is_main_job(config, items):
         return
     checked = [r for r in manager.results.values() if manager.outcomes.get(r.nodeid) != "skipped"]
     clean = exitstatus == 0 and not any(r.leaks for r in manager.results.values())
-    server = f"{manager.info.backend} backend, server {manager.info.version}"
+    server = f"{manager.runtime.info.backend} backend, server {manager.runtime.info.version}"
     terminalreporter.write_sep("=", "reference app: what this run showed", bold=True)
     for line in proof.statement(config, items, clean, len(checked), server):
         terminalreporter.write_line(line)
