@@ -1,6 +1,6 @@
 """The pytest internals the plugin relies on, in one place.
 
-Checked on pytest 8.0 - 9.0. Each use is checked when the run starts (``check``) and
+Checked on pytest 8.0 - 9.2. Each use is checked when the run starts (``check``) and
 again where it is used, and a shape that no longer fits stops the run with one line
 naming the versions: a leak gate that silently detects nothing is worse than none.
 
@@ -25,7 +25,7 @@ import pytest
 
 from .errors import DbleakError
 
-CHECKED_ON = "pytest 8.0 - 9.0"
+CHECKED_ON = "pytest 8.0 - 9.2"
 
 try:
     from _pytest._code.code import ReprExceptionInfo, ReprFileLocation, ReprTracebackNative

@@ -287,6 +287,6 @@ def pytest_sessionstart(session):
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert [line for line in result.stderr.lines if line.strip()] == [
         f"ERROR: dbleak: pytest {pytest.__version__}: Session._setupstate.stack is not a "
-        "dict; pytest-dbleak was checked on pytest 8.0 - 9.0 and cannot place its leak "
+        "dict; pytest-dbleak was checked on pytest 8.0 - 9.2 and cannot place its leak "
         "window on this version"
     ]
