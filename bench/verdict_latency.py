@@ -177,9 +177,12 @@ def main() -> int:
     base = [*c.PYTEST, "-q", "-p", "pytest_dbleak.plugin", "--dbleak-backend=process",
             f"--dbleak-cache-dir={work.path / 'cache'}", "test_verdicts.py"]
     on = [*base[:3], "--dbleak", f"--dbleak-report={report}", *base[3:]]
+    known = work.path / "baseline.json"  # recorded by the warm-up run of its mode
     modes = {
         "--dbleak (default settle)": on,
         "--dbleak --dbleak-settle-timeout=0.2": [*on[:3], "--dbleak-settle-timeout=0.2", *on[3:]],
+        "--dbleak, every leak known in a baseline": [*on[:3], f"--dbleak-baseline={known}",
+                                                     *on[3:]],
         "without --dbleak": base,
     }
 

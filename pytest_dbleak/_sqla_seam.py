@@ -21,7 +21,7 @@ No pytest import.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy
 from sqlalchemy import event
@@ -30,6 +30,9 @@ from sqlalchemy.pool import Pool
 from sqlalchemy.pool.base import reset_none
 
 from .errors import DbleakError
+
+if TYPE_CHECKING:
+    from .tracking import Tracker
 
 CHECKED_ON = "SQLAlchemy 2.0.58 and 2.1.9"
 # Pool events listened to on the Pool class; "connect" is listened to per pool, so that
@@ -64,12 +67,16 @@ def _pool_new(cls: type[Pool], *args: Any, **kwargs: Any) -> Pool:
     return pool
 
 
+_pool_new.dbleak = True  # type: ignore[attr-defined]  # ours, also from a re-imported module
+
+
 def on_pool_created(hook: Callable[[Pool], None]) -> None:
     """Call `hook(pool)` for every pool constructed from now on, before its __init__."""
     current = Pool.__dict__.get("__new__")
-    if current is not None and getattr(current, "__func__", None) is not _pool_new:
+    ours = getattr(getattr(current, "__func__", None), "dbleak", False)
+    if current is not None and not ours:
         raise misfit("Pool defines its own __new__")
-    if current is None:
+    if getattr(current, "__func__", None) is not _pool_new:
         Pool.__new__ = staticmethod(_pool_new)  # type: ignore[assignment]
     if hook not in _CREATION_HOOKS:
         _CREATION_HOOKS.append(hook)
@@ -145,3 +152,49 @@ def prove_reset_on_return(default_pool: Pool, no_reset_pool: Pool) -> None:
             raise misfit("Pool._reset_on_return is gone")
         if resets_on_return(pool) is not expected:
             raise misfit("Pool._reset_on_return no longer tells reset_on_return=None apart")
+
+
+# -- the proof, at install ------------------------------------------------------------
+def prove(tracker: Tracker) -> None:
+    """Open and return one connection of throw-away SQLite pools and engines, and check
+    that every event the tracker relies on arrived with its pool known."""
+    import sqlite3
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import QueuePool
+
+    def creator() -> Any:
+        return sqlite3.connect(":memory:")
+
+    mark = tracker.mark()
+    pool = QueuePool(creator)
+    no_reset = QueuePool(creator, reset_on_return=None)
+    engine = create_engine("sqlite://", poolclass=QueuePool)
+    try:
+        state = tracker.states.get(pool)
+        if state is None or state.created_seq < mark:
+            raise misfit("Pool.__new__ no longer sees a pool being created")
+        proxy = pool.connect()
+        conns = list(state.open.values())
+        if len(conns) != 1 or conns[0].pool is not state:
+            raise misfit("a pool's connect event no longer reaches its listener")
+        if conns[0].checkout is None:
+            raise misfit("the checkout event on the Pool class no longer arrives")
+        proxy.close()
+        if conns[0].checkout is not None or conns[0].checkin_seq < mark:
+            raise misfit("the checkin event on the Pool class no longer arrives")
+        prove_reset_on_return(pool, no_reset)
+        origin = tracker.states.get(engine.pool)
+        with engine.connect():
+            pass
+        engine.dispose()
+        recreated = tracker.states.get(engine.pool)
+        if origin is None or recreated is None or recreated.origin is not origin:
+            raise misfit("engine_disposed no longer tells which pool was recreated")
+        pool.dispose()
+        if state.open:
+            raise misfit("the close event on the Pool class no longer arrives")
+    finally:
+        engine.dispose()
+        pool.dispose()
+        tracker.forget_since(mark, (pool, no_reset, engine.pool))  # nothing may count later

@@ -8,19 +8,16 @@ window did not create explains it as an idle connection.
 from __future__ import annotations
 
 import gc
-import os
-import sys
-import sysconfig
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .beyond_pools import BeyondPools
 from .probe import Monitor, ProcessRow, ServerSnapshot
 from .results import (
     CHECKED_OUT,
-    FORK_SHARED,
     GC_RETURN,
     KINDS,
     OPEN_TRANSACTION,
@@ -29,37 +26,9 @@ from .results import (
     CheckResult,
     Counts,
     Leak,
-    Site,
 )
+from .sites import user_sites
 from .tracking import Checkout, ConnState, Frame, PoolState, Tracker
-
-_LIBRARY_DIRS = tuple(
-    {
-        os.path.realpath(p) + os.sep
-        for key in ("stdlib", "platstdlib", "purelib", "platlib")
-        if (p := sysconfig.get_paths().get(key))
-    }
-    | {os.path.dirname(os.path.realpath(__file__)) + os.sep}
-)
-# Interpreter entry points: console-script launchers (`bin/pytest`, `Scripts\\pytest.exe`)
-# live in the scripts directories of the install schemes and next to the interpreter.
-_ENTRY_DIRS = tuple(
-    {
-        form + os.sep
-        for path in (
-            *(sysconfig.get_path("scripts", scheme) for scheme in sysconfig.get_scheme_names()
-              if scheme in (sysconfig.get_default_scheme(), f"{os.name}_user")),
-            os.path.dirname(sys.executable),
-        )
-        if path
-        for form in (os.path.normpath(path), os.path.realpath(path))
-    }
-)
-_MACHINERY = tuple(
-    f"{os.sep}{name}{os.sep}"
-    for name in ("sqlalchemy", "pymysql", "pytest_dbleak", "_pytest", "pluggy", "flask_sqlalchemy",
-                 "MySQLdb", "mysql", "mariadb", "aiomysql", "asyncmy", "greenlet", "asyncio")
-)
 
 
 @dataclass
@@ -76,7 +45,7 @@ class Window:
     threads: frozenset[int] = field(
         default_factory=lambda: frozenset(t.ident or 0 for t in threading.enumerate())
     )
-    # Open transactions (thread id -> trx id) of idle connections no pool holds; None: unknown
+    # Open transactions (thread id -> trx id) of idle connections no pool holds (BeyondPools)
     server_trx: dict[int, str] | None = None
 
 
@@ -91,12 +60,13 @@ class Detector:
         self.users = users
         self.root = root
         self.owned_ids: set[int] = set()  # server connections owned by wider fixtures
-        self.owned_trx: set[tuple[int, str]] = set()  # (thread id, trx id) they began
+        self.beyond = BeyondPools(
+            tracker, monitor, users, self._leak, lambda stack: user_sites(stack, root)
+        )
         self._last: ServerSnapshot | None = None
         # How to take back each leak of the last collection, with the server connections
         # it holds: see reclaim().
         self._undo: list[tuple[list[int], Callable[[], None]]] = []
-        self._lock = threading.Lock()
 
     # -- windows -----------------------------------------------------------------
     def begin(self, *, reuse: bool = False) -> Window:
@@ -106,7 +76,7 @@ class Detector:
         server = self._last if (reuse and self._last is not None) else self.monitor.snapshot()
         return Window(
             seq, server, self.tracker.idle_in_transaction(), self.tracker.checked_out_count(),
-            server_trx=self._server_trx_before(server),
+            server_trx=self.beyond.transactions_before(server),
         )
 
     def finish(self, window: Window, nodeid: str, *, allow: int, settle: float,
@@ -179,7 +149,7 @@ class Detector:
         """Connections that appeared while a wider-scoped fixture was set up are its own."""
         after = self.monitor.snapshot()
         self.owned_ids |= after.ids_of(self.users) - before.ids_of(self.users)
-        self.owned_trx |= self._owned_server_trx(after)
+        self.beyond.note_owned_transactions(after)
         self._last = after
 
     def snapshot(self) -> ServerSnapshot:
@@ -242,8 +212,8 @@ class Detector:
             leaks.append(leak)
             undo[id(leak)] = _dispose(pool)
 
-        leaks.extend(self._server_transactions(w, snap, by_conn))
-        leaks.extend(self._fork_shared(w))
+        leaks.extend(self.beyond.transaction_leaks(w, snap, by_conn, self.owned_ids))
+        leaks.extend(self.beyond.fork_shared_leaks(w.seq))
         leaks.extend(self._server_leaks(w, snap, by_conn))
         self._undo = [(leak.connection_ids, undo[id(leak)]) for leak in leaks if id(leak) in undo]
         for ident, leak in by_conn.items():
@@ -281,7 +251,7 @@ class Detector:
         for row in unexplained[anonymous:]:
             opened = tracker.opened_at(row.id)  # a raw driver connection of this process
             stack, thread, owner = (opened.stack, opened.thread, "") if opened else (
-                self._child_site(row))
+                self.beyond.child_site(row))
             leak = self._leak(
                 SERVER_CONNECTION, 1,
                 f"server connection {row.id} ({row.user}@{row.host}, {row.command}) "
@@ -290,109 +260,6 @@ class Detector:
             )
             leak.connection_ids.append(row.id)
             leak.processlist.append(row.as_dict())
-            leaks.append(leak)
-        return leaks
-
-    # -- transactions on connections no pool holds ----------------------------------
-    def _untracked_idle(self, snap: ServerSnapshot) -> set[int]:
-        """Idle connections of the session's user that no tracked pool holds: another
-        driver's pool, a raw connection of a wider-scoped fixture."""
-        pooled = self.tracker.by_thread_id
-        return {
-            r.id for r in snap.rows.values()
-            if (self.users is None or r.user in self.users) and r.command == "Sleep"
-            and (r.id not in pooled or pooled[r.id].collected)
-        }
-
-    def _server_trx_before(self, snap: ServerSnapshot) -> dict[int, str] | None:
-        ids = self._untracked_idle(snap)
-        if not ids:
-            return {}  # nothing but tracked pools: no query, and nothing to compare
-        # Not forced fresh: since our last read only pytest's bookkeeping ran.
-        infos = self.monitor.transactions(ids, fresh=False)
-        return {ident: info.trx_id for ident, info in infos.items()}
-
-    def _owned_server_trx(self, snap: ServerSnapshot) -> set[tuple[int, str]]:
-        infos = self.monitor.transactions(self._untracked_idle(snap))
-        return {(ident, info.trx_id) for ident, info in infos.items()}
-
-    def _server_transactions(
-        self, w: Window, snap: ServerSnapshot, by_conn: dict[int, Leak]
-    ) -> list[Leak]:
-        """A transaction that began during the window on an idle connection that existed
-        before it (or that a wider-scoped fixture opened) and that no pool holds."""
-        if w.server_trx is None:
-            return []
-        # Busy during the window: processlist Time (seconds in the current state) is at
-        # most the window's length. Connections opened during the window are
-        # server_connection leaks already.
-        elapsed = time.monotonic() - w.started + 1
-        candidates = {
-            ident for ident in self._untracked_idle(snap)
-            if ident not in by_conn and snap.rows[ident].time <= elapsed
-            and (ident in w.server.rows or ident in self.owned_ids)
-        }
-        if not candidates:
-            return []
-        leaks = []
-        for ident, info in sorted(self.monitor.transactions(candidates).items()):
-            if w.server_trx.get(ident) == info.trx_id or (ident, info.trx_id) in self.owned_trx:
-                continue  # open before the window, or begun by a wider-scoped fixture
-            row = snap.rows[ident]
-            site = self.tracker.handed_out_since(ident, w.seq) or self.tracker.opened_at(ident)
-            leak = self._leak(
-                OPEN_TRANSACTION, 1,
-                f"server connection {ident} ({row.user}@{row.host}) idle inside a transaction "
-                f"that began during the test ({info.describe()}); no pool of this process "
-                "holds it",
-                site.stack if site else (), site.thread if site else None,
-            )
-            leak.connection_ids.append(ident)
-            leak.processlist.append({**row.as_dict(), "trx_started": info.started})
-            by_conn[ident] = leak
-            leaks.append(leak)
-        return leaks
-
-    # -- child processes -----------------------------------------------------------------
-    def _child_site(self, row: ProcessRow) -> tuple[tuple[Frame, ...], str | None, str]:
-        """Site, thread and a note for a connection a child process of the test holds: the
-        child's own connect line when it was forked (it reports), else the line that
-        started it."""
-        children = self.tracker.children
-        reported = children.opened_by_child(row.id)
-        if reported is not None:
-            return reported.stack, reported.thread, f" (child process {reported.pid})"
-        pid = children.owner_of(row.host, self.monitor.endpoint.port)
-        if pid is None:
-            return (), None, ""
-        started = children.starter_of(pid)
-        if started is None:
-            return (), None, f" (child process {pid})"
-        return started.stack, started.thread, f" (child process {pid}, started here)"
-
-    def _fork_shared(self, w: Window) -> list[Leak]:
-        """The fork bug: a child forked during the window used a pooled connection that
-        this process opened; both now talk over one socket."""
-        leaks: list[Leak] = []
-        seen: set[tuple[int, int | None]] = set()
-        for event in self.tracker.children.events():
-            if event.kind != FORK_SHARED or event.fork_seq < w.seq:
-                continue
-            if (event.pid, event.thread_id) in seen:
-                continue
-            seen.add((event.pid, event.thread_id))
-            parent = user_sites(event.parent_stack, self.root)
-            opened = f" opened at {parent[-1].file}:{parent[-1].line}" if parent else ""
-            ident = f"server connection {event.thread_id}" if event.thread_id else "a connection"
-            leak = self._leak(
-                FORK_SHARED, 1,
-                f"{ident}{opened} by this process, used by child process {event.pid} "
-                "(forked during the test): both talk over one socket; call "
-                "engine.dispose(close=False) in the child",
-                event.stack, f"{event.thread} of child process {event.pid}",
-            )
-            if event.thread_id is not None:
-                leak.connection_ids.append(event.thread_id)
             leaks.append(leak)
         return leaks
 
@@ -486,38 +353,3 @@ def _connections(conns: list[ConnState]) -> str:
 def _conn_what(conn: ConnState, state: str) -> str:
     ident = f"server connection {conn.thread_id}" if conn.thread_id is not None else "connection"
     return f"{ident} of {conn.pool.pool_class} {state}"
-
-
-def user_sites(stack: tuple[Frame, ...], root: Path, limit: int = 8) -> list[Site]:
-    """The frames of user code in `stack` (innermost first), outermost first.
-
-    Entry frames (console-script launchers, runpy, ``-c`` code) are never user code.
-    Library frames (site-packages, the standard library, this plugin) are dropped; if
-    nothing is left - say, the project itself is installed - only the database
-    machinery is dropped.
-    """
-    stack = tuple(f for f in stack if not _is_entry_point(f[0]))
-    frames = [f for f in stack if not _is_library(f[0])]
-    if not frames:
-        frames = [f for f in stack if not any(m in f[0] for m in _MACHINERY)]
-    return [Site(_relative(f[0], root), f[1], f[2]) for f in frames[:limit]][::-1]
-
-
-def _is_entry_point(filename: str) -> bool:
-    # "<frozen runpy>", "<string>"; a launcher script; a zipapp-style `pytest.exe/__main__.py`.
-    return (
-        filename.startswith("<")
-        or filename.startswith(_ENTRY_DIRS)
-        or f".exe{os.sep}" in filename.lower()
-    )
-
-
-def _is_library(filename: str) -> bool:
-    return filename.startswith("<") or filename.startswith(_LIBRARY_DIRS)
-
-
-def _relative(filename: str, root: Path) -> str:
-    try:
-        return str(Path(filename).relative_to(root))
-    except ValueError:
-        return filename

@@ -30,7 +30,7 @@ def _fail_setup(exc: DbleakError) -> None:
 def dbleak_server(request: pytest.FixtureRequest) -> ServerInfo:
     """Facts about the session's MySQL server: backend, host, port, socket, version."""
     try:
-        return _manager(request).ensure_server()
+        return _manager(request).runtime.server().info
     except DbleakError as exc:
         _fail_setup(exc)
         raise
@@ -40,7 +40,7 @@ def dbleak_server(request: pytest.FixtureRequest) -> ServerInfo:
 def dbleak_mysql_url(request: pytest.FixtureRequest, dbleak_server: ServerInfo) -> str:
     """SQLAlchemy URL of a fresh database that belongs to this session's own user."""
     try:
-        return _manager(request).ensure_database().url
+        return _manager(request).runtime.database().url
     except DbleakError as exc:
         _fail_setup(exc)
         raise
@@ -73,11 +73,11 @@ class DbleakHandle:
 
     def __init__(self, manager: DbleakManager) -> None:
         self._manager = manager
-        self._detector = manager.ensure_checks()
+        self._detector = manager.runtime.checks().detector
 
     @property
     def url(self) -> str:
-        return self._manager.ensure_database().url
+        return self._manager.runtime.database().url
 
     def snapshot(self) -> Snapshot:
         detector = self._detector
@@ -229,7 +229,7 @@ def dbleak_database(request: pytest.FixtureRequest, dbleak_server: ServerInfo) -
     """The session database for any driver: ``.url(driver="aiomysql")``,
     ``.connect_kwargs(driver="mysqldb")``, each with that driver's "no TLS" spelling."""
     try:
-        db = _manager(request).ensure_database()
+        db = _manager(request).runtime.database()
     except DbleakError as exc:
         _fail_setup(exc)
         raise

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from .detector import user_sites
 from .probe import Endpoint, Monitor
 from .results import LOCK_WAIT, Leak
+from .sites import user_sites
 from .stacks import Frame, stack_of
 from .tracking import Tracker
 

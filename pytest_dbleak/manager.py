@@ -1,32 +1,30 @@
-"""The one object that owns a run's state: server, tracker, detector, results.
+"""The one object that owns a run's state: its Runtime (server, database, checks),
+each test's check, and the results.
 
 Registered by plugin.py in ``pytest_configure`` and reachable through
-``config.stash[MANAGER]``; every hook that needs state is a method here.
+``config.stash[MANAGER]``; every hook that needs state is a method here. What a report
+says is verdict.py's; how it reads, reporting.py's.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-import secrets
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import _pytest_seam, backends, marks, reporting, verdict
-from .backends import RunningServer, ServerInfo
+from . import _pytest_seam, marks, reporting, verdict
 from .errors import DbleakError, Redactor, ServerGoneError
-from .probe import Endpoint, Monitor
 from .results import CheckResult
+from .runtime import Runtime
 from .settings import Settings
 
 if TYPE_CHECKING:
     from .baseline import Baseline
-    from .detector import Detector, Window
-    from .lockwatch import LockWatch
-    from .tracking import Tracker
+    from .detector import Window
 
 log = logging.getLogger(__name__)
 
@@ -56,53 +54,27 @@ CHECK = pytest.StashKey[_Check]()
 EARLIER_LEAK = pytest.StashKey[CheckResult]()  # a failing leak of an earlier attempt
 
 
-@dataclass(frozen=True)
-class SessionDatabase:
-    """The database and user that belong to this session (or xdist worker)."""
-
-    name: str
-    user: str
-    password: str
-    url: str
-
-
 class DbleakManager:
     def __init__(self, config: pytest.Config, settings: Settings) -> None:
         self.config = config
         self.settings = settings
         self.redact = Redactor()
-        self._tracker: Tracker | None = None
-        self.worker = getattr(config, "workerinput", {}).get("workerid", "main")
+        workerinput = getattr(config, "workerinput", {})
+        self.runtime = Runtime(
+            settings, self.redact, worker=workerinput.get("workerid", "main"),
+            shared=workerinput.get("dbleak_server"), root=config.rootpath, note=self._note,
+        )
         self.results: dict[str, CheckResult] = {}
         self.outcomes: dict[str, str] = {}
         self.status = verdict.DeferredStatus()
         self._failed_reports: dict[str, pytest.TestReport] = {}  # nodeid -> setup/call
         self.leak_failures: set[str] = set()  # failed because of a leak only
         self.other_failures: set[str] = set()
-        self._server: RunningServer | None = None
-        self._launched: backends.Launch | None = None
-        self._server_error: DbleakError | None = None
-        self.monitor: Monitor | None = None
-        self.info: ServerInfo | None = None
-        self.database: SessionDatabase | None = None
-        self.detector: Detector | None = None
-        self.lockwatch: LockWatch | None = None
         self.baseline: Baseline | None = None
         self.recording = False  # --dbleak-baseline names a file that does not exist yet
         self._baseline_line = ""
         self._closed = False
 
-    @property
-    def tracker(self) -> Tracker:
-        # Imported on first use: SQLAlchemy costs ~0.15 s to import, and a run that never
-        # touches a database should not pay it.
-        if self._tracker is None:
-            from .tracking import Tracker
-
-            self._tracker = Tracker()
-        return self._tracker
-
-    # -- lifecycle of the server -------------------------------------------------------
     @property
     def is_worker(self) -> bool:
         return hasattr(self.config, "workerinput")
@@ -111,121 +83,14 @@ class DbleakManager:
     def is_controller(self) -> bool:
         return self.config.pluginmanager.has_plugin("dsession")
 
-    def ensure_server(self) -> ServerInfo:
-        """Start or reach the server once; the same error on every later call."""
-        if self._server_error is not None:
-            raise self._server_error
-        if self.info is not None:
-            return self.info
-        try:
-            server = self._start_server()
-            self._server = server
-            try:
-                self.monitor = Monitor(server.endpoint, server.where)
-            except Exception as exc:  # noqa: BLE001 - PyMySQL raises several types here
-                raise backends.connect_error(server, exc) from None
-            self.info = backends.describe(server, self.monitor.version)
-            self.redact.add(server.endpoint.password)
-        except DbleakError as exc:
-            self._server_error = DbleakError(self.redact(str(exc)))
-            self._release_server()
-            raise self._server_error from None
-        return self.info
-
-    def _start_server(self) -> RunningServer:
-        shared = getattr(self.config, "workerinput", {}).get("dbleak_server")
-        if shared:  # an xdist worker uses the controller's server
-            return RunningServer(shared["backend"], Endpoint(**shared["endpoint"]), owned=False)
-        launched = self._launch()
-        self._launched = None
-        return launched.wait()
-
-    def _launch(self) -> backends.Launch:
-        """Set the server off (once); ensure_server() waits for it."""
-        if self._launched is None:
-            s = self.settings
-            self._launched = backends.launch(
-                s.backend, mysql_url=s.mysql_url, mysqld=s.mysqld, image=s.image,
-                cache=s.template_cache, timeout=s.startup_timeout, redactor=self.redact,
-            )
-        return self._launched
-
-    def ensure_database(self) -> SessionDatabase:
-        if self.database is not None:
-            return self.database
-        info = self.ensure_server()
-        assert self.monitor is not None
-        assert self._server is not None
-        tag = "".join(c for c in self.worker if c.isalnum())[:8]
-        name = f"dbleak_{tag}_{secrets.token_hex(3)}"
-        password = secrets.token_hex(16)
-        self.redact.add(password)
-        try:
-            self.monitor.create_database(name, name, password, "%")
-        except Exception as exc:  # noqa: BLE001 - report any refusal as one line
-            raise DbleakError(self.redact(
-                f"cannot create the session database on {self._server.where}: {exc}"
-            )) from None
-        from sqlalchemy.engine import URL
-
-        query = {"charset": "utf8mb4"}
-        if self._server.endpoint.is_local:
-            query["ssl_disabled"] = "true"  # PyMySQL >= 1.2: no SSL context per connect
-        url = URL.create(
-            "mysql+pymysql", username=name, password=password, host=info.host,
-            port=info.port, database=name, query=query,
-        ).render_as_string(hide_password=False)
-        self.database = SessionDatabase(name, name, password, url)
-        return self.database
-
-    def ensure_checks(self) -> Detector:
-        """Server, session database, tracker and detector: all a leak check needs."""
-        if self.detector is None:
-            if self.info is None and self._server_error is None and not self.is_worker:
-                try:
-                    self._launch()  # mariadbd boots while SQLAlchemy imports below
-                except DbleakError as exc:
-                    self._server_error = DbleakError(self.redact(str(exc)))
-            self.tracker.install()
-            db = self.ensure_database()
-            assert self.monitor is not None
-            assert self._server is not None
-            own_everything = self._server.owned and not self.is_worker
-            users = None if own_everything else frozenset({db.user})
-            from .detector import Detector
-
-            self.detector = Detector(self.tracker, self.monitor, users, self.config.rootpath)
-            if self.settings.lock_wait > 0:
-                from .lockwatch import LockWatch
-
-                self.lockwatch = LockWatch(
-                    self._server.endpoint, self._server.where, users, self.tracker,
-                    self.config.rootpath, self.settings.lock_wait,
-                )
-                self.detector.owned_ids.add(self.lockwatch.connection_id)
-                self.monitor.own_ids.add(self.lockwatch.connection_id)  # not in the counts
-        return self.detector
-
-    def _release_server(self) -> None:
-        if self._launched is not None:  # set off, never waited for
-            self._launched.cancel()
-            self._launched = None
-        server = self._server
-        # A server we started goes away whole; on anybody else's, drop what we created.
-        disposable = server is not None and server.owned and not self.is_worker
-        if self.monitor is not None and self.database is not None and not disposable:
-            try:
-                self.monitor.drop_database(self.database.name, self.database.user, "%")
-            except Exception as exc:  # noqa: BLE001 - best effort at the very end
-                log.warning("dbleak: could not drop %s: %s", self.database.name, exc)
-        if self.lockwatch is not None:
-            self.lockwatch.close()
-            self.lockwatch = None
-        if self.monitor is not None:
-            self.monitor.close()
-        if self._server is not None:
-            self._server.stop()
-        self.monitor, self._server, self.detector, self.database = None, None, None, None
+    def _note(self, text: str) -> None:
+        """A one-line remark about the run (e.g. the backend auto chose instead)."""
+        line = self.redact(f"dbleak: {text}")
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(line)
+        else:
+            log.warning("%s", line)
 
     # -- session hooks -----------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
@@ -242,18 +107,19 @@ class DbleakManager:
             self.recording = self.baseline is None
         try:
             if self.is_controller:
-                self.ensure_server()  # one server, shared by the workers
+                self.runtime.server()  # one server, shared by the workers
             else:
-                self.ensure_checks()
+                self.runtime.checks()
         except DbleakError as exc:
             raise pytest.UsageError(f"dbleak: {exc}") from None
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
-        if self._server is not None:
-            ep = self._server.endpoint
+        running = self.runtime.running
+        if running is not None:
+            ep = running.endpoint
             node.workerinput["dbleak_server"] = {
-                "backend": self._server.backend,
+                "backend": running.backend,
                 "endpoint": {"host": ep.host, "port": ep.port, "user": ep.user,
                              "password": ep.password, "unix_socket": ep.unix_socket},
             }
@@ -292,9 +158,9 @@ class DbleakManager:
                 raise pytest.UsageError(f"dbleak: {exc}") from None
         # Start the server now, not inside the first test, so a bad URL or password is a
         # usage error before any test runs.
-        if self.info is None and any(_uses_server(i) for i in session.items):
+        if self.runtime.info is None and any(_uses_server(i) for i in session.items):
             try:
-                self.ensure_database()
+                self.runtime.database()
             except DbleakError as exc:
                 raise pytest.UsageError(f"dbleak: {exc}") from None
 
@@ -316,22 +182,21 @@ class DbleakManager:
         # without a leak has none of those.
         if not self.settings.enabled or any(r.leaks for r in self.results.values()):
             gc.collect()
-        self._release_server()
-        if self._tracker is not None:
-            self._tracker.uninstall()
+        self.runtime.close()
 
     # -- ownership of wider-scoped fixtures ------------------------------------------
     @pytest.hookimpl(wrapper=True)
     def pytest_fixture_setup(self, fixturedef: Any, request: Any) -> Generator[None, Any, Any]:
-        if fixturedef.scope == "function" or self._tracker is None or not self._tracker.installed:
+        tracker = self.runtime.tracking
+        if fixturedef.scope == "function" or tracker is None:
             return (yield)
-        detector = self.detector
+        detector = self.runtime.detector
         before = detector.snapshot() if detector is not None else None
-        self.tracker.push_owner()
+        tracker.push_owner()
         try:
             return (yield)
         finally:
-            self.tracker.pop_owner()
+            tracker.pop_owner()
             if detector is not None and before is not None:
                 detector.note_owned_server_connections(before)
 
@@ -365,10 +230,11 @@ class DbleakManager:
         finally:
             if check is not None and not check.closed:
                 pytest.exit(f"dbleak: {_pytest_seam.misfit_message()}", returncode=3)
-            if self.detector is not None and (check is None or not _same_parents(item, nextitem)):
+            detector = self.runtime.detector
+            if detector is not None and (check is None or not _same_parents(item, nextitem)):
                 # An unchecked test ran, or wider fixtures are torn down before the next
                 # test: its window starts from a fresh snapshot, not this test's last one.
-                self.detector.forget_baseline()
+                detector.forget_baseline()
 
     @pytest.hookimpl(wrapper=True, trylast=True)
     def pytest_runtest_makereport(
@@ -391,7 +257,7 @@ class DbleakManager:
         return self.status.status(report, config)
 
     def _open_window(self, item: pytest.Item) -> _Check | None:
-        detector = self.detector
+        detector = self.runtime.detector
         if CHECK in item.stash:
             del item.stash[CHECK]
         if STRESS in item.stash:
@@ -411,8 +277,8 @@ class DbleakManager:
             check.window = detector.begin(reuse=True)
         except ServerGoneError as exc:
             check.gone = exc
-        if self.lockwatch is not None:
-            self.lockwatch.arm()
+        if self.runtime.lockwatch is not None:
+            self.runtime.lockwatch.arm()
         item.stash[CHECK] = check
         return check
 
@@ -420,8 +286,9 @@ class DbleakManager:
         if check.closed:
             return
         check.closed = True
-        stuck = self.lockwatch.disarm() if self.lockwatch is not None else []
-        detector = self.detector
+        lockwatch = self.runtime.lockwatch
+        stuck = lockwatch.disarm() if lockwatch is not None else []
+        detector = self.runtime.detector
         if check.window is None or detector is None:
             return
         try:
@@ -439,7 +306,7 @@ class DbleakManager:
             message = self.redact(f"dbleak: {check.gone}; stopping the run")
             verdict.server_gone(report, message, _location(item))
             item.session.shouldstop = message
-            self.detector = None  # no more checks against a dead server
+            self.runtime.server_gone()  # no more checks against a dead server
             return
         result = check.result
         if result is None:
@@ -460,10 +327,11 @@ class DbleakManager:
             report, result, own_failure=report.failed or any(r.failed for r in check.reports),
             location=_location(item), redact=self.redact, note=note,
         )
-        if result.failed and not note and self.settings.reclaim and self.detector:
+        detector = self.runtime.detector
+        if result.failed and not note and self.settings.reclaim and detector is not None:
             # Reported: now take it back, so the blame stays here and later tests do not
             # wait on an exhausted pool. A tolerated leak stays, as without the plugin.
-            self.detector.reclaim(result)
+            detector.reclaim(result)
 
     # -- collecting results (also on the xdist controller) -------------------------------
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -488,7 +356,7 @@ class DbleakManager:
             self.outcomes[nodeid] = "passed"
 
     def pytest_report_header(self) -> list[str]:
-        info = self.info
+        info = self.runtime.info
         if not self.settings.enabled or info is None or self.is_worker:
             return []
         return [self.redact(reporting.header_line(info.backend, info.host, info.port,
@@ -532,10 +400,11 @@ class DbleakManager:
                               leak_failed=self.leak_failures)
 
     def _server_meta(self) -> dict[str, Any]:
-        if self.info is None:
+        info = self.runtime.info
+        if info is None:
             return {}
-        return {"backend": self.info.backend, "host": self.info.host, "port": self.info.port,
-                "version": self.info.version}
+        return {"backend": info.backend, "host": info.host, "port": info.port,
+                "version": info.version}
 
 
 def _location(item: pytest.Item) -> tuple[str, int]:

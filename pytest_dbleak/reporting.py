@@ -9,9 +9,9 @@ import json
 import os
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+from .files import write_atomic
 from .results import KIND_TITLES, KINDS, LOCK_WAIT, CheckResult, Leak
 
 SECTION = "dbleak"
@@ -185,8 +185,4 @@ def write_json(
         "tests": tests,
     }
     text = redact(json.dumps(document, indent=2, sort_keys=False, default=str))
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(text + "\n", encoding="utf-8")
-    tmp.replace(target)
+    write_atomic(path, text + "\n")

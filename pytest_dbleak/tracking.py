@@ -181,7 +181,7 @@ class Tracker:
         seam.listen_engine_disposed(self._on_engine_disposed)
         self.installed = True
         try:
-            self._prove()
+            seam.prove(self)
         except seam.SeamError:
             self.uninstall()
             raise
@@ -209,57 +209,6 @@ class Tracker:
     def _after_fork_in_child(self) -> None:
         # Another thread may have held the lock at the fork: it would never be released.
         self._lock = threading.RLock()
-
-    def _prove(self) -> None:
-        """Open and return one connection of throw-away SQLite pools and engines, and check
-        that every event the detector relies on arrived with its pool known."""
-        import sqlite3
-
-        from sqlalchemy import create_engine
-        from sqlalchemy.pool import QueuePool
-
-        def creator() -> Any:
-            return sqlite3.connect(":memory:")
-
-        mark = self.mark()
-        pool = QueuePool(creator)
-        no_reset = QueuePool(creator, reset_on_return=None)
-        engine = create_engine("sqlite://", poolclass=QueuePool)
-        try:
-            state = self.states.get(pool)
-            if state is None or state.created_seq < mark:
-                raise seam.misfit("Pool.__new__ no longer sees a pool being created")
-            proxy = pool.connect()
-            conns = list(state.open.values())
-            if len(conns) != 1 or conns[0].pool is not state:
-                raise seam.misfit("a pool's connect event no longer reaches its listener")
-            if conns[0].checkout is None:
-                raise seam.misfit("the checkout event on the Pool class no longer arrives")
-            proxy.close()
-            if conns[0].checkout is not None or conns[0].checkin_seq < mark:
-                raise seam.misfit("the checkin event on the Pool class no longer arrives")
-            seam.prove_reset_on_return(pool, no_reset)
-            origin = self.states.get(engine.pool)
-            with engine.connect():
-                pass
-            engine.dispose()
-            recreated = self.states.get(engine.pool)
-            if origin is None or recreated is None or recreated.origin is not origin:
-                raise seam.misfit("engine_disposed no longer tells which pool was recreated")
-            pool.dispose()
-            if state.open:
-                raise seam.misfit("the close event on the Pool class no longer arrives")
-        finally:
-            engine.dispose()
-            pool.dispose()
-            # Forget the proof: nothing of it may count in a window.
-            with self._lock:
-                for key, conn in list(self.open.items()):
-                    if conn.created_seq >= mark:
-                        del self.open[key]
-                for p in (pool, no_reset, engine.pool):
-                    seam.remove_connect(p, self.states.pop(p).listener)
-                self.pools = [s for s in self.pools if s.registered_seq < mark]
 
     # -- pools -----------------------------------------------------------------
     def _on_pool_created(self, pool: Pool) -> None:
@@ -322,6 +271,14 @@ class Tracker:
             self.states[pool] = state
         seam.listen_connect(pool, state.listener)
         return state
+
+    def forget_since(self, mark: int, pools: tuple[Pool, ...]) -> None:
+        """Forget `pools` and what happened since `mark` (the install proof's throw-aways)."""
+        with self._lock:
+            self.open = {k: c for k, c in self.open.items() if c.created_seq < mark}
+            for pool in pools:
+                seam.remove_connect(pool, self.states.pop(pool).listener)
+            self.pools = [s for s in self.pools if s.registered_seq < mark]
 
     def _trim_pools(self) -> None:
         # Forget pools that are gone and hold nothing; keep the list short.

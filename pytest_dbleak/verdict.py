@@ -90,11 +90,10 @@ class DeferredStatus:
 
     def __init__(self) -> None:
         self._held: dict[str, Any] = {}
-        self._nested = False
 
     def status(self, report: pytest.TestReport, config: pytest.Config) -> Any:
-        if self._nested:
-            return None
+        if getattr(report, "_dbleak_asking", False):
+            return None  # our own question to the other implementations
         if report.when == "call":
             self._held.pop(report.nodeid, None)
             if (getattr(report, "dbleak_checked", False) and report.outcome == "passed"
@@ -112,8 +111,8 @@ class DeferredStatus:
         return None
 
     def _default(self, report: pytest.TestReport, config: pytest.Config) -> Any:
-        self._nested = True
+        report._dbleak_asking = True  # type: ignore[attr-defined]
         try:
             return config.hook.pytest_report_teststatus(report=report, config=config)
         finally:
-            self._nested = False
+            del report._dbleak_asking

@@ -21,6 +21,7 @@ from flask import Flask, current_app
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from .claims import instance_id
 from .extensions import db
 from .models import utcnow
 
@@ -296,6 +297,8 @@ class DBConnectionMonitor:
             "warnings": overall.warnings,
             "details": {
                 "engine": {"driver": engine.driver, "pool_class": type(engine.pool).__name__},
+                # Which of several processes answered (host:pid:app).
+                "process": instance_id(),
                 "capacity": capacity,
                 "errors": {
                     "cleanup_errors_total": self.cleanup_errors.total,

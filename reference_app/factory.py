@@ -12,7 +12,7 @@ from flask.json.provider import DefaultJSONProvider
 from sqlalchemy.exc import ArgumentError
 
 from . import claims, jobs, session_cleanup
-from .blueprints import auth, fleet, health, locations, notifications, requests
+from .blueprints import auth, fleet, health, locations, notifications, openapi, requests
 from .cli import register_cli
 from .config import Config, ConfigError, engine_options_for, parse_database_url, resolve_config
 from .db_monitor import DBConnectionMonitor
@@ -78,7 +78,8 @@ def create_app(config: type[Config] | Mapping[str, Any] | None = None) -> Flask:
     jobs.init_app(app)
     session_cleanup.init_app(app)
     register_error_handlers(app)
-    for blueprint in (auth.bp, locations.bp, fleet.bp, requests.bp, notifications.bp, health.bp):
+    blueprints = (auth, locations, fleet, requests, notifications, health, openapi)
+    for blueprint in (module.bp for module in blueprints):
         app.register_blueprint(blueprint)
     register_cli(app)
     return app

@@ -1,7 +1,7 @@
 """python-engineio: the client's close frame overtakes queued packets (to report upstream).
 
 Reproduces, against plain python-engineio, the race that
-``pytest_dbleak.stress._upstream.OrderlyEngineIOClient`` works around.
+``pytest_dbleak.stress._upstream.InOrderEngineIOClient`` avoids.
 ``engineio.Client.disconnect()`` puts CLOSE on the queue of its writer thread and then,
 from the calling thread, closes the WebSocket at once.  Messages sent just before
 ``disconnect()`` that the writer has not written yet are lost, or arrive after the
@@ -72,9 +72,9 @@ def main() -> int:
     serving.start()
     client_class: type[engineio.Client] = engineio.Client
     if args.with_workaround:
-        from pytest_dbleak.stress._upstream import OrderlyEngineIOClient
+        from pytest_dbleak.stress._upstream import InOrderEngineIOClient
 
-        client_class = OrderlyEngineIOClient
+        client_class = InOrderEngineIOClient
     bad = []
     try:
         for _ in range(args.rounds):

@@ -11,10 +11,6 @@ from typing import Any
 #: Address every runner serves on.
 LOOPBACK = "127.0.0.1"
 
-# How often a wait that is normally woken by a notification re-checks that the
-# thread expected to notify it is still alive.
-LIVENESS_CHECK = 0.05
-
 
 class StressError(RuntimeError):
     """A stress run could not finish cleanly.

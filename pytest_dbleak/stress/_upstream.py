@@ -22,7 +22,11 @@ has a minimal reproduction against the plain upstream code under ``bench/upstrea
 * python-engineio, client close ordering (``engineio_client_close_order.py``):
   ``Client.disconnect()`` queues CLOSE for its writer thread, then closes the WebSocket
   from the calling thread at once, so the close frame overtakes packets still queued
-  (events just emitted, Socket.IO's DISCONNECT).  Worked around by :class:`ChurnClient`.
+  (events just emitted, Socket.IO's DISCONNECT).  Avoided by :class:`ChurnClient`,
+  which writes every packet from the thread that sends it.  A second one, seen at the
+  floors: ``disconnect(abort=True)`` (python-socketio before 5.14) can drain the
+  writer's stop sentinel in ``_reset()``, leaving the writer waiting ~50 s; the churn
+  client never aborts.
 * simple-websocket, close vs reader (``simple_websocket_close_race.py``): ``close()``
   races the reader thread that answers the peer's close frame (``LocalProtocolError``
   or ``ConnectionClosed`` from a complete handshake), and clears ``connected`` without
@@ -40,7 +44,6 @@ import importlib.metadata
 import inspect
 import logging
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -50,23 +53,25 @@ import engineio.socket
 import socketio
 import socketio.base_manager
 import socketio.manager
+import websocket
 from engineio.async_drivers._websocket_wsgi import SimpleWebSocketWSGI
 from simple_websocket import ConnectionClosed
 from wsproto.connection import ConnectionState
 from wsproto.utilities import LocalProtocolError
 
-from ._common import LIVENESS_CHECK, StressError, remaining
+from ._common import StressError
 from .wsgi import RequestHandler
 
 _log = logging.getLogger(__name__)
 
 #: Distribution -> (declared floor, newest verified).  The floors are the ``stress``
-#: extra's in pyproject.toml, run by ``tox -e min`` with ci/min-versions.txt.
+#: extra's in pyproject.toml, run by ``tox -e min`` with .ci/min-versions.txt.
 VERIFIED_ON: dict[str, tuple[str, str]] = {
     "python-socketio": ("5.12.0", "5.18.1"),
     "python-engineio": ("4.13.4", "4.15.1"),
     "simple-websocket": ("1.0.0", "1.1.0"),
     "wsproto": ("1.2.0", "1.3.2"),
+    "websocket-client": ("1.6.0", "1.9.2"),
     "Werkzeug": ("3.0.0", "3.1.8"),
     "Flask-SocketIO": ("5.5.0", "5.7.0"),
 }
@@ -130,83 +135,62 @@ require(
 # --------------------------------------------------------------------------
 
 
-class OrderlyEngineIOClient(engineio.Client):
-    """Engine.IO client whose WebSocket disconnect is orderly and prompt.
+class InOrderEngineIOClient(engineio.Client):
+    """Engine.IO client that writes each WebSocket packet from the thread that sends it.
 
-    ``engineio.Client.disconnect()`` queues CLOSE for its writer thread and then, from
-    the calling thread, immediately calls websocket-client's ``WebSocket.close()``.
-    That close frame can overtake packets still in the queue -- the Socket.IO
-    DISCONNECT, events just emitted -- and the server then sees a dropped transport
-    instead of a client leaving.  Here the queue is flushed first, and the close frame
-    is sent only after the writer has written CLOSE and exited.
+    ``engineio.Client`` queues packets for a writer thread, and its ``disconnect()``
+    queues CLOSE and then, from the calling thread, closes the WebSocket at once: the
+    close frame overtakes packets still in the queue -- the Socket.IO DISCONNECT, events
+    just emitted -- and the server sees a dropped transport instead of a client leaving.
+    Written at once by the sending thread (under a lock: the read loop answers pings
+    from its own thread), every packet is on the wire before ``disconnect()`` writes
+    CLOSE and the close frame, in that order.  Nothing is left to flush or wait for;
+    the writer thread only ever receives its stop sentinel.
     """
 
-    #: Upper bound for flushing the send queue and for the writer to exit.
-    flush_timeout = 5.0
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._write_lock = threading.Lock()
+
+    def _send_packet(self, pkt: Any) -> None:
+        if self.state != "connected" or self.current_transport != "websocket" or self.ws is None:
+            # Not yet (the connect handler sends Socket.IO's CONNECT before ``ws`` is set
+            # and the writer starts): queued, and written before connect() returns.
+            super()._send_packet(pkt)
+            return
+        encoded = pkt.encode()
+        with self._write_lock:
+            try:
+                if pkt.binary:
+                    self.ws.send_binary(encoded)
+                else:
+                    self.ws.send(encoded)
+            except (websocket.WebSocketConnectionClosedException, OSError) as exc:
+                # As engineio's writer does: the read loop ends the closed connection.
+                _log.warning(
+                    "Engine.IO client %s: WebSocket closed while sending: %s", self.sid, exc
+                )
 
     def disconnect(self, abort: bool = False, reason: Any = None) -> None:
-        # Orderly whatever ``abort`` says: python-socketio before 5.14 disconnects its
-        # Engine.IO client with abort=True, yet a churn client always leaves on purpose.
-        ws = getattr(self, "ws", None)
-        if self.state == "connected" and self.current_transport == "websocket":
-            if not self._flush_send_queue(self.flush_timeout):
-                _log.warning(
-                    "Engine.IO client %s: send queue not flushed before disconnect", self.sid
-                )
-            self._close_websocket_after_writer()
-        reader = self.read_loop_task
-        super().disconnect(abort=abort, reason=reason)
-        if isinstance(reader, threading.Thread) and reader.ident is not None:
-            reader.join(self.flush_timeout)  # disconnect() does not when abort=True
-        if ws is not None and (reader is None or not reader.is_alive()):
+        ws = self.ws if self.current_transport == "websocket" else None
+        # Never abort=True, which python-socketio before 5.14 passes: disconnect() then
+        # returns before the read loop has ended (and, with it, joined the writer), and
+        # its _reset() can take the writer's stop sentinel off the queue first -- the
+        # writer then waits out its ping timeout (~50 s).  A churn client waits for both.
+        super().disconnect(abort=False, reason=reason)
+        if ws is not None:
             # websocket-client's close() does nothing once the read loop has answered
             # the server's close frame (that marks the WebSocket "not connected"),
             # which leaves the socket to the garbage collector.  Nothing reads it any
             # more: close it.
             ws.shutdown()
 
-    def _flush_send_queue(self, timeout: float) -> bool:
-        # The writer calls task_done() for each packet it has written.
-        pending = self.queue
-        all_done: Any = getattr(pending, "all_tasks_done", None)
-        require(all_done is not None, "python-engineio", "Client.queue being a queue.Queue")
-        deadline = time.monotonic() + timeout
-        with all_done:
-            while pending.unfinished_tasks:
-                writer = self.write_loop_task
-                if writer is None or not writer.is_alive():
-                    return False  # the connection broke; nothing will drain it
-                if time.monotonic() >= deadline:
-                    return False
-                # Woken by task_done(); the timeout only re-checks the writer is alive.
-                all_done.wait(min(LIVENESS_CHECK, remaining(deadline)))
-        return True
-
-    def _close_websocket_after_writer(self) -> None:
-        ws = self.ws
-        writer = self.write_loop_task
-        require(
-            ws is not None and isinstance(writer, threading.Thread),
-            "python-engineio",
-            "Client.ws and Client.write_loop_task of a connected WebSocket client",
-        )
-        close = ws.close
-        timeout = self.flush_timeout
-
-        def close_after_writer(*args: Any, **kwargs: Any) -> None:
-            # disconnect() has queued CLOSE and the writer's stop sentinel by the
-            # time it calls ws.close(); let the writer send them.
-            writer.join(timeout)
-            close(*args, **kwargs)
-
-        ws.close = close_after_writer
-
 
 class ChurnClient(socketio.Client):
-    """python-socketio's client on :class:`OrderlyEngineIOClient`."""
+    """python-socketio's client on :class:`InOrderEngineIOClient`."""
 
     def _engineio_client_class(self) -> type[Any]:
-        return OrderlyEngineIOClient
+        return InOrderEngineIOClient
 
 
 def client_threads(client: socketio.Client) -> list[threading.Thread]:
@@ -225,6 +209,11 @@ require(
     callable(getattr(socketio.Client, "_engineio_client_class", None)),
     "python-socketio",
     "Client._engineio_client_class()",
+)
+require(
+    callable(getattr(engineio.Client, "_send_packet", None)),
+    "python-engineio",
+    "Client._send_packet(pkt)",
 )
 require(
     "reason" in inspect.signature(engineio.Client.disconnect).parameters,

@@ -66,8 +66,8 @@ class SocketChurnRunner:
         clients: Number of clients to churn.
         concurrency: Number of clients in flight at once.
         connect_timeout: Seconds a client may take to connect (WebSocket
-            handshake, then namespace connection), and to flush its queued
-            packets when disconnecting.
+            handshake, then namespace connection), and its threads may take to
+            end once it has disconnected.
         timeout: Seconds the server may take, after the last client left, to
             finish disconnect handlers and background tasks, and again to
             stop its threads.
@@ -206,7 +206,6 @@ class SocketChurnRunner:
             handle_sigint=False,
             request_timeout=self.connect_timeout,
         )
-        client.eio.flush_timeout = self.connect_timeout
         refusals: list[object] = []
         client.on("connect_error", refusals.append, namespace=namespace)
         try:

@@ -1,18 +1,24 @@
 """Three real ``python -m reference_app`` processes on one database, each with
 its scheduler on: every job runs once per schedule slot across them, and no
 notification is sent twice -- also when a process dies in the middle of sending.
+With Redis as Socket.IO's message queue, clients on different processes see
+each other's events.
 """
 
 from __future__ import annotations
 
 import re
 import signal
+import socket
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+import socketio
 from flask import Flask
 from sqlalchemy import func, select
 
@@ -25,6 +31,7 @@ from reference_app.services.notifications import notify
 from .processes import ServerProcess, command_env
 from .senders import read_sent
 from .support import World, http, wait_until
+from .test_serve import connect, redis_reachable
 
 PROCESSES = 3
 SENDER = "reference_app.tests.senders:FileRecordingSender"
@@ -34,14 +41,13 @@ _CLEANED = re.compile(r"reference_app\.jobs: (\w+): Session cleaned up successfu
 
 
 def server_env(url: str, sent_log: Path, **extra: str) -> dict[str, str]:
-    return command_env(
-        url,
-        SECRET_KEY=TestingConfig.SECRET_KEY,
-        SCHEDULER_ENABLED="1",
-        NOTIFICATION_SENDER=SENDER,
-        REFERENCE_APP_SENT_LOG=str(sent_log),
-        **extra,
-    )
+    settings = {
+        "SECRET_KEY": TestingConfig.SECRET_KEY,
+        "SCHEDULER_ENABLED": "1",
+        "NOTIFICATION_SENDER": SENDER,
+        "REFERENCE_APP_SENT_LOG": str(sent_log),
+    }
+    return command_env(url, **{**settings, **extra})
 
 
 @contextmanager
@@ -214,3 +220,91 @@ def test_a_process_killed_while_sending_leaves_its_notifications_to_the_others(
         attempts = set(db.session.scalars(select(Notification.attempts)))
         db.session.remove()
     assert attempts == {1}  # the killed process recorded nothing
+
+
+@pytest.mark.skipif(not redis_reachable(), reason="no Redis server at 127.0.0.1:6379")
+def test_a_driver_a_guest_and_an_admin_on_three_processes_see_each_others_events(
+    world: World, dbleak_mysql_url: str, tmp_path: Path
+) -> None:
+    env = server_env(
+        dbleak_mysql_url,
+        tmp_path / "sent",
+        SCHEDULER_ENABLED="0",
+        SOCKETIO_MESSAGE_QUEUE="redis://127.0.0.1:6379/0",
+        SOCKETIO_CHANNEL=f"reference-app-test-{uuid.uuid4().hex}",  # no cross-talk
+    )
+    with servers(*[env] * PROCESSES) as (on_a, on_b, on_c):
+        clients: list[socketio.Client] = []
+        try:
+            driver, driver_events = connect(on_a.address, world.driver.token)
+            guest, guest_events = connect(on_b.address, world.guest.token)
+            admin, admin_events = connect(on_c.address, world.admin.token)
+            clients += [driver, guest, admin]
+            # The guest calls a buggy on B: the driver on A hears of it.
+            status, made = http(
+                "POST",
+                f"{on_b.url}/api/requests",
+                {"location_id": world.locations[0]},
+                world.guest.token,
+            )
+            assert status == 201, made
+            assert driver_events.wait_for("request_created", timeout=10)["id"] == made["id"]
+            # The driver takes it on A: the guest on B and the admin on C hear of it.
+            status, taken = http(
+                "POST", f"{on_a.url}/api/requests/{made['id']}/accept", None, world.driver.token
+            )
+            assert status == 200, taken
+            accepted = guest_events.wait_for(
+                "request_updated", lambda data: data["status"] == "accepted", timeout=10
+            )
+            assert accepted["driver_id"] == world.driver.id
+            admin_events.wait_for(
+                "request_updated", lambda data: data["status"] == "accepted", timeout=10
+            )
+            # The driver moves (a socket event on A): the guest on B sees the buggy.
+            where = world.locations[1]
+            ack = driver.call("location_update", {"location_id": where}, timeout=10)
+            assert ack["ok"] is True, ack
+            moved = guest_events.wait_for(
+                "buggy_status", lambda data: data["location_id"] == where, timeout=10
+            )
+            assert moved["id"] == world.buggies[world.driver.id]
+            # The driver's socket on A closes: the admin on C is told it went offline.
+            driver.disconnect()
+            offline = admin_events.wait_for("driver_offline", timeout=10)
+            assert offline["driver_id"] == world.driver.id
+            # ...and the guest on B sees the request back to pending.
+            guest_events.wait_for(
+                "request_updated", lambda data: data["status"] == "pending", timeout=10
+            )
+        finally:
+            for client in clients:
+                if client.connected:
+                    client.disconnect()
+    for server in (on_a, on_b, on_c):
+        assert "Traceback" not in server.output, server.output
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_processes_started_with_reuse_port_share_one_port(
+    world: World, dbleak_mysql_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = server_env(dbleak_mysql_url, tmp_path / "sent", SCHEDULER_ENABLED="0")
+    shared = [ServerProcess(env, "--reuse-port", port=port) for _ in range(PROCESSES)]
+    with ExitStack() as stack:
+        for server in shared:
+            stack.enter_context(server)
+            assert server.url == f"http://127.0.0.1:{port}", server.output
+        for _ in range(60):  # a new connection each: the kernel spreads them
+            status, body = http("GET", f"http://127.0.0.1:{port}/api/locations")
+            assert status == 200, body
+    # Counted once the processes have stopped: their output has been read to the end.
+    served = [server.output.count('"GET /api/locations HTTP/1.1" 200') for server in shared]
+    assert sum(served) == 60
+    assert all(count > 0 for count in served), served

@@ -161,3 +161,29 @@ def test_a_stress_test_catches(
     assert broken.ret in (pytest.ExitCode.TESTS_FAILED, 6), broken.stdout.str()
     broken.stdout.fnmatch_lines([f"FAILED *{node_id}*"])
     broken.stdout.fnmatch_lines([line])
+
+
+# -- the same job bugs on a multi-process run ------------------------------------------
+
+PROCESSES = "test_processes.py::test_a_job_run_on_three_processes_keeps_no_connection"
+
+# Each run leaves a connection in whichever of the three processes ran it: the
+# plugin sees them as server connections that no pool of the test's process owns.
+MULTIPROCESS_CASES = ["job_without_app_context", "job_create_app_per_run"]
+
+
+def test_the_multi_process_run_passes_with_no_regression(pytester: pytest.Pytester) -> None:
+    clean = run_stress(pytester, [PROCESSES])
+    assert clean.ret == pytest.ExitCode.OK, clean.stdout.str()
+    clean.stdout.fnmatch_lines(["*dbleak: no leaks in 1 tests*"])
+
+
+@pytest.mark.parametrize("name", MULTIPROCESS_CASES)
+def test_the_multi_process_run_catches(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv(ENV_VAR, name)
+    broken = run_stress(pytester, [PROCESSES])
+    assert broken.ret in (pytest.ExitCode.TESTS_FAILED, 6), broken.stdout.str()
+    broken.stdout.fnmatch_lines([f"FAILED *{PROCESSES}*"])
+    broken.stdout.fnmatch_lines(["*dbleak: * connections leaked (* server_connection)*"])

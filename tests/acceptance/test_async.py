@@ -183,3 +183,56 @@ def test_every_async_leak_names_the_users_await_line_and_its_twin_passes(
                 *(f"    {name}.py:{line} in *" for line in lines),
             ]
         )
+
+
+UNDER_ANYIO = """
+from sqlalchemy.ext.asyncio import create_async_engine
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_leaky_under_anyio(dbleak_database):
+    engine = create_async_engine(dbleak_database.url("{name}"))
+    KEEP.append(await engine.connect())  # LEAK-anyio
+
+
+@pytest.mark.anyio
+async def test_clean_under_anyio(dbleak_database):
+    engine = create_async_engine(dbleak_database.url("{name}"))
+    async with engine.connect() as conn:
+        await conn.execute(sa.text("SELECT 1"))
+    await engine.dispose()
+"""
+
+
+@pytest.mark.parametrize("driver", ASYNC_DRIVERS)
+def test_an_async_leak_under_anyio_names_the_users_await_line(
+    pytester: pytest.Pytester, driver: str
+) -> None:
+    for module in (driver, "greenlet", "anyio"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed")
+    source = UNDER_ANYIO.format(name=driver)
+    pytester.makepyfile(test_anyio=PREAMBLE + source)
+    with_anyio = tuple(
+        arg
+        for pair in zip(ONLY_DBLEAK[::2], ONLY_DBLEAK[1::2], strict=True)
+        if pair != ("-p", "no:anyio")
+        for arg in pair
+    )
+    result = pytester.runpytest_subprocess(
+        "--dbleak", "--dbleak-backend=process", FAST, *with_anyio
+    )
+
+    result.assert_outcomes(failed=1, passed=1)
+    line = line_of(PREAMBLE + source, "# LEAK-anyio")
+    failure_of(result, "test_leaky_under_anyio").fnmatch_lines(
+        [
+            f"dbleak: 1 connection leaked (1 checked_out) at test_anyio.py:{line}",
+            f"    test_anyio.py:{line} in test_leaky_under_anyio",
+        ]
+    )

@@ -190,13 +190,13 @@ def test_clean_transaction_a_wider_fixture_began(locked):
 
 
 def test_a_transaction_left_open_outside_every_sqlalchemy_pool_fails_the_test(
-    pytester: pytest.Pytester,
+    pytester: pytest.Pytester, backend_args: list[str]
 ) -> None:
     if importlib.util.find_spec("mysql") is None:
         pytest.skip("mysql-connector-python is not installed")
     pytester.makepyfile(test_server_trx=PREAMBLE + SERVER_TRANSACTIONS)
     result = pytester.runpytest_subprocess(
-        "--dbleak", "--dbleak-backend=process", FAST, *ONLY_DBLEAK
+        "--dbleak", *backend_args, FAST, *ONLY_DBLEAK
     )
 
     result.assert_outcomes(failed=2, passed=3)

@@ -25,6 +25,11 @@ KINDS = {
         "HELD.append(pymysql.connect(**connect_args(dbleak_mysql_url)))",
         "for conn in HELD: conn.close()",
     ),
+    # Dropped without close(): the garbage collector gives it back.
+    "gc_return": (
+        "engine.connect()",
+        "engine.dispose()",
+    ),
     "undisposed_engine": (
         "ENGINES.append(sa.create_engine(dbleak_mysql_url)); "
         "ENGINES[-1].connect().close()",

@@ -1,0 +1,77 @@
+"""Parsing and formatting of the child-process and server-transaction details."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from pytest_dbleak.children import Children, _ppid, client_port, owner_pid
+from pytest_dbleak.probe import TrxInfo
+
+
+@pytest.mark.parametrize(
+    ("host", "port"),
+    [
+        ("127.0.0.1:54348", 54348),
+        ("[::1]:40000", 40000),
+        ("localhost", None),
+        ("", None),
+        ("db.example:x", None),
+    ],
+)
+def test_the_client_port_comes_from_the_processlist_host(host: str, port: int | None) -> None:
+    assert client_port(host) == port
+
+
+def test_the_parent_of_this_process_is_read_from_proc() -> None:
+    if not os.path.exists("/proc/self/stat"):
+        pytest.skip("no /proc here")
+    assert _ppid(os.getpid()) == os.getppid()
+
+
+def test_a_tcp_socket_is_traced_to_the_process_that_holds_it() -> None:
+    # A real loopback connection: the listening side plays the server.
+    if not os.path.exists("/proc/net/tcp"):
+        pytest.skip("no /proc here")
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server_port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", server_port)) as client:
+            accepted, _ = server.accept()
+            with accepted:
+                port = client.getsockname()[1]
+                assert owner_pid(port, server_port, [os.getpid()]) == os.getpid()
+                assert owner_pid(port, server_port + 1, [os.getpid()]) is None
+
+
+def test_a_child_report_round_trips_and_a_torn_line_is_skipped() -> None:
+    children = Children()
+    children.install(lambda: 7)
+    try:
+        children.fork_seq = 3
+        children.report("connect", 42, (("/app/jobs.py", 12, "run"),))
+        assert children.dir is not None
+        with open(children.dir / "999.jsonl", "a", encoding="utf-8") as f:
+            f.write('{"kind": "connect", "pid": 99')  # a child killed mid-write
+        event = children.opened_by_child(42)
+        assert event is not None
+        assert (event.pid, event.fork_seq, event.stack) == (
+            os.getpid(),
+            3,
+            (("/app/jobs.py", 12, "run"),),
+        )
+        assert children.opened_by_child(43) is None
+    finally:
+        children.uninstall()
+    assert children.dir is None
+
+
+def test_an_open_transaction_says_when_it_began_and_what_it_locks() -> None:
+    trx = TrxInfo(5, "1234", "2026-12-01 20:31:02", "RUNNING", 1, 1, 1, ("app.accounts",))
+    assert trx.describe() == (
+        "began 2026-12-01 20:31:02, 1 row lock, 1 table locked, 1 row modified, "
+        "metadata locks on app.accounts"
+    )
+    many = TrxInfo(5, "1234", "2026-12-01 20:31:02", "RUNNING", 3, 2, 0)
+    assert many.describe() == "began 2026-12-01 20:31:02, 3 row locks, 2 tables locked"
