@@ -175,7 +175,7 @@ MULTIPROCESS_CASES = ["job_without_app_context", "job_create_app_per_run"]
 def test_the_multi_process_run_passes_with_no_regression(pytester: pytest.Pytester) -> None:
     clean = run_stress(pytester, [PROCESSES])
     assert clean.ret == pytest.ExitCode.OK, clean.stdout.str()
-    clean.stdout.fnmatch_lines(["*dbleak: no leaks in 1 tests*"])
+    clean.stdout.fnmatch_lines(["*dbleak: no leaks in 1 checked test*"])
 
 
 @pytest.mark.parametrize("name", MULTIPROCESS_CASES)

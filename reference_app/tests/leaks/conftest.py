@@ -108,15 +108,15 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
     from . import proof
 
-    manager = config.stash.get(MANAGER, None)
     items = config.stash.get(_ITEMS, [])
-    if manager is None or not manager.settings.enabled or manager.info is None:
-        return
     if not proof.is_main_job(config, items):
+        return
+    manager = config.stash.get(MANAGER, None)
+    if manager is None or not manager.settings.enabled or manager.runtime.info is None:
         return
     checked = [r for r in manager.results.values() if manager.outcomes.get(r.nodeid) != "skipped"]
     leaking = sum(1 for r in manager.results.values() if r.leaks)
-    server = f"{manager.info.backend} backend, server {manager.info.version}"
+    server = f"{manager.runtime.info.backend} backend, server {manager.runtime.info.version}"
     terminalreporter.write_sep("=", "reference app: what this run showed", bold=True)
     for line in proof.statement(items, leaking, exitstatus, len(checked), server):
         terminalreporter.write_line(line)
