@@ -51,7 +51,7 @@ def _instrument(config):
     try:
         from pytest_dbleak.manager import MANAGER
 
-        detector = config.stash[MANAGER].detector
+        detector = config.stash[MANAGER].runtime.detector
     except Exception:
         return
     if detector is not None and not getattr(detector.begin, "bench_timed", False):

@@ -11,7 +11,6 @@ import gc
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .beyond_pools import BeyondPools
@@ -29,24 +28,7 @@ from .results import (
 )
 from .sites import user_sites
 from .tracking import Checkout, ConnState, Frame, PoolState, Tracker
-
-
-@dataclass
-class Window:
-    """The state at the start of a test or block."""
-
-    seq: int
-    server: ServerSnapshot
-    trx_before: set[int]
-    checked_out: int
-    started: float = field(default_factory=time.monotonic)
-    # Threads running when the window opened: one started inside it and still running
-    # may be about to give back a connection it was handed.
-    threads: frozenset[int] = field(
-        default_factory=lambda: frozenset(t.ident or 0 for t in threading.enumerate())
-    )
-    # Open transactions (thread id -> trx id) of idle connections no pool holds (BeyondPools)
-    server_trx: dict[int, str] | None = None
+from .window import Window
 
 
 class Detector:

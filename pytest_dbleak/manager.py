@@ -24,7 +24,7 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from .baseline import Baseline
-    from .detector import Window
+    from .window import Window
 
 log = logging.getLogger(__name__)
 

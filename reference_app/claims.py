@@ -31,7 +31,8 @@ KEEP_SLOTS = 1000
 
 def init_app(app: Flask) -> None:
     # Host, process and app: unique across hosts, and across apps of one process.
-    app.extensions[_KEY] = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(3)}"
+    # At most 32 + 1 + 7 + 1 + 6 = 47 characters: a notification claim adds 9 (of 64).
+    app.extensions[_KEY] = f"{socket.gethostname()[:32]}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 def instance_id(app: Flask | None = None) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -123,21 +124,24 @@ def deliver(ids: Iterable[int]) -> DeliveryReport:
     wanted = list(ids)
     if not wanted:
         return DeliveryReport()
-    return _send_all(claim_due(len(wanted), Notification.id.in_(wanted)))
+    return _send_all(*claim_due(len(wanted), Notification.id.in_(wanted)))
 
 
 def deliver_due(limit: int) -> DeliveryReport:
     """Send up to ``limit`` notifications whose next attempt is due."""
-    return _send_all(claim_due(limit))
+    return _send_all(*claim_due(limit))
 
 
-def claim_due(limit: int, *where: Any) -> list[OutgoingNotification]:
-    """Claim up to ``limit`` due notifications for this process and commit.
+def claim_due(limit: int, *where: Any) -> tuple[str, list[OutgoingNotification]]:
+    """Claim up to ``limit`` due notifications and commit: the claim's token
+    (this process, and this claim: a claim that expired and was taken again,
+    even by the same process, is not this one) and the messages.
 
     Rows another process is claiming at this moment are skipped, not waited
     for; rows it has claimed are not due. The commit also ends the read
     transaction: no connection is held while the sender works.
     """
+    token = f"{instance_id()}:{secrets.token_hex(4)}"
     now = utcnow()
     rows = db.session.scalars(
         select(Notification)
@@ -152,20 +156,19 @@ def claim_due(limit: int, *where: Any) -> list[OutgoingNotification]:
         db.session.execute(
             update(Notification)
             .where(Notification.id.in_([message.id for message in messages]))
-            .values(claimed_by=instance_id(), claimed_until=now + lease)
+            .values(claimed_by=token, claimed_until=now + lease)
             .execution_options(synchronize_session=False)
         )
     db.session.commit()
-    return messages
+    return token, messages
 
 
-def _send_all(messages: Sequence[OutgoingNotification]) -> DeliveryReport:
+def _send_all(token: str, messages: Sequence[OutgoingNotification]) -> DeliveryReport:
     sender = get_sender()
     report = DeliveryReport()
-    claimant = instance_id()
     for message in messages:
         error = attempt_send(sender, message)
-        if not record_attempt(message.id, message.attempt, error, claimed_by=claimant):
+        if not record_attempt(message.id, message.attempt, error, claimed_by=token):
             logger.warning(
                 "notification %d: the claim expired before the result was recorded", message.id
             )
