@@ -25,7 +25,7 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -80,12 +80,15 @@ def status(result: CheckResult) -> str:
 
 def render(
     results: list[CheckResult], outcomes: dict[str, str], meta: dict[str, Any],
-    redact: Callable[[str], str],
+    redact: Callable[[str], str], leak_failed: Collection[str] | None = None,
 ) -> str:
-    """The whole report as one HTML document; results in run order (x = test index)."""
+    """The whole report as one HTML document; results in run order (x = test index).
+
+    `leak_failed`: the tests that failed because of a leak and nothing else (as in the
+    JSON summary); by default, every result over its limit."""
     esc = _Escaper(redact)
     body = "\n".join((
-        _header(results, outcomes, meta, esc),
+        _header(results, outcomes, meta, esc, leak_failed),
         _timeline(results, esc),
         _leaks(results, outcomes, esc),
     ))
@@ -101,9 +104,10 @@ def render(
 def write(
     path: str | os.PathLike[str], results: list[CheckResult], outcomes: dict[str, str],
     meta: dict[str, Any], redact: Callable[[str], str],
+    leak_failed: Collection[str] | None = None,
 ) -> Path:
     """Render and write the report atomically: readers never see half a file."""
-    text = render(results, outcomes, meta, redact)
+    text = render(results, outcomes, meta, redact, leak_failed)
     target = write_atomic(path, text)
     log.debug("wrote HTML report %s (%d bytes)", target, len(text))
     return target
@@ -121,18 +125,21 @@ class _Escaper:
 
 # -- header --------------------------------------------------------------------------------
 def _header(
-    results: list[CheckResult], outcomes: dict[str, str], meta: Mapping[str, Any], esc: _Escaper
+    results: list[CheckResult], outcomes: dict[str, str], meta: Mapping[str, Any], esc: _Escaper,
+    leak_failed: Collection[str] | None = None,
 ) -> str:
     statuses = Counter(status(r) for r in results)
+    failed_by_leak = (statuses[FAILED] if leak_failed is None
+                      else sum(1 for r in results if r.nodeid in leak_failed))
     leaking = sum(statuses[s] for s in STATUSES)
     leaked = sum(r.leaked for r in results)
     peak = max(results, key=lambda r: r.after.server_connections, default=None)
     tally = Counter(outcomes.get(r.nodeid, "unknown") for r in results)
 
     cards = [
-        _card("tests checked", len(results)),
+        _card("tests checked", len(reporting.checked(results, outcomes))),  # not skipped ones
         _card("leaking tests", leaking, "bad" if statuses[FAILED] else ("warn" if leaking else "")),
-        _card("failed by a leak", statuses[FAILED], "bad" if statuses[FAILED] else ""),
+        _card("failed by a leak", failed_by_leak, "bad" if failed_by_leak else ""),
         _card("known (baseline)", statuses[KNOWN]),
         _card("reported only", statuses[REPORT_ONLY]),
         _card("within allowance", statuses[ALLOWED]),

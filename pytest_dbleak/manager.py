@@ -396,7 +396,8 @@ class DbleakManager:
             reporting.write_json(self.settings.report, results, self.outcomes, meta, self.redact,
                                  leak_failed=self.leak_failures)
         if self.settings.html:
-            html_report.write(self.settings.html, results, self.outcomes, meta, self.redact)
+            html_report.write(self.settings.html, results, self.outcomes, meta, self.redact,
+                              leak_failed=self.leak_failures)
 
     def _server_meta(self) -> dict[str, Any]:
         info = self.runtime.info

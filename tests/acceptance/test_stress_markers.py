@@ -23,7 +23,10 @@ BACKEND = "--dbleak-backend=process"
 
 def run(pytester: pytest.Pytester, *args: str, **modules: str) -> pytest.RunResult:
     pytester.makepyfile(**modules)
-    return pytester.runpytest_subprocess(*args, "-p", "no:cacheprovider", "-rA")
+    # The inner tests must run in file order: the checks read PASSED lines in that order.
+    return pytester.runpytest_subprocess(
+        *args, "-p", "no:cacheprovider", "-p", "no:randomly", "-rA"
+    )
 
 
 def run_dbleak(pytester: pytest.Pytester, **modules: str) -> pytest.RunResult:

@@ -385,3 +385,15 @@ def test_write_failure_keeps_the_old_report(
 def test_module_does_not_import_pytest() -> None:
     source = Path(hr.__file__).read_text(encoding="utf-8")
     assert not re.search(r"^\s*(import|from)\s+_?pytest\b", source, re.M)
+
+
+def test_the_header_counts_checked_tests_and_only_leak_failures(mixed: list[CheckResult]) -> None:
+    # A skipped test was not checked; a test that failed on its own and leaked did not
+    # fail because of the leak.
+    over_limit = [r.nodeid for r in mixed if hr.status(r) == hr.FAILED]
+    outcomes = {r.nodeid: "passed" for r in mixed} | {mixed[0].nodeid: "skipped"}
+    doc = parse(hr.render(mixed, outcomes, {}, identity, leak_failed=over_limit[1:]))
+    stats = {e.attrs["data-stat"]: "".join(doc.elements[doc.elements.index(e) + 1].text)
+             for e in doc.find("div", "card")}
+    assert stats["tests-checked"] == str(len(mixed) - 1)
+    assert stats["failed-by-a-leak"] == str(len(over_limit) - 1)

@@ -25,6 +25,13 @@ from reference_app.tests.leaks import proof
             None,
             "reference_app/regressions.py:155",
         ),
+        (  # a statement stuck behind the leaked transaction, interrupted by the lock watch
+            "dbleak: 0 connections leaked over 50 runs (lock_wait) at "
+            "reference_app/services/notifications.py:218",
+            "lock_wait",
+            "50",
+            "reference_app/services/notifications.py:218",
+        ),
         (
             "dbleak: 3 connections leaked, 1 allowed (2 checked_out, 1 server_connection)",
             "2 checked_out, 1 server_connection",
@@ -71,3 +78,15 @@ def test_only_this_folder_whole_is_the_main_job(pytester: pytest.Pytester) -> No
     assert not proof.is_main_job(selected, [object()])  # type: ignore[list-item]
     one_file = pytester.parseconfig(str(proof.HERE / "test_http_load.py"))
     assert not proof.is_main_job(one_file, [object()])  # type: ignore[list-item]
+
+
+def test_the_bugs_are_switched_on_only_after_a_clean_run() -> None:
+    server = "process backend, server 10.11.19-MariaDB"
+    assert proof.statement([], 2, 6, 17, server) == [
+        "The suite leaks on process backend, server 10.11.19-MariaDB (2 of 17 checked tests): "
+        "the seed's bugs were not switched on."
+    ]
+    assert proof.statement([], 0, 1, 17, server) == [
+        "No leaks in 17 checked tests on process backend, server 10.11.19-MariaDB, but the run "
+        "failed (exit status 1): the seed's bugs were not switched on."
+    ]

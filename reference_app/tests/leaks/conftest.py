@@ -95,10 +95,17 @@ def app_session(app: Flask) -> Iterator[None]:
 
 # -- the main job's closing statement (proof.py) ----------------------------------------
 _ITEMS = pytest.StashKey[list[pytest.Item]]()
+_SERVER = pytest.StashKey[str]()
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
+    from pytest_dbleak.manager import MANAGER
+
     session.config.stash[_ITEMS] = list(session.items)
+    manager = session.config.stash.get(MANAGER, None)
+    info = manager.runtime.info if manager is not None else None
+    if info is not None:  # read now: the server is gone by the terminal summary
+        session.config.stash[_SERVER] = f"{info.backend} backend, server {info.version}"
 
 
 @pytest.hookimpl(trylast=True)
@@ -108,15 +115,15 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
     from . import proof
 
-    manager = config.stash.get(MANAGER, None)
     items = config.stash.get(_ITEMS, [])
-    if manager is None or not manager.settings.enabled or manager.runtime.info is None:
+    server = config.stash.get(_SERVER, None)
+    manager = config.stash.get(MANAGER, None)
+    if not proof.is_main_job(config, items) or manager is None or server is None:
         return
-    if not proof.is_main_job(config, items):
+    if not manager.settings.enabled:
         return
     checked = [r for r in manager.results.values() if manager.outcomes.get(r.nodeid) != "skipped"]
-    clean = exitstatus == 0 and not any(r.leaks for r in manager.results.values())
-    server = f"{manager.runtime.info.backend} backend, server {manager.runtime.info.version}"
+    leaking = sum(1 for r in manager.results.values() if r.leaks)
     terminalreporter.write_sep("=", "reference app: what this run showed", bold=True)
-    for line in proof.statement(config, items, clean, len(checked), server):
+    for line in proof.statement(items, leaking, exitstatus, len(checked), server):
         terminalreporter.write_line(line)

@@ -44,7 +44,7 @@ CATCHERS: dict[str, str] = {
 
 # "dbleak: 60 connections leaked over 1000 runs (1 in 17) (60 checked_out) at app.py:12"
 _HEADLINE = re.compile(
-    r"dbleak: (?P<count>\d+) connections? leaked(?: over (?P<runs>\d+) runs? \([^()]*\))?"
+    r"dbleak: (?P<count>\d+) connections? leaked(?: over (?P<runs>\d+) runs?(?: \(1 in \d+\))?)?"
     r"(?:, \d+ allowed)? \((?P<kinds>[^()]*)\)(?: at (?P<site>\S+))?"
 )
 
@@ -92,7 +92,8 @@ def catch(bug: str, test: str, marker: str, backend: str) -> Catch:
     )
     found = _HEADLINE.search(done.stdout)
     if done.returncode not in (1, 6) or found is None:
-        return Catch(bug, test, marker, f"NOT caught (exit {done.returncode})", "", False)
+        last = (done.stdout.strip().splitlines() or ["no output"])[-1].strip("= ")
+        return Catch(bug, test, marker, f"NOT caught (exit {done.returncode}: {last})", "", False)
     leaked = found["kinds"]
     if found["runs"]:
         leaked += f" over {found['runs']} runs"
@@ -100,11 +101,19 @@ def catch(bug: str, test: str, marker: str, backend: str) -> Catch:
 
 
 def statement(
-    config: pytest.Config, items: Sequence[pytest.Item], clean: bool, checked: int, server: str
+    items: Sequence[pytest.Item], leaking: int, exitstatus: int, checked: int, server: str
 ) -> list[str]:
-    """The lines that end the main job."""
-    if not clean:
-        return [f"The suite is not clean on {server}: the bugs were not switched on."]
+    """The lines that end the main job; the bugs are switched on only after a clean run."""
+    if leaking:
+        return [
+            f"The suite leaks on {server} ({leaking} of {checked} checked tests): "
+            "the seed's bugs were not switched on."
+        ]
+    if exitstatus != 0:
+        return [
+            f"No leaks in {checked} checked tests on {server}, but the run failed "
+            f"(exit status {exitstatus}): the seed's bugs were not switched on."
+        ]
     by_id = {item.nodeid.split("leaks/")[-1]: item for item in items}
     backend = server.split(" ")[0]
     started = time.monotonic()
