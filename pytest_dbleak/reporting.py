@@ -27,6 +27,10 @@ def plural(n: int, word: str) -> str:
 
 def rate(result: CheckResult) -> str:
     """'4 connections leaked over 100 runs (1 in 25)' for stressed tests."""
+    stuck = sum(1 for leak in result.leaks if leak.kind == LOCK_WAIT)
+    if stuck and not result.leaked:  # a statement stuck behind a lock, no connection
+        text = f"{plural(stuck, 'statement')} stuck behind a lock"
+        return text + (f" over {plural(result.runs, 'run')}" if result.runs else "")
     text = f"{plural(result.leaked, 'connection')} leaked"
     if result.runs:
         text += f" over {plural(result.runs, 'run')}"

@@ -291,3 +291,12 @@ def test_kinds_that_add_no_connection_are_left_out_of_the_counts() -> None:
     r = result(checked_out(kind="gc_return"), engine)
     assert reporting.headline(r) == (
         "dbleak: 1 connection leaked (1 gc_return) at tests/test_orders.py:16")
+
+
+def test_a_statement_stuck_behind_a_lock_without_a_leaked_connection_says_so() -> None:
+    from pytest_dbleak.results import LOCK_WAIT, CheckResult, Leak
+
+    stuck = Leak(LOCK_WAIT, 0, "statement on server connection 8 waited 5 s")
+    result = CheckResult("t.py::test_x", [stuck], runs=50)
+    assert reporting.headline(result) == (
+        "dbleak: 1 statement stuck behind a lock over 50 runs (lock_wait)")
