@@ -24,6 +24,13 @@ def _local_mysql_reachable() -> bool:
     return True
 
 
+@pytest.fixture(autouse=True)
+def _inner_runs_keep_their_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytest-randomly is installed for the order tests, which turn it on with
+    ``-p randomly``; every other inner pytest run keeps the order its assertions read."""
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:randomly")
+
+
 @pytest.fixture(scope="session")
 def local_mysql_url() -> str:
     """Admin URL of the machine's MariaDB, or a skip that says where it was looked for."""
@@ -32,10 +39,46 @@ def local_mysql_url() -> str:
     return LOCAL_MYSQL_URL
 
 
-@pytest.fixture(params=["process", "url"])
+# The docker backend's tests run a local image built by tools/docker-image/build.sh
+# (.ci/run builds it and exports this variable): no registry is reachable here.
+DOCKER_TEST_IMAGE = os.environ.get("DBLEAK_TEST_DOCKER_IMAGE", "dbleak-mariadb:bookworm")
+# Where .ci/run started a daemon of its own. Only the docker tests see it: the rest of the
+# suite keeps the machine's own view of Docker.
+DOCKER_TEST_HOST = os.environ.get("DBLEAK_TEST_DOCKER_HOST")
+_docker_skip: list[str] = []  # the reason, once known; [""] when Docker is usable
+
+
+@pytest.fixture
+def docker_test_image(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The docker backend's test image, or a skip that names Docker and says why."""
+    from pytest_dbleak.containers import docker_available, ensure_image
+
+    if DOCKER_TEST_HOST:
+        monkeypatch.setenv("DOCKER_HOST", DOCKER_TEST_HOST)
+    if not _docker_skip:
+        if not docker_available():
+            _docker_skip.append("no Docker daemon answers (docker backend; .ci/run starts one)")
+        else:
+            try:
+                ensure_image(DOCKER_TEST_IMAGE, timeout=10)
+                _docker_skip.append("")
+            except Exception as exc:  # noqa: BLE001 - any reason the image cannot be had
+                _docker_skip.append(
+                    f"Docker answers but has no {DOCKER_TEST_IMAGE} (docker backend; "
+                    f"tools/docker-image/build.sh builds it): {exc}"
+                )
+    if _docker_skip[0]:
+        pytest.skip(_docker_skip[0])
+    return DOCKER_TEST_IMAGE
+
+
+@pytest.fixture(params=["process", "url", "docker"])
 def backend_args(request: pytest.FixtureRequest) -> list[str]:
     """CLI arguments that select each backend in turn for a pytester run."""
     if request.param == "url":
         url = request.getfixturevalue("local_mysql_url")
         return ["--dbleak-backend=url", f"--dbleak-mysql-url={url}"]
+    if request.param == "docker":
+        image = request.getfixturevalue("docker_test_image")
+        return ["--dbleak-backend=docker", f"--dbleak-image={image}"]
     return ["--dbleak-backend=process"]

@@ -112,6 +112,19 @@ def test_case(case, engine, dbleak_mysql_url):
         conn = engine.connect()
         _query(conn)
         threading.Timer(0.1, conn.close).start()
+    elif kind == "finished_thread":
+        worker = threading.Thread(target=lambda: KEEP.append(engine.connect()))
+        worker.start()
+        worker.join()
+    elif kind == "live_thread":
+        # Holds its connection past the settle time, then lets go of it and ends.
+        def hold():
+            conn = engine.connect()
+            done.wait(3)
+            conn.close()
+        done = threading.Event()
+        threading.Thread(target=hold, daemon=True).start()
+        KEEP.append(done)
 '''
 
 KINDS = {
@@ -120,12 +133,15 @@ KINDS = {
     "checked_out": "leak: pooled connection left checked out",
     "server_connection": "leak: raw PyMySQL connection left open",
     "settles": "suspect: connection returned by a thread 0.1 s after the test",
+    "finished_thread": "leak: checked out by a thread of the test that has finished",
+    "live_thread": "leak: held by a background thread still running",
 }
 
 
 def cases(clean: int) -> list[str]:
-    leaky = ["checked_out-0", "server_connection-0", "settles-0", "checked_out-1",
-             "server_connection-1", "settles-1", "checked_out-2"]
+    leaky = ["checked_out-0", "server_connection-0", "settles-0", "finished_thread-0",
+             "live_thread-0", "checked_out-1", "server_connection-1", "settles-1",
+             "finished_thread-1", "live_thread-1", "checked_out-2"]
     out, k = [], 0
     for i in range(clean):
         # Blocks of two checked, two unchecked: the second of each pair is compared (a
@@ -161,9 +177,12 @@ def main() -> int:
     base = [*c.PYTEST, "-q", "-p", "pytest_dbleak.plugin", "--dbleak-backend=process",
             f"--dbleak-cache-dir={work.path / 'cache'}", "test_verdicts.py"]
     on = [*base[:3], "--dbleak", f"--dbleak-report={report}", *base[3:]]
+    known = work.path / "baseline.json"  # recorded by the warm-up run of its mode
     modes = {
         "--dbleak (default settle)": on,
         "--dbleak --dbleak-settle-timeout=0.2": [*on[:3], "--dbleak-settle-timeout=0.2", *on[3:]],
+        "--dbleak, every leak known in a baseline": [*on[:3], f"--dbleak-baseline={known}",
+                                                     *on[3:]],
         "without --dbleak": base,
     }
 

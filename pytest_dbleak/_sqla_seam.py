@@ -21,7 +21,7 @@ No pytest import.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy
 from sqlalchemy import event
@@ -32,7 +32,18 @@ from sqlalchemy.pool.base import reset_none
 from .errors import DbleakError
 
 if TYPE_CHECKING:
-    from .tracking import Tracker
+    from collections.abc import Mapping
+
+
+class Tracking(Protocol):
+    """What prove() reads of the tracker (tracking.Tracker), without importing it."""
+
+    @property
+    def states(self) -> Mapping[Pool, Any]: ...
+
+    def mark(self) -> int: ...
+
+    def forget_since(self, mark: int, pools: tuple[Pool, ...]) -> None: ...
 
 CHECKED_ON = "SQLAlchemy 2.0.58 and 2.1.9"
 # Pool events listened to on the Pool class; "connect" is listened to per pool, so that
@@ -155,7 +166,7 @@ def prove_reset_on_return(default_pool: Pool, no_reset_pool: Pool) -> None:
 
 
 # -- the proof, at install ------------------------------------------------------------
-def prove(tracker: Tracker) -> None:
+def prove(tracker: Tracking) -> None:
     """Open and return one connection of throw-away SQLite pools and engines, and check
     that every event the tracker relies on arrived with its pool known."""
     import sqlite3

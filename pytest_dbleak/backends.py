@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .containers import docker_available
 from .errors import DbleakError, Redactor
 from .probe import Endpoint
 
@@ -76,6 +77,7 @@ class RunningServer:
     endpoint: Endpoint
     owned: bool  # the plugin started it: every client connection on it is ours
     stop: Callable[[], None] = lambda: None
+    notes: list[str] = field(default_factory=list)  # one-line remarks for the terminal
 
     @property
     def where(self) -> str:
@@ -110,61 +112,28 @@ def parse_mysql_url(url: str) -> Endpoint:
 
 
 def start_url(url: str, timeout: float) -> RunningServer:
-    endpoint = parse_mysql_url(url)
-    return RunningServer("url", endpoint, owned=False)
+    """The given server, once a login succeeded within the startup timeout.
+
+    Nothing listening, or a refused login, fails at once; a server that accepts the TCP
+    connection but does not greet (still starting, a slow network) gets `timeout`.
+    """
+    import pymysql
+
+    server = RunningServer("url", parse_mysql_url(url), owned=False)
+    limit = max(0.5, timeout)
+    try:
+        server.endpoint.connect(timeout=limit, read_timeout=limit).close()
+    except pymysql.err.Error as exc:
+        raise connect_error(server, exc) from None
+    return server
 
 
 # -- docker ----------------------------------------------------------------------
-def docker_available() -> bool:
-    """True when a Docker daemon answers a ping within a second."""
-    host = os.environ.get("DOCKER_HOST", "")
-    if not host and not os.path.exists("/var/run/docker.sock"):
-        return False  # the usual case without Docker: skip importing the SDK
-    try:
-        import docker  # testcontainers' dependency
-    except ImportError:
-        return False
-    try:
-        client = docker.from_env(timeout=1)
-    except Exception:  # noqa: BLE001 - no socket, no config: no daemon
-        return False
-    try:
-        return bool(client.ping())
-    except Exception:  # noqa: BLE001 - the daemon did not answer
-        return False
-    finally:
-        client.close()
-
-
 def start_docker(image: str, timeout: float) -> RunningServer:
-    try:
-        from testcontainers.community.mysql import MySqlContainer
-    except ImportError:  # testcontainers < 4.13 kept it at the top level
-        try:
-            from testcontainers.mysql import MySqlContainer
-        except ImportError:
-            MySqlContainer = None  # type: ignore[assignment,misc]
-    if MySqlContainer is None:
-        raise DbleakError(
-            "the docker backend needs testcontainers: pip install 'pytest-dbleak[docker]'"
-        ) from None
-    if not docker_available():
-        raise DbleakError("the docker backend needs a running Docker daemon; none answered")
-    root_password = secrets.token_hex(16)
-    container = MySqlContainer(
-        image, username="dbleak", password=secrets.token_hex(16),
-        root_password=root_password, dbname="dbleak",
-    )
-    try:
-        container.start()  # testcontainers waits for the server; Ryuk reaps it if we die
-    except Exception as exc:  # noqa: BLE001 - docker SDK and wait errors vary by version
-        with contextlib.suppress(Exception):
-            container.stop()
-        raise DbleakError(f"the {image} container did not start: {_one_line(exc)}") from None
-    host = container.get_container_host_ip()
-    port = int(container.get_exposed_port(3306))
-    endpoint = Endpoint(host=host, port=port, user="root", password=root_password)
-    return RunningServer("docker", endpoint, owned=True, stop=container.stop)
+    from . import containers
+
+    endpoint, stop, notes = containers.start(image, timeout)
+    return RunningServer("docker", endpoint, owned=True, stop=stop, notes=notes)
 
 
 # -- process ---------------------------------------------------------------------
@@ -202,13 +171,34 @@ def _user_flags() -> list[str]:
     return ["--user=root"] if os.geteuid() == 0 else []
 
 
+def usable_cache(cache: Path) -> None:
+    """Create the cache folder if need be and write in it, or say in one line why not."""
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=cache)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        if cache.exists() and not cache.is_dir():
+            wrong = "it is a file, not a folder"
+        elif cache.is_dir():
+            wrong = f"cannot write in it ({exc.strerror or exc})"
+        else:
+            parent = next((p for p in cache.parents if p.exists()), cache.anchor)
+            wrong = f"cannot create it under {parent} ({exc.strerror or exc})"
+        raise DbleakError(
+            f"the template cache folder {cache} cannot be used: {wrong}; "
+            "choose another with --dbleak-cache-dir"
+        ) from None
+
+
 def ensure_template(binary: str, cache: Path) -> Path:
     """An initialised datadir for `binary`, built once and shared by every session.
 
     Parallel sessions (pytest-xdist, several pytest runs) serialise on a lock file, and
     the template appears atomically by rename, so nobody copies a half-built one.
     """
-    cache.mkdir(parents=True, exist_ok=True)
+    usable_cache(cache)
     template = cache / f"template-{_template_key(binary)}"
     if (template / "READY").exists():
         return template
@@ -440,15 +430,31 @@ def launch(
                 "the url backend needs --dbleak-mysql-url or DBLEAK_MYSQL_URL"
             )
         return Launch(lambda: start_url(mysql_url, timeout))
-    if backend == "docker" or (backend == "auto" and docker_available()):
+    if backend == "docker":
         return Launch(lambda: start_docker(image, timeout))
     binary = find_mysqld(mysqld)
+    if backend == "auto" and docker_available():
+        return Launch(lambda: _docker_else_process(image, binary, cache, timeout))
     if backend == "process" or binary is not None:
         return launch_process(binary, cache, timeout)
     raise DbleakError(
         "no MySQL server available: give --dbleak-mysql-url (url backend), start Docker "
         "(docker backend), or install mariadbd/mysqld (process backend)"
     )
+
+
+def _docker_else_process(
+    image: str, binary: str | None, cache: Path, timeout: float
+) -> RunningServer:
+    """auto with a daemon: docker, unless it cannot give us a server and mariadbd can."""
+    try:
+        return start_docker(image, timeout)
+    except DbleakError as exc:
+        if binary is None:
+            raise
+        server = start_process(binary, cache, timeout)
+        server.notes.append(f"docker backend unavailable ({exc}); using the process backend")
+        return server
 
 
 def start(

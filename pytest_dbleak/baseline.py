@@ -43,13 +43,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import DbleakError
+from .files import write_atomic
+from .reporting import plural
 from .results import KINDS, CheckResult
 
 log = logging.getLogger(__name__)
@@ -259,7 +260,7 @@ class Baseline:
         known = sum(1 for j in judgements if j.known)
         failing = sum(1 for j in judgements if j.failing)
         gone = self.gone(results)
-        parts = [f"{_plural(known, 'known leak')} still present"]
+        parts = [f"{plural(known, 'known leak')} still present"]
         if failing:
             parts.append(f"{failing} new or larger")
         text = "baseline: " + ", ".join(parts)
@@ -272,8 +273,6 @@ class Baseline:
         return text
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def load(path: str | os.PathLike[str]) -> Baseline | None:
@@ -299,16 +298,7 @@ def load(path: str | os.PathLike[str]) -> Baseline | None:
 def save(path: str | os.PathLike[str], results: Iterable[CheckResult]) -> Baseline:
     """Record the leaks of results to path, atomically; returns what was written."""
     baseline = Baseline.from_results(results)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as handle:
-            handle.write(baseline.dumps())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    target = write_atomic(path, baseline.dumps())
     log.debug("recorded %d leaking tests to baseline %s", len(baseline.tests), target)
     return baseline
 
@@ -317,5 +307,5 @@ def recorded_line(path: str | os.PathLike[str], baseline: Baseline) -> str:
     """The terminal line of a recording run."""
     n = len(baseline.tests)
     connections = sum(sum(c.values()) for c in baseline.tests.values())
-    return (f"baseline: recorded {_plural(n, 'leaking test')} "
-            f"({_plural(connections, 'connection')}) to {os.fspath(path)}")
+    return (f"baseline: recorded {plural(n, 'leaking test')} "
+            f"({plural(connections, 'connection')}) to {os.fspath(path)}")

@@ -24,7 +24,7 @@ from .stacks import Frame
 from .tracking import Tracker
 
 if TYPE_CHECKING:
-    from .detector import Window
+    from .window import Window
 
 # (kind, count, what, stack, thread) -> Leak, with the user's sites
 LeakFactory = Callable[[str, int, str, tuple[Frame, ...], "str | None"], Leak]

@@ -7,11 +7,10 @@ window did not create explains it as an idle connection.
 
 from __future__ import annotations
 
-import os
-import sysconfig
+import gc
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 from .beyond_pools import BeyondPools
@@ -26,36 +25,10 @@ from .results import (
     CheckResult,
     Counts,
     Leak,
-    Site,
 )
-from .tracking import ConnState, Frame, Tracker
-
-_LIBRARY_DIRS = tuple(
-    {
-        os.path.realpath(p) + os.sep
-        for key in ("stdlib", "platstdlib", "purelib", "platlib")
-        if (p := sysconfig.get_paths().get(key))
-    }
-    | {os.path.dirname(os.path.realpath(__file__)) + os.sep}
-)
-_MACHINERY = tuple(
-    f"{os.sep}{name}{os.sep}"
-    for name in ("sqlalchemy", "pymysql", "pytest_dbleak", "_pytest", "pluggy", "flask_sqlalchemy",
-                 "MySQLdb", "mysql", "mariadb", "aiomysql", "asyncmy", "greenlet", "asyncio")
-)
-
-
-@dataclass
-class Window:
-    """The state at the start of a test or block."""
-
-    seq: int
-    server: ServerSnapshot
-    trx_before: set[int]
-    checked_out: int
-    started: float = field(default_factory=time.monotonic)
-    # Open transactions (thread id -> trx id) of idle connections no pool holds (BeyondPools)
-    server_trx: dict[int, str] | None = None
+from .sites import user_sites
+from .tracking import Checkout, ConnState, Frame, PoolState, Tracker
+from .window import Window
 
 
 class Detector:
@@ -73,7 +46,9 @@ class Detector:
             tracker, monitor, users, self._leak, lambda stack: user_sites(stack, root)
         )
         self._last: ServerSnapshot | None = None
-        self._lock = threading.Lock()
+        # How to take back each leak of the last collection, with the server connections
+        # it holds: see reclaim().
+        self._undo: list[tuple[list[int], Callable[[], None]]] = []
 
     # -- windows -----------------------------------------------------------------
     def begin(self, *, reuse: bool = False) -> Window:
@@ -86,21 +61,35 @@ class Detector:
             server_trx=self.beyond.transactions_before(server),
         )
 
-    def finish(self, window: Window, nodeid: str, *, allow: int, settle: float) -> CheckResult:
+    def finish(self, window: Window, nodeid: str, *, allow: int, settle: float,
+               patient: bool = False) -> CheckResult:
+        """The verdict of `window`. `patient`: re-check every suspicion for up to `settle`
+        (the test asked for its settle time), not only those that can still change."""
+        started = time.monotonic()
         leaks, snap = self._collect(window)
-        waited_from = time.monotonic()
-        delay = 0.01
         rechecked = False
-        # Re-check with backoff: a closed connection lingers in the processlist for a
-        # moment, and a background thread may be returning its connection right now.
-        while leaks and time.monotonic() - waited_from < settle:
+        if leaks and settle > 0 and any(_gc_may_return(leak) for leak in leaks):
             rechecked = True
-            time.sleep(min(delay, max(0.0, settle - (time.monotonic() - waited_from))))
+            # A connection nobody references any more but a reference cycle: one
+            # collection gives it back now, rather than some later test's.
+            gc.collect()
+            leaks, snap = self._collect(window)
+        delay = 0.01
+        # Re-check only what can still change - a server row that lags behind a close, a
+        # connection held by a thread that is still running - with backoff, for at most
+        # `settle`. A leak whose holder is gone is judged at once.
+        while leaks and (patient or _started_threads_running(window)
+                         or any(_may_change(leak) for leak in leaks)):
+            left = settle - (time.monotonic() - started)
+            if left <= 0:
+                break
+            rechecked = True
+            time.sleep(min(delay, left))
             delay = min(delay * 2, 0.05)  # notice a suspicion clearing within 50 ms
             leaks, snap = self._collect(window)
-        # The time spent re-checking, also when the suspicion cleared: 0 only for a test
-        # that was clean at the first look.
-        waited = time.monotonic() - waited_from if rechecked else 0.0
+        # The time spent judging a suspicion, also when it cleared: 0 only for a test that
+        # was clean at the first look.
+        waited = time.monotonic() - started if rechecked else 0.0
         self._last = snap
         if leaks:
             self._describe_transactions(leaks)
@@ -113,6 +102,26 @@ class Detector:
             after=self._counts(snap, self.tracker.checked_out_count()),
             waited=round(waited, 4),
         )
+
+    def reclaim(self, result: CheckResult) -> None:
+        """Take back what `result` leaked, so later tests start from a healthy pool and
+        server: checked-out connections invalidated (which returns them to their pool),
+        open transactions rolled back, undisposed engines disposed, and server
+        connections of the session's user that no pool owns killed."""
+        kill = {i for leak in result.leaks if leak.kind == SERVER_CONNECTION
+                for i in leak.connection_ids}
+        for ids, action in self._undo:  # the last collection: the one `result` came from
+            try:
+                action()
+            except Exception:  # noqa: BLE001 - the leaked object may be in any state
+                kill.update(ids)
+        self._undo = []
+        for ident in sorted(kill):
+            try:
+                self.monitor.query(f"KILL CONNECTION {int(ident)}")
+            except Exception:  # noqa: BLE001 - it may have gone by itself meanwhile
+                continue
+        self._last = None  # the next window starts from what is left now
 
     def forget_baseline(self) -> None:
         """The next window takes a fresh snapshot: an unchecked test ran in between."""
@@ -133,6 +142,7 @@ class Detector:
         snap = self.monitor.snapshot()
         tracker = self.tracker
         leaks: list[Leak] = []
+        undo: dict[int, Callable[[], None]] = {}  # id(leak) -> how to take it back
         by_conn: dict[int, Leak] = {}  # server id -> the leak that already covers it
 
         for conn in tracker.connections():
@@ -142,6 +152,7 @@ class Detector:
                     leak = self._leak(CHECKED_OUT, 1, _conn_what(conn, "checked out"),
                                       co.stack, co.thread)
                     leaks.append(self._with_conn(leak, conn, by_conn))
+                    undo[id(leak)] = _invalidate(co)
             elif conn.in_trx and conn.checkin_seq >= w.seq and conn.serial not in w.trx_before:
                 last = conn.last_checkout
                 leak = self._leak(
@@ -149,13 +160,16 @@ class Detector:
                     last.stack if last else conn.stack, last.thread if last else None,
                 )
                 leaks.append(self._with_conn(leak, conn, by_conn))
+                undo[id(leak)] = _rollback(conn)
 
-        for gc in tracker.gc_returns_since(w.seq):
-            if not gc.checkout.owned:
+        gc_returned: set[int] = set()  # id() of ConnStates already counted as gc_return
+        for ret in tracker.gc_returns_since(w.seq):
+            if not ret.checkout.owned:
+                gc_returned.add(id(ret.conn))
                 leaks.append(self._leak(
                     GC_RETURN, 1,
-                    _conn_what(gc.conn, "was checked out here and dropped without close()"),
-                    gc.checkout.stack, gc.checkout.thread,
+                    _conn_what(ret.conn, "was checked out here and dropped without close()"),
+                    ret.checkout.stack, ret.checkout.thread,
                 ))
 
         for pool in tracker.pools_created_since(w.seq):
@@ -164,17 +178,26 @@ class Detector:
             held = [c for c in pool.open.values() if c.checkout is None and not c.in_trx]
             if not held:
                 continue
+            # A connection the gc gave back is already one leak: count each connection once.
+            counted = [c for c in held if id(c) in gc_returned]
             state = "still alive" if pool.alive else "reclaimed by the garbage collector"
             what = (f"{pool.pool_class} {state} without dispose(), holding "
-                    f"{len(held)} server connection{'s' if len(held) != 1 else ''}")
-            leak = self._leak(UNDISPOSED_ENGINE, len(held), what, pool.stack, pool.thread)
+                    f"{_connections(held)}")
+            if counted:
+                what += (" (already counted as gc_return)" if len(counted) == len(held)
+                         else f" ({len(counted)} of them already counted as gc_return)")
+            leak = self._leak(
+                UNDISPOSED_ENGINE, len(held) - len(counted), what, pool.stack, pool.thread
+            )
             for conn in held:
                 self._with_conn(leak, conn, by_conn)
             leaks.append(leak)
+            undo[id(leak)] = _dispose(pool)
 
         leaks.extend(self.beyond.transaction_leaks(w, snap, by_conn, self.owned_ids))
         leaks.extend(self.beyond.fork_shared_leaks(w.seq))
         leaks.extend(self._server_leaks(w, snap, by_conn))
+        self._undo = [(leak.connection_ids, undo[id(leak)]) for leak in leaks if id(leak) in undo]
         for ident, leak in by_conn.items():
             row = snap.rows.get(ident)
             if row is not None and not any(r["id"] == ident for r in leak.processlist):
@@ -251,30 +274,64 @@ class Detector:
         return Counts(len(snap.ids_of(self.users)), snap.threads_connected, checked_out)
 
 
+def _invalidate(checkout: Checkout) -> Callable[[], None]:
+    def undo() -> None:
+        fairy = checkout.fairy() if checkout.fairy is not None else None
+        if fairy is not None and fairy.dbapi_connection is not None:
+            fairy.invalidate()  # closes it and gives the pool its slot back
+    return undo
+
+
+def _rollback(conn: ConnState) -> Callable[[], None]:
+    def undo() -> None:
+        dbapi = conn.ref() if conn.ref is not None else None
+        if dbapi is not None and conn.checkout is None:
+            dbapi.rollback()
+            conn.in_trx = False
+    return undo
+
+
+def _dispose(pool: PoolState) -> Callable[[], None]:
+    def undo() -> None:
+        target = pool.ref()
+        if target is not None:
+            target.dispose()
+    return undo
+
+
+def _holder_running(thread: str | None) -> bool:
+    """Whether a thread of that name, other than this one, still runs: it may still give
+    back what it holds. Names are not unique, so a namesake counts as running - the
+    safe side: the leak is re-checked as it always was."""
+    if thread is None:
+        return False
+    current = threading.current_thread()
+    return any(t.name == thread for t in threading.enumerate() if t is not current)
+
+
+def _started_threads_running(window: Window) -> bool:
+    current = threading.current_thread()
+    return any(t.ident not in window.threads for t in threading.enumerate() if t is not current)
+
+
+def _may_change(leak: Leak) -> bool:
+    if leak.kind == GC_RETURN:
+        return False  # it happened
+    if leak.kind == SERVER_CONNECTION and not leak.stack and leak.thread is None:
+        return True  # opened by nobody this process saw: may be a close the server lags on
+    return _holder_running(leak.thread)
+
+
+def _gc_may_return(leak: Leak) -> bool:
+    return leak.kind in (CHECKED_OUT, SERVER_CONNECTION) and not _holder_running(leak.thread)
+
+
+def _connections(conns: list[ConnState]) -> str:
+    """'2 server connections' - or '2 connections' where there is no server (SQLite)."""
+    server = "server " if all(c.thread_id is not None for c in conns) else ""
+    return f"{len(conns)} {server}connection{'s' if len(conns) != 1 else ''}"
+
+
 def _conn_what(conn: ConnState, state: str) -> str:
     ident = f"server connection {conn.thread_id}" if conn.thread_id is not None else "connection"
     return f"{ident} of {conn.pool.pool_class} {state}"
-
-
-def user_sites(stack: tuple[Frame, ...], root: Path, limit: int = 8) -> list[Site]:
-    """The frames of user code in `stack` (innermost first), outermost first.
-
-    Library frames (site-packages, the standard library, this plugin) are dropped; if
-    nothing is left - say, the project itself is installed - only the database
-    machinery is dropped.
-    """
-    frames = [f for f in stack if not _is_library(f[0])]
-    if not frames:
-        frames = [f for f in stack if not any(m in f[0] for m in _MACHINERY)]
-    return [Site(_relative(f[0], root), f[1], f[2]) for f in frames[:limit]][::-1]
-
-
-def _is_library(filename: str) -> bool:
-    return filename.startswith("<") or filename.startswith(_LIBRARY_DIRS)
-
-
-def _relative(filename: str, root: Path) -> str:
-    try:
-        return str(Path(filename).relative_to(root))
-    except ValueError:
-        return filename

@@ -10,6 +10,23 @@ _URL_PASSWORD = re.compile(
 )
 
 
+# Top-level modules that each extra of pyproject.toml brings (with their dependencies).
+EXTRA_MODULES = {
+    "stress": frozenset({"flask", "flask_socketio", "socketio", "engineio", "werkzeug",
+                         "simple_websocket", "websocket", "wsproto"}),
+}
+
+
+def missing_extra(exc: ModuleNotFoundError, extra: str, user: str) -> str | None:
+    """'dbleak_http_load needs the stress extra: pip install ...' if `exc` is about a module
+    of `extra`; None if it is about anything else (a mistake elsewhere stays itself)."""
+    top = (exc.name or "").partition(".")[0]
+    if top not in EXTRA_MODULES[extra]:
+        return None
+    return (f"{user} needs the {extra} extra: pip install 'pytest-dbleak[{extra}]' "
+            f"(no module named {top!r})")
+
+
 class DbleakError(Exception):
     """A problem the user must fix (configuration, server, marker); shown as one line."""
 

@@ -12,7 +12,7 @@ import pytest
 from . import reporting
 from .backends import ServerInfo
 from .database import Database
-from .errors import DbleakError
+from .errors import DbleakError, missing_extra
 from .manager import MANAGER, DbleakManager
 from .probe import ProcessRow
 
@@ -30,7 +30,7 @@ def _fail_setup(exc: DbleakError) -> None:
 def dbleak_server(request: pytest.FixtureRequest) -> ServerInfo:
     """Facts about the session's MySQL server: backend, host, port, socket, version."""
     try:
-        return _manager(request).ensure_server()
+        return _manager(request).runtime.server().info
     except DbleakError as exc:
         _fail_setup(exc)
         raise
@@ -40,7 +40,7 @@ def dbleak_server(request: pytest.FixtureRequest) -> ServerInfo:
 def dbleak_mysql_url(request: pytest.FixtureRequest, dbleak_server: ServerInfo) -> str:
     """SQLAlchemy URL of a fresh database that belongs to this session's own user."""
     try:
-        return _manager(request).ensure_database().url
+        return _manager(request).runtime.database().url
     except DbleakError as exc:
         _fail_setup(exc)
         raise
@@ -73,11 +73,11 @@ class DbleakHandle:
 
     def __init__(self, manager: DbleakManager) -> None:
         self._manager = manager
-        self._detector = manager.ensure_checks()
+        self._detector = manager.runtime.checks().detector
 
     @property
     def url(self) -> str:
-        return self._manager.ensure_database().url
+        return self._manager.runtime.database().url
 
     def snapshot(self) -> Snapshot:
         detector = self._detector
@@ -101,6 +101,7 @@ class DbleakHandle:
         result = self._detector.finish(
             window, "assert_no_leaks()", allow=allow,
             settle=settings.settle_timeout if settle is None else settle,
+            patient=settle is not None,
         )
         if result.leaked > allow:
             text = self._manager.redact(reporting.failure_text(result))
@@ -114,6 +115,18 @@ def dbleak(request: pytest.FixtureRequest, dbleak_mysql_url: str) -> DbleakHandl
 
 
 # -- stress fixtures: each pairs with the marker of the same name ---------------------
+@contextmanager
+def _stress_extra(fixture: str) -> Iterator[None]:
+    """Without the stress extra, the run ends with one line naming it, not a traceback."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        message = missing_extra(exc, "stress", fixture)
+        if message is None:
+            raise
+        pytest.exit(f"dbleak: {message}", returncode=pytest.ExitCode.USAGE_ERROR)
+
+
 class _Stress:
     """Runs a stress runner with the marker's settings and records the runs for the
     leak report's rate ("4 connections leaked over 100 runs (1 in 25)")."""
@@ -129,7 +142,8 @@ class _Stress:
         from .manager import STRESS
 
         try:
-            return call()
+            with _stress_extra(self.kind):
+                return call()
         finally:
             kind, previous = self._item.stash.get(STRESS, (self.kind, 0))
             self._item.stash[STRESS] = (kind, previous + runs)
@@ -141,10 +155,11 @@ class JobsStress(_Stress):
     kind = "dbleak_jobs"
 
     def run(self, *callables: Any) -> Any:
-        from .stress import JobStress
+        with _stress_extra(self.kind):
+            from .stress import JobRunner
 
         s = self.settings
-        runner = JobStress(runs=s.runs, threads=s.threads)
+        runner = JobRunner(runs=s.runs, threads=s.threads)
         return self._run(s.runs * len(callables), lambda: runner.run(*callables))
 
 
@@ -155,10 +170,11 @@ class SocketChurnStress(_Stress):
 
     def run(self, app: Any, socketio: Any, *, namespace: str = "/", auth: Any = None,
             on_connect: Any = None) -> Any:
-        from .stress import SocketChurn
+        with _stress_extra(self.kind):
+            from .stress import SocketChurnRunner
 
         s = self.settings
-        runner = SocketChurn(clients=s.clients, concurrency=s.concurrency, timeout=s.timeout)
+        runner = SocketChurnRunner(clients=s.clients, concurrency=s.concurrency, timeout=s.timeout)
         return self._run(s.clients, lambda: runner.run(
             app, socketio, namespace=namespace, auth=auth, on_connect=on_connect
         ))
@@ -171,10 +187,11 @@ class HttpLoadStress(_Stress):
 
     def run(self, app: Any, path: str, *, method: str = "GET",
             headers: dict[str, str] | None = None, body: bytes | str | None = None) -> Any:
-        from .stress import HttpLoad
+        with _stress_extra(self.kind):
+            from .stress import HttpLoadRunner
 
         s = self.settings
-        runner = HttpLoad(requests=s.requests, concurrency=s.concurrency, timeout=s.timeout)
+        runner = HttpLoadRunner(requests=s.requests, concurrency=s.concurrency, timeout=s.timeout)
         return self._run(s.requests, lambda: runner.run(
             app, path, method=method, headers=headers, body=body
         ))
@@ -212,7 +229,7 @@ def dbleak_database(request: pytest.FixtureRequest, dbleak_server: ServerInfo) -
     """The session database for any driver: ``.url(driver="aiomysql")``,
     ``.connect_kwargs(driver="mysqldb")``, each with that driver's "no TLS" spelling."""
     try:
-        db = _manager(request).ensure_database()
+        db = _manager(request).runtime.database()
     except DbleakError as exc:
         _fail_setup(exc)
         raise

@@ -24,13 +24,14 @@ import json
 import logging
 import os
 import re
-import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from . import reporting
+from .files import write_atomic
 from .results import KIND_TITLES, KINDS, CheckResult, Leak, Site
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,9 @@ def render(
         _timeline(results, esc),
         _leaks(results, outcomes, esc),
     ))
-    page = _PAGE.format(
-        title=esc("pytest-dbleak report"), css=_CSS, body=body, script=_SCRIPT,
+    page = _asset("page.html").format(
+        title=esc("pytest-dbleak report"), css=_asset("report.css"), body=body,
+        script=_asset("report.js"),
     )
     # Texts were redacted one by one before escaping (a secret with '&' in it would not
     # match once escaped); this last pass catches anything that slipped through.
@@ -102,18 +104,7 @@ def write(
 ) -> Path:
     """Render and write the report atomically: readers never see half a file."""
     text = render(results, outcomes, meta, redact)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # A unique temporary name in the same directory: os.replace is atomic only within
-    # one file system, and two writers must not share a temporary file.
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    target = write_atomic(path, text)
     log.debug("wrote HTML report %s (%d bytes)", target, len(text))
     return target
 
@@ -397,9 +388,12 @@ def _leak_item(leak: Leak, esc: _Escaper) -> str:
     elif leak.kind != "server_connection":
         rows.append("<dt>user stack</dt><dd><em>no user code on the stack</em></dd>")
     kind_cls = leak.kind if leak.kind in KINDS else "other"
+    # Grouped leaks (issue 13): the heading counts leaks; connections when they differ.
+    held = ("" if leak.count == leak.occurrences
+            else f' <span class="held">({esc(reporting.plural(leak.count, "connection"))})</span>')
     return (
         f'<div class="leak-item kind-{kind_cls}"><h4><span class="kind">{esc(leak.kind)}</span>'
-        f' &times; {leak.count} <span class="kind-title">{esc(title)}</span></h4>'
+        f' &times; {leak.occurrences} <span class="kind-title">{esc(title)}</span>{held}</h4>'
         f'<dl>{"".join(rows)}</dl>{_processlist(leak.processlist, esc)}</div>'
     )
 
@@ -423,128 +417,5 @@ def _processlist(rows: list[dict[str, Any]], esc: _Escaper) -> str:
 
 
 # -- page ----------------------------------------------------------------------------------
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; \
-style-src 'unsafe-inline'; script-src 'unsafe-inline'">
-<title>{title}</title>
-<style>{css}</style>
-</head>
-<body>
-{body}
-<script>{script}</script>
-</body>
-</html>
-"""
-
-_CSS = """
-:root{--fg:#1f2328;--muted:#656d76;--line:#d0d7de;--bg:#fff;--panel:#f6f8fa;
---server:#2563eb;--checked:#059669;--failed:#dc2626;--known:#b45309;--report-only:#0891b2;
---allowed:#6b7280}
-*{box-sizing:border-box}
-body{margin:0 auto;max-width:1280px;padding:16px 24px 48px;color:var(--fg);background:var(--bg);
-font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif}
-h1{font-size:20px;margin:4px 0 12px}h2{font-size:16px;margin:24px 0 8px}
-code{font:12.5px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
-.cards{display:flex;flex-wrap:wrap;gap:8px}
-.card{border:1px solid var(--line);border-radius:6px;padding:6px 12px;min-width:110px;
-background:var(--panel)}
-.card .value{display:block;font-size:20px;font-weight:600}
-.card .label{color:var(--muted);font-size:12px}
-.card.bad{border-color:var(--failed)}.card.bad .value{color:var(--failed)}
-.card.warn{border-color:var(--known)}
-.facts{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;margin:12px 0 0}
-.facts dt{color:var(--muted)}.facts dd{margin:0}
-#timeline{width:100%;height:auto;display:block;border:1px solid var(--line);border-radius:6px}
-#timeline .plot{fill:#fbfcfd;stroke:var(--line)}
-#timeline .grid{stroke:#eaeef2}#timeline .xtick{stroke:var(--muted)}
-#timeline text{font-size:12px;fill:var(--muted)}
-#timeline .tick.y,#timeline .lane-title{text-anchor:end;dominant-baseline:middle}
-#timeline .tick.x,#timeline .axis-title,#timeline .empty{text-anchor:middle}
-#timeline .empty{font-size:16px}#timeline .tick.x.end{text-anchor:end}
-.series{fill:none;stroke-linejoin:round}
-/* The server line is wider and drawn first, so equal counts show both lines. */
-.series-server{stroke:var(--server);stroke-width:3.5}
-.series-checked-out{stroke:var(--checked);stroke-width:1.75}
-.leak-marker{cursor:pointer}
-.leak-marker .guide{stroke-width:1;stroke-opacity:.35;stroke-dasharray:3 3}
-.leak-marker .dot{stroke-width:2;fill:#fff}
-.leak-marker .on-series{stroke:none}
-.leak-marker:hover .dot{stroke-width:3}
-.leak-marker.failed .dot{fill:var(--failed)}
-.leak-marker.failed .guide,.leak-marker.failed .dot{stroke:var(--failed)}
-.leak-marker.failed .on-series{fill:var(--failed)}
-.leak-marker.known .guide,.leak-marker.known .dot{stroke:var(--known)}
-.leak-marker.known .on-series{fill:var(--known)}
-.leak-marker.report-only .guide,.leak-marker.report-only .dot{stroke:var(--report-only)}
-.leak-marker.report-only .on-series{fill:var(--report-only)}
-.leak-marker.allowed .guide,.leak-marker.allowed .dot{stroke:var(--allowed)}
-.leak-marker.allowed .on-series{fill:var(--allowed)}
-.legend{list-style:none;display:flex;flex-wrap:wrap;gap:4px 18px;padding:0;margin:8px 0 0;
-color:var(--muted)}
-.legend li{display:flex;align-items:center;gap:6px}
-.swatch{display:inline-block;width:22px;height:3px}
-.swatch.series-server{background:var(--server)}.swatch.series-checked-out{background:var(--checked)}
-.key{display:inline-block;width:12px;height:12px;border-radius:50%;border:2px solid;background:#fff}
-.key.failed{border-color:var(--failed);background:var(--failed)}.key.known{border-color:var(--known)}
-.key.report-only{border-color:var(--report-only)}.key.allowed{border-color:var(--allowed)}
-.hint{color:var(--muted);font-size:12px;margin:4px 0 0}
-.toolbar{display:flex;gap:8px;margin:0 0 8px}
-html:not([data-js]) .toolbar{display:none}
-.toolbar button{font:inherit;font-size:12px;padding:2px 10px;border:1px solid var(--line);
-border-radius:4px;background:var(--panel);cursor:pointer}
-details.leak{border:1px solid var(--line);border-left:4px solid var(--allowed);border-radius:6px;
-margin:0 0 6px;background:var(--bg)}
-details.leak.failed{border-left-color:var(--failed)}details.leak.known{border-left-color:var(--known)}
-details.leak.report-only{border-left-color:var(--report-only)}
-details.leak:target{outline:2px solid var(--server);outline-offset:1px}
-details.leak>summary{cursor:pointer;padding:6px 10px}
-details.leak .headline{color:var(--muted)}
-.badge{display:inline-block;font-size:11px;font-weight:600;text-transform:uppercase;
-padding:0 6px;border-radius:10px;color:#fff;background:var(--allowed)}
-.badge.failed{background:var(--failed)}.badge.known{background:var(--known)}
-.badge.report-only{background:var(--report-only)}
-details.leak .body{padding:0 12px 10px 24px;border-top:1px solid var(--line)}
-details.leak .counts{color:var(--muted);font-size:12px;margin:8px 0}
-.leak-item{margin:8px 0 12px}
-.leak-item h4{margin:0 0 4px;font-size:13px}
-.leak-item .kind{font:600 12.5px ui-monospace,Menlo,Consolas,monospace}
-.leak-item .kind-title{font-weight:400;color:var(--muted)}
-.leak-item dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;margin:0}
-.leak-item dt{color:var(--muted)}.leak-item dd{margin:0}
-.stack{margin:0;padding-left:20px}
-table.processlist{border-collapse:collapse;margin:6px 0 0;font-size:12px}
-table.processlist caption{text-align:left;color:var(--muted);padding:2px 0}
-table.processlist th,table.processlist td{border:1px solid var(--line);padding:2px 8px;
-text-align:left;font-family:ui-monospace,Menlo,Consolas,monospace}
-table.processlist th{background:var(--panel)}
-.none{color:var(--checked)}
-"""
-
-# Opens the <details> a marker (or a #leak-N link) points to: fragment navigation alone
-# scrolls to a closed <details> without opening it. data-js shows the buttons, which need
-# the script, and tells a browser test the script ran.
-_SCRIPT = """
-(function () {
-  document.documentElement.setAttribute("data-js", "ready");
-  function reveal(hash) {
-    var el = hash && document.getElementById(decodeURIComponent(hash.slice(1)));
-    if (el && el.tagName === "DETAILS") { el.open = true; el.scrollIntoView({block: "start"}); }
-  }
-  document.querySelectorAll("a.leak-marker").forEach(function (a) {
-    a.addEventListener("click", function () { reveal(a.getAttribute("href")); });
-  });
-  window.addEventListener("hashchange", function () { reveal(location.hash); });
-  reveal(location.hash);
-  function all(state) {
-    document.querySelectorAll("details.leak").forEach(function (d) { d.open = state; });
-  }
-  var expand = document.getElementById("expand-all");
-  var collapse = document.getElementById("collapse-all");
-  if (expand) { expand.addEventListener("click", function () { all(true); }); }
-  if (collapse) { collapse.addEventListener("click", function () { all(false); }); }
-})();
-"""
+def _asset(name: str) -> str:
+    return (resources.files(__package__) / "report_assets" / name).read_text(encoding="utf-8")

@@ -1,33 +1,30 @@
-"""The one object that owns a run's state: server, tracker, detector, results.
+"""The one object that owns a run's state: its Runtime (server, database, checks),
+each test's check, and the results.
 
 Registered by plugin.py in ``pytest_configure`` and reachable through
-``config.stash[MANAGER]``; every hook that needs state is a method here.
+``config.stash[MANAGER]``; every hook that needs state is a method here. What a report
+says is verdict.py's; how it reads, reporting.py's.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-import secrets
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from _pytest._code.code import ReprExceptionInfo, ReprFileLocation, ReprTracebackNative
-from _pytest.runner import runtestprotocol
 
-from . import backends, marks, reporting
-from .backends import RunningServer, ServerInfo
+from . import _pytest_seam, marks, reporting, verdict
 from .errors import DbleakError, Redactor, ServerGoneError
-from .probe import Endpoint, Monitor
 from .results import CheckResult
+from .runtime import Runtime
 from .settings import Settings
 
 if TYPE_CHECKING:
     from .baseline import Baseline
-    from .detector import Detector
-    from .tracking import Tracker
+    from .window import Window
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +35,23 @@ MARKS = pytest.StashKey[dict[str, Any]]()  # validated marker values of an item
 STRESS = pytest.StashKey[tuple[str, int]]()  # (stress kind, runs) set by stress fixtures
 
 
-@dataclass(frozen=True)
-class SessionDatabase:
-    """The database and user that belong to this session (or xdist worker)."""
+@dataclass
+class _Check:
+    """One test's (one attempt's) leak check, from its setup to its teardown report."""
 
-    name: str
-    user: str
-    password: str
-    url: str
+    allow: int
+    settle: float
+    patient: bool  # the test set its own settle time: wait it out for every suspicion
+    window: Window | None = None
+    gone: ServerGoneError | None = None
+    placed: bool = False  # the window's end is queued behind the item's own finalizers
+    closed: bool = False
+    result: CheckResult | None = None
+    reports: list[pytest.TestReport] = field(default_factory=list)  # setup, call
+
+
+CHECK = pytest.StashKey[_Check]()
+EARLIER_LEAK = pytest.StashKey[CheckResult]()  # a failing leak of an earlier attempt
 
 
 class DbleakManager:
@@ -53,35 +59,22 @@ class DbleakManager:
         self.config = config
         self.settings = settings
         self.redact = Redactor()
-        self._tracker: Tracker | None = None
-        self.worker = getattr(config, "workerinput", {}).get("workerid", "main")
+        workerinput = getattr(config, "workerinput", {})
+        self.runtime = Runtime(
+            settings, self.redact, worker=workerinput.get("workerid", "main"),
+            shared=workerinput.get("dbleak_server"), root=config.rootpath, note=self._note,
+        )
         self.results: dict[str, CheckResult] = {}
         self.outcomes: dict[str, str] = {}
+        self.status = verdict.DeferredStatus()
+        self._failed_reports: dict[str, pytest.TestReport] = {}  # nodeid -> setup/call
         self.leak_failures: set[str] = set()  # failed because of a leak only
         self.other_failures: set[str] = set()
-        self._server: RunningServer | None = None
-        self._launched: backends.Launch | None = None
-        self._server_error: DbleakError | None = None
-        self.monitor: Monitor | None = None
-        self.info: ServerInfo | None = None
-        self.database: SessionDatabase | None = None
-        self.detector: Detector | None = None
         self.baseline: Baseline | None = None
         self.recording = False  # --dbleak-baseline names a file that does not exist yet
         self._baseline_line = ""
         self._closed = False
 
-    @property
-    def tracker(self) -> Tracker:
-        # Imported on first use: SQLAlchemy costs ~0.15 s to import, and a run that never
-        # touches a database should not pay it.
-        if self._tracker is None:
-            from .tracking import Tracker
-
-            self._tracker = Tracker()
-        return self._tracker
-
-    # -- lifecycle of the server -------------------------------------------------------
     @property
     def is_worker(self) -> bool:
         return hasattr(self.config, "workerinput")
@@ -90,109 +83,14 @@ class DbleakManager:
     def is_controller(self) -> bool:
         return self.config.pluginmanager.has_plugin("dsession")
 
-    def ensure_server(self) -> ServerInfo:
-        """Start or reach the server once; the same error on every later call."""
-        if self._server_error is not None:
-            raise self._server_error
-        if self.info is not None:
-            return self.info
-        try:
-            server = self._start_server()
-            self._server = server
-            try:
-                self.monitor = Monitor(server.endpoint, server.where)
-            except Exception as exc:  # noqa: BLE001 - PyMySQL raises several types here
-                raise backends.connect_error(server, exc) from None
-            self.info = backends.describe(server, self.monitor.version)
-            self.redact.add(server.endpoint.password)
-        except DbleakError as exc:
-            self._server_error = DbleakError(self.redact(str(exc)))
-            self._release_server()
-            raise self._server_error from None
-        return self.info
-
-    def _start_server(self) -> RunningServer:
-        shared = getattr(self.config, "workerinput", {}).get("dbleak_server")
-        if shared:  # an xdist worker uses the controller's server
-            return RunningServer(shared["backend"], Endpoint(**shared["endpoint"]), owned=False)
-        launched = self._launch()
-        self._launched = None
-        return launched.wait()
-
-    def _launch(self) -> backends.Launch:
-        """Set the server off (once); ensure_server() waits for it."""
-        if self._launched is None:
-            s = self.settings
-            self._launched = backends.launch(
-                s.backend, mysql_url=s.mysql_url, mysqld=s.mysqld, image=s.image,
-                cache=s.template_cache, timeout=s.startup_timeout, redactor=self.redact,
-            )
-        return self._launched
-
-    def ensure_database(self) -> SessionDatabase:
-        if self.database is not None:
-            return self.database
-        info = self.ensure_server()
-        assert self.monitor is not None
-        assert self._server is not None
-        tag = "".join(c for c in self.worker if c.isalnum())[:8]
-        name = f"dbleak_{tag}_{secrets.token_hex(3)}"
-        password = secrets.token_hex(16)
-        self.redact.add(password)
-        try:
-            self.monitor.create_database(name, name, password, "%")
-        except Exception as exc:  # noqa: BLE001 - report any refusal as one line
-            raise DbleakError(self.redact(
-                f"cannot create the session database on {self._server.where}: {exc}"
-            )) from None
-        from sqlalchemy.engine import URL
-
-        query = {"charset": "utf8mb4"}
-        if self._server.endpoint.is_local:
-            query["ssl_disabled"] = "true"  # PyMySQL >= 1.2: no SSL context per connect
-        url = URL.create(
-            "mysql+pymysql", username=name, password=password, host=info.host,
-            port=info.port, database=name, query=query,
-        ).render_as_string(hide_password=False)
-        self.database = SessionDatabase(name, name, password, url)
-        return self.database
-
-    def ensure_checks(self) -> Detector:
-        """Server, session database, tracker and detector: all a leak check needs."""
-        if self.detector is None:
-            if self.info is None and self._server_error is None and not self.is_worker:
-                try:
-                    self._launch()  # mariadbd boots while SQLAlchemy imports below
-                except DbleakError as exc:
-                    self._server_error = DbleakError(self.redact(str(exc)))
-            self.tracker.install()
-            db = self.ensure_database()
-            assert self.monitor is not None
-            assert self._server is not None
-            own_everything = self._server.owned and not self.is_worker
-            users = None if own_everything else frozenset({db.user})
-            from .detector import Detector
-
-            self.detector = Detector(self.tracker, self.monitor, users, self.config.rootpath)
-        return self.detector
-
-    def _release_server(self) -> None:
-        if self._launched is not None:  # set off, never waited for
-            self._launched.cancel()
-            self._launched = None
-        server = self._server
-        # A server we started goes away whole; on anybody else's, drop what we created.
-        disposable = server is not None and server.owned and not self.is_worker
-        if self.monitor is not None and self.database is not None and not disposable:
-            try:
-                self.monitor.drop_database(self.database.name, self.database.user, "%")
-            except Exception as exc:  # noqa: BLE001 - best effort at the very end
-                log.warning("dbleak: could not drop %s: %s", self.database.name, exc)
-        if self.monitor is not None:
-            self.monitor.close()
-        if self._server is not None:
-            self._server.stop()
-        self.monitor, self._server, self.detector, self.database = None, None, None, None
+    def _note(self, text: str) -> None:
+        """A one-line remark about the run (e.g. the backend auto chose instead)."""
+        line = self.redact(f"dbleak: {text}")
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(line)
+        else:
+            log.warning("%s", line)
 
     # -- session hooks -----------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
@@ -209,23 +107,27 @@ class DbleakManager:
             self.recording = self.baseline is None
         try:
             if self.is_controller:
-                self.ensure_server()  # one server, shared by the workers
+                self.runtime.server()  # one server, shared by the workers
             else:
-                self.ensure_checks()
+                self.runtime.checks()
         except DbleakError as exc:
             raise pytest.UsageError(f"dbleak: {exc}") from None
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
-        if self._server is not None:
-            ep = self._server.endpoint
+        running = self.runtime.running
+        if running is not None:
+            ep = running.endpoint
             node.workerinput["dbleak_server"] = {
-                "backend": self._server.backend,
+                "backend": running.backend,
                 "endpoint": {"host": ep.host, "port": ep.port, "user": ep.user,
                              "password": ep.password, "unix_socket": ep.unix_socket},
             }
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        # Every bad marker of the run at once, one line each; a class-level mistake that
+        # every method inherits is one line naming the first test and how many more.
+        errors: dict[str, list[str]] = {}
         for item in items:
             values: dict[str, Any] = {}
             for name in marks.MARKERS:
@@ -235,15 +137,30 @@ class DbleakManager:
                 try:
                     values[name] = marks.validate(name, marker.args, marker.kwargs)
                 except DbleakError as exc:
-                    raise pytest.UsageError(f"dbleak: {item.nodeid}: {exc}") from None
+                    errors.setdefault(str(exc), []).append(item.nodeid)
+            for text in marks.misspelt({m.name for m in item.iter_markers()}):
+                errors.setdefault(text, []).append(item.nodeid)
             item.stash[MARKS] = values
+        if errors:
+            raise pytest.UsageError(*(
+                f"dbleak: {nodeids[0]}"
+                + (f" (and {reporting.plural(len(nodeids) - 1, 'more test')})"
+                   if len(nodeids) > 1 else "")
+                + f": {text}"
+                for text, nodeids in errors.items()
+            ))
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if self.settings.enabled:
+            try:
+                _pytest_seam.check(session)
+            except DbleakError as exc:
+                raise pytest.UsageError(f"dbleak: {exc}") from None
         # Start the server now, not inside the first test, so a bad URL or password is a
         # usage error before any test runs.
-        if self.info is None and any(_uses_server(i) for i in session.items):
+        if self.runtime.info is None and any(_uses_server(i) for i in session.items):
             try:
-                self.ensure_database()
+                self.runtime.database()
             except DbleakError as exc:
                 raise pytest.UsageError(f"dbleak: {exc}") from None
 
@@ -265,141 +182,194 @@ class DbleakManager:
         # without a leak has none of those.
         if not self.settings.enabled or any(r.leaks for r in self.results.values()):
             gc.collect()
-        self._release_server()
-        if self._tracker is not None:
-            self._tracker.uninstall()
+        self.runtime.close()
 
     # -- ownership of wider-scoped fixtures ------------------------------------------
     @pytest.hookimpl(wrapper=True)
     def pytest_fixture_setup(self, fixturedef: Any, request: Any) -> Generator[None, Any, Any]:
-        if fixturedef.scope == "function" or self._tracker is None or not self._tracker.installed:
+        tracker = self.runtime.tracking
+        if fixturedef.scope == "function" or tracker is None:
             return (yield)
-        detector = self.detector
+        detector = self.runtime.detector
         before = detector.snapshot() if detector is not None else None
-        self.tracker.push_owner()
+        tracker.push_owner()
         try:
             return (yield)
         finally:
-            self.tracker.pop_owner()
+            tracker.pop_owner()
             if detector is not None and before is not None:
                 detector.note_owned_server_connections(before)
 
     # -- the check around every test ----------------------------------------------------
+    # The window opens before the test's setup and closes after the last finalizer of
+    # the test's own node (function fixtures, setup/teardown_method, unittest cleanups),
+    # before any class, module or session finalizer: those run inside the teardown of
+    # the last test of their scope, and would otherwise erase its leak (alone, -k, --lf,
+    # last on an xdist worker). Wrapping hooks, not owning the protocol, keeps rerun
+    # plugins, pytest-timeout and xdist in charge of what they own.
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, Any, Any]:
+        check = self._open_window(item)
+        try:
+            return (yield)
+        finally:
+            if check is not None:
+                check.placed = _pytest_seam.run_after_item_teardown(
+                    item, lambda: self._close_window(item, check)
+                )
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_teardown(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> Generator[None, Any, Any]:
+        check = item.stash.get(CHECK, None)
+        if check is not None and not check.placed:
+            self._close_window(item, check)  # a parent's setup failed: nothing of it ran
+        try:
+            return (yield)
+        finally:
+            if check is not None and not check.closed:
+                pytest.exit(f"dbleak: {_pytest_seam.misfit_message()}", returncode=3)
+            detector = self.runtime.detector
+            if detector is not None and (check is None or not _same_parents(item, nextitem)):
+                # An unchecked test ran, or wider fixtures are torn down before the next
+                # test: its window starts from a fresh snapshot, not this test's last one.
+                detector.forget_baseline()
+
+    @pytest.hookimpl(wrapper=True, trylast=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        # Innermost wrapper: rerun plugins and reporters around it see the verdict.
+        report = yield
+        check = item.stash.get(CHECK, None)
+        if check is None:
+            return report
+        if report.when == "teardown":
+            self._judge(item, check, report)
+        else:
+            report.dbleak_checked = True  # type: ignore[attr-defined]
+            check.reports.append(report)
+        return report
+
     @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Any:
-        detector = self.detector
+    def pytest_report_teststatus(self, report: pytest.TestReport, config: pytest.Config) -> Any:
+        return self.status.status(report, config)
+
+    def _open_window(self, item: pytest.Item) -> _Check | None:
+        detector = self.runtime.detector
+        if CHECK in item.stash:
+            del item.stash[CHECK]
+        if STRESS in item.stash:
+            del item.stash[STRESS]  # a rerun counts its own stress runs
         if detector is None or not self.settings.enabled:
             return None
         item_marks = item.stash.get(MARKS, {})
-        ihook = item.ihook
         if "no_dbleak" in item_marks:
-            ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-            runtestprotocol(item, nextitem=nextitem, log=True)
-            ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
-            detector.forget_baseline()  # what this test left is nobody else's fault
-            return True
+            return None  # what it leaves is nobody else's fault: see pytest_runtest_teardown
         leak_mark: marks.LeakMark = item_marks.get("dbleak") or marks.LeakMark()
-        allow = self.settings.allow if leak_mark.allow is None else leak_mark.allow
-        settle = self.settings.settle_timeout if leak_mark.settle is None else leak_mark.settle
-
-        ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-        gone: ServerGoneError | None = None
+        check = _Check(
+            allow=self.settings.allow if leak_mark.allow is None else leak_mark.allow,
+            settle=self.settings.settle_timeout if leak_mark.settle is None else leak_mark.settle,
+            patient=leak_mark.settle is not None,
+        )
         try:
-            window = detector.begin(reuse=True)
+            check.window = detector.begin(reuse=True)
         except ServerGoneError as exc:
-            gone, window = exc, None
-        reports = runtestprotocol(item, nextitem=nextitem, log=False)
-        result: CheckResult | None = None
-        if window is not None:
-            try:
-                result = detector.finish(window, item.nodeid, allow=allow, settle=settle)
-            except ServerGoneError as exc:
-                gone = exc
-        if gone is not None:
-            self._server_gone(item, reports, gone)
-        elif result is not None:
-            if STRESS in item.stash:
-                result.stress, result.runs = item.stash[STRESS]
-            result.report_only = self.settings.report_only
-            if self.baseline is not None:
-                self.baseline.judge(result)
-            self._apply(item, result, reports)
-        for report in reports:
-            ihook.pytest_runtest_logreport(report=report)
-        ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
-        return True
+            check.gone = exc
+        if self.runtime.lockwatch is not None:
+            self.runtime.lockwatch.arm()
+        item.stash[CHECK] = check
+        return check
 
-    def _apply(
-        self, item: pytest.Item, result: CheckResult, reports: list[pytest.TestReport]
-    ) -> None:
-        # The call report; without one (setup failed or skipped), the failed setup report,
-        # so that one test stays one entry in the summary.
-        target = next((r for r in reports if r.when == "call"), None) or next(
-            (r for r in reports if r.failed), reports[-1]
-        )
-        target.dbleak = result.as_dict()  # type: ignore[attr-defined]  # travels with xdist
-        if not result.leaks:
+    def _close_window(self, item: pytest.Item, check: _Check) -> None:
+        if check.closed:
             return
-        # JUnit XML reads the properties from the teardown report; keep them on both.
-        for report in {id(r): r for r in (target, reports[-1])}.values():
-            report.user_properties.append(("dbleak_leaked", result.leaked))
-        details = self.redact(reporting.section_text(result))
-        text = self.redact(reporting.failure_text(result))
-        if not result.failed or target.failed:
-            # The test failed on its own (keep its error) or the leak is tolerated.
-            target.sections.append((reporting.SECTION, text + "\n" + details))
+        check.closed = True
+        lockwatch = self.runtime.lockwatch
+        stuck = lockwatch.disarm() if lockwatch is not None else []
+        detector = self.runtime.detector
+        if check.window is None or detector is None:
             return
-        target.sections.append((reporting.SECTION, details))
-        target.outcome = "failed"
-        if hasattr(target, "wasxfail"):
-            del target.wasxfail
-        site = next((leak.site for leak in result.leaks if leak.site), None)
-        path, line = (site.file, site.line) if site else _location(item)
-        target.longrepr = ReprExceptionInfo(
-            reprtraceback=ReprTracebackNative([text]),
-            reprcrash=ReprFileLocation(path, line, self.redact(reporting.headline(result))),
-        )
-        for report in {id(r): r for r in (target, reports[-1])}.values():
-            report.user_properties.append(("dbleak_failed", True))
-
-    def _server_gone(
-        self, item: pytest.Item, reports: list[pytest.TestReport], exc: ServerGoneError
-    ) -> None:
-        message = self.redact(f"dbleak: {exc}; stopping the run")
-        target = reports[-1]
-        if not target.failed:
-            target.outcome = "failed"
-            target.longrepr = ReprExceptionInfo(
-                reprtraceback=ReprTracebackNative([message + "\n"]),
-                reprcrash=ReprFileLocation(*_location(item), message),
+        try:
+            check.result = detector.finish(
+                check.window, item.nodeid, allow=check.allow, settle=check.settle,
+                patient=check.patient,
             )
-        item.session.shouldstop = message
-        self.detector = None  # no more checks against a dead server
+        except ServerGoneError as exc:
+            check.gone = exc
+            return
+        check.result.leaks.extend(stuck)
+
+    def _judge(self, item: pytest.Item, check: _Check, report: pytest.TestReport) -> None:
+        if check.gone is not None:
+            message = self.redact(f"dbleak: {check.gone}; stopping the run")
+            verdict.server_gone(report, message, _location(item))
+            item.session.shouldstop = message
+            self.runtime.server_gone()  # no more checks against a dead server
+            return
+        result = check.result
+        if result is None:
+            return
+        if STRESS in item.stash:
+            result.stress, result.runs = item.stash[STRESS]
+        result.report_only = self.settings.report_only
+        if self.baseline is not None:
+            self.baseline.judge(result)
+        note = ""
+        earlier = item.stash.get(EARLIER_LEAK, None)
+        if result.failed:
+            item.stash[EARLIER_LEAK] = result
+        elif earlier is not None:
+            # A rerun does not take a leak back: the code leaked in an earlier attempt.
+            result, note = earlier, "dbleak: leaked in an earlier attempt of this test"
+        verdict.apply(
+            report, result, own_failure=report.failed or any(r.failed for r in check.reports),
+            location=_location(item), redact=self.redact, note=note,
+        )
+        detector = self.runtime.detector
+        if result.failed and not note and self.settings.reclaim and detector is not None:
+            # Reported: now take it back, so the blame stays here and later tests do not
+            # wait on an exhausted pool. A tolerated leak stays, as without the plugin.
+            detector.reclaim(result)
 
     # -- collecting results (also on the xdist controller) -------------------------------
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        nodeid = report.nodeid
+        if report.when == "teardown":
+            verdict.carry_section(report, self._failed_reports.pop(nodeid, None))
+        elif report.failed:
+            self._failed_reports[nodeid] = report
         data = getattr(report, "dbleak", None)
         if data is not None:
-            self.results[report.nodeid] = CheckResult.from_dict(data)
-        previous = self.outcomes.get(report.nodeid)
+            self.results[nodeid] = CheckResult.from_dict(data)
+        previous = self.outcomes.get(nodeid)
         if report.failed:
-            if ("dbleak_failed", True) in report.user_properties:
-                self.leak_failures.add(report.nodeid)
+            if getattr(report, "dbleak_failed", False):
+                self.leak_failures.add(nodeid)
             else:
-                self.other_failures.add(report.nodeid)
-            self.outcomes[report.nodeid] = "failed"
+                self.other_failures.add(nodeid)
+            self.outcomes[nodeid] = "failed"
         elif report.skipped and previous != "failed":
-            self.outcomes[report.nodeid] = "skipped"
+            self.outcomes[nodeid] = "skipped"
         elif previous is None:
-            self.outcomes[report.nodeid] = "passed"
+            self.outcomes[nodeid] = "passed"
+
+    def pytest_report_header(self) -> list[str]:
+        info = self.runtime.info
+        if not self.settings.enabled or info is None or self.is_worker:
+            return []
+        return [self.redact(reporting.header_line(info.backend, info.host, info.port,
+                                                  info.version))]
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self._baseline_line:
             terminalreporter.write_line(self.redact(self._baseline_line))
         lines = reporting.summary_lines(self.results.values())
         if not lines:
-            if self.settings.enabled and self.results:
-                terminalreporter.write_sep("-", f"dbleak: no leaks in {len(self.results)} tests")
+            checked = reporting.checked(self.results.values(), self.outcomes)
+            if self.settings.enabled and checked:
+                terminalreporter.write_sep("-", reporting.clean_line(len(checked)))
             return
         title = f"dbleak: {reporting.plural(len(lines), 'test')} leaked connections"
         terminalreporter.write_sep("=", title, yellow=True, bold=True)
@@ -423,19 +393,27 @@ class DbleakManager:
             "report_only": self.settings.report_only,
         }}
         if self.settings.report:
-            reporting.write_json(self.settings.report, results, self.outcomes, meta, self.redact)
+            reporting.write_json(self.settings.report, results, self.outcomes, meta, self.redact,
+                                 leak_failed=self.leak_failures)
         if self.settings.html:
             html_report.write(self.settings.html, results, self.outcomes, meta, self.redact)
 
     def _server_meta(self) -> dict[str, Any]:
-        if self.info is None:
+        info = self.runtime.info
+        if info is None:
             return {}
-        return {"backend": self.info.backend, "host": self.info.host, "port": self.info.port,
-                "version": self.info.version}
+        return {"backend": info.backend, "host": info.host, "port": info.port,
+                "version": info.version}
 
 
 def _location(item: pytest.Item) -> tuple[str, int]:
     return item.location[0], (item.location[1] or 0) + 1
+
+
+def _same_parents(item: pytest.Item, nextitem: pytest.Item | None) -> bool:
+    """Whether the next test shares every collector with this one (so no wider fixture
+    is torn down between the two)."""
+    return nextitem is not None and nextitem.listchain()[:-1] == item.listchain()[:-1]
 
 
 def _uses_server(item: pytest.Item) -> bool:

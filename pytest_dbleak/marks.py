@@ -6,7 +6,10 @@ As pytest-django does for ``django_db``: calling the signature with the marker's
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import difflib
+import inspect
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,8 +111,6 @@ MARKERS: dict[str, Callable[..., Any]] = {
 
 def marker_line(name: str) -> str:
     """The `markers` ini line that documents a marker, built from its signature."""
-    import inspect
-
     func = MARKERS[name]
     params = ", ".join(
         f"{p.name}={p.default!r}" for p in inspect.signature(func).parameters.values()
@@ -122,12 +123,38 @@ def validate(name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any
     try:
         return MARKERS[name](*args, **kwargs)
     except TypeError as exc:
-        raise DbleakError(f"@pytest.mark.{name}: {_type_error_text(exc)}") from None
+        raise DbleakError(f"@pytest.mark.{name}: {_type_error_text(name, exc)}") from None
     except DbleakError as exc:
         raise DbleakError(f"@pytest.mark.{name}: {exc}") from None
 
 
-def _type_error_text(exc: TypeError) -> str:
+def misspelt(names: Iterable[str]) -> list[str]:
+    """A one-line error for each marker name that looks like one of ours but is not.
+
+    Only near misses (`dbleak_job`, `no_dbleaks`): a project's own markers are its own.
+    """
+    errors = []
+    for name in names:
+        if name in MARKERS:
+            continue
+        close = difflib.get_close_matches(name, MARKERS, n=1, cutoff=0.8)
+        if close:
+            errors.append(f"@pytest.mark.{name} is not a marker of pytest-dbleak; "
+                          f"did you mean @pytest.mark.{close[0]}?")
+    return errors
+
+
+_UNEXPECTED = re.compile(r"unexpected keyword argument '(?P<word>\w+)'")
+
+
+def _type_error_text(name: str, exc: TypeError) -> str:
     # "dbleak() got an unexpected keyword argument 'alow'" -> drop the function name.
     text = str(exc)
-    return text.split(") ", 1)[1] if ") " in text else text
+    text = text.split(") ", 1)[1] if ") " in text else text
+    typo = _UNEXPECTED.search(text)
+    if typo:
+        known = list(inspect.signature(MARKERS[name]).parameters)
+        close = difflib.get_close_matches(typo["word"], known, n=1, cutoff=0.6)
+        if close:
+            text += f"; did you mean {close[0]!r}?"
+    return text

@@ -12,11 +12,10 @@ import datetime
 import logging
 import re
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ServerGoneError
+from .errors import DbleakError, ServerGoneError
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,6 @@ class ServerSnapshot:
 
     rows: dict[int, ProcessRow] = field(default_factory=dict)
     threads_connected: int = 0
-    taken_at: float = 0.0
 
     def ids_of(self, users: frozenset[str] | None) -> set[int]:
         return {r.id for r in self.rows.values() if users is None or r.user in users}
@@ -142,11 +140,13 @@ class Endpoint:
     def is_local(self) -> bool:
         return self.unix_socket is not None or self.host in ("127.0.0.1", "localhost", "::1")
 
-    def connect(self, *, database: str | None = None, timeout: float = 5.0) -> Any:
+    def connect(
+        self, *, database: str | None = None, timeout: float = 5.0, read_timeout: float = 30
+    ) -> Any:
         kwargs: dict[str, Any] = {
             "user": self.user, "password": self.password, "database": database,
-            "autocommit": True, "connect_timeout": max(1, int(timeout)),
-            "read_timeout": 30, "write_timeout": 30, "charset": "utf8mb4",
+            "autocommit": True, "connect_timeout": max(0.5, timeout),
+            "read_timeout": read_timeout, "write_timeout": 30, "charset": "utf8mb4",
             "init_command": (
                 f"SET SESSION lock_wait_timeout={LOCK_WAIT_TIMEOUT}, "
                 f"SESSION innodb_lock_wait_timeout={LOCK_WAIT_TIMEOUT}"
@@ -164,6 +164,12 @@ class Endpoint:
         return pymysql.connect(**kwargs)
 
 
+def server_version(handshake: str) -> str:
+    """'5.5.5-10.11.19-MariaDB-...' -> '10.11.19-MariaDB-...': MariaDB before 11 puts a
+    '5.5.5-' in front of its version in the handshake for old clients' sake."""
+    return handshake.removeprefix("5.5.5-")
+
+
 class Monitor:
     """An administrative connection used for snapshots and for our own DDL."""
 
@@ -173,8 +179,9 @@ class Monitor:
         self._lock = threading.Lock()
         self._conn: Any = endpoint.connect()
         self.connection_id: int = self._conn.thread_id()
-        self.version: str = self._conn.get_server_info()
-        self.is_mariadb = "mariadb" in self.version.lower()
+        # The plugin's own connections (this one, the lock watch's): never the session's.
+        self.own_ids: set[int] = {self.connection_id}
+        self.version: str = server_version(self._conn.get_server_info())
         self._mdl_query: str | None = None  # None: not tried yet; "": none works here
 
     def close(self) -> None:
@@ -204,7 +211,7 @@ class Monitor:
         rows: dict[int, ProcessRow] = {}
         for row in self.query("SHOW PROCESSLIST"):
             ident, user, host, db, command, seconds, state, info = row[:8]
-            if ident == self.connection_id or user in _SYSTEM_USERS:
+            if ident in self.own_ids or user in _SYSTEM_USERS:
                 continue
             if command in _SYSTEM_COMMANDS:
                 continue
@@ -212,8 +219,8 @@ class Monitor:
                 int(ident), user, host or "", db, command, int(seconds or 0), state or None,
                 _shorten(info),
             )
-        # Threads_connected counts our own connection too.
-        return ServerSnapshot(rows, len(rows) + 1, time.monotonic())
+        # Threads_connected counts our own connections too.
+        return ServerSnapshot(rows, len(rows) + len(self.own_ids))
 
     def open_transactions(self, ids: set[int]) -> dict[int, str]:
         """When the open InnoDB transaction of each connection in `ids` began."""
@@ -289,6 +296,62 @@ class Monitor:
         self.query(f"CREATE USER '{user}'@'{_escape(host)}' IDENTIFIED BY %s", (password,))
         self.query(f"GRANT ALL PRIVILEGES ON `{database}`.* TO '{user}'@'{host}'")
 
+    def claim(self, name: str) -> None:
+        """Hold a server-side lock named after a session while this connection lives.
+
+        The server releases it when the connection dies, however pytest ended: a free
+        lock marks a session's leftovers for ``sweep_orphans``.
+        """
+        held = self.query("SELECT GET_LOCK(%s, 0)", (_lock_name(name),))[0][0]
+        if held != 1:
+            raise DbleakError(f"the session lock of {name} is held by another connection")
+
+    def sweep_orphans(self) -> list[str]:
+        """Drop the databases and users of dbleak sessions whose lock is free (killed runs).
+
+        A live session holds its lock, and takes it before creating anything, so nothing
+        of a running session is touched. Only what has a session's exact shape goes: a
+        database named as ours (a session creates it first and drops it last, so a killed
+        one always leaves it), and its same-named user only when that user holds nothing
+        but its own database - never a look-alike administrator someone else made.
+        """
+        import pymysql
+
+        names = {r[0] for r in self.query(
+            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE %s",
+            ("dbleak\\_%",),
+        ) if _SESSION_NAME.match(r[0])}
+        users: dict[str, list[str]] = {}
+        try:
+            for user, host in self.query(
+                "SELECT User, Host FROM mysql.user WHERE User LIKE %s", ("dbleak\\_%",)
+            ):
+                users.setdefault(user, []).append(host)
+        except pymysql.err.Error as exc:  # no SELECT on mysql.user: databases only
+            log.info("dbleak: cannot list users for the sweep: %s", exc)
+        swept = []
+        for name in sorted(names):
+            if self.query("SELECT IS_FREE_LOCK(%s)", (_lock_name(name),))[0][0] != 1:
+                continue
+            hosts = users.get(name, [])
+            if not all(self._holds_only_its_database(name, host) for host in hosts):
+                continue
+            self.kill_connections_of(name)
+            for host in hosts:
+                self.query(f"DROP USER IF EXISTS '{name}'@'{host}'")  # no args: no %-format
+            self.query(f"DROP DATABASE IF EXISTS `{name}`")
+            swept.append(name)
+        return swept
+
+    def _holds_only_its_database(self, user: str, host: str) -> bool:
+        """The user's grants are what create_database gives a session user, nothing more."""
+        allowed = {"USAGE ON *.*", f"ALL PRIVILEGES ON `{user}`.*"}
+        for (line,) in self.query(f"SHOW GRANTS FOR '{user}'@'{host}'"):
+            what = str(line).removeprefix("GRANT ").split(" TO ", 1)[0]
+            if what not in allowed:
+                return False
+        return True
+
     def drop_database(self, database: str, user: str, host: str) -> None:
         self.kill_connections_of(user)
         self.query(f"DROP USER IF EXISTS '{user}'@'{host}'")
@@ -299,13 +362,21 @@ class Monitor:
 
         killed = 0
         for row in self.query("SHOW PROCESSLIST"):
-            if row[1] == user and row[0] != self.connection_id:
+            if row[1] == user and row[0] not in self.own_ids:
                 try:
                     self.query(f"KILL CONNECTION {int(row[0])}")
                     killed += 1
                 except pymysql.err.OperationalError:
                     pass  # it ended on its own meanwhile
         return killed
+
+
+# The names ensure_database gives a session's database and user: dbleak_<worker>_<hex6>.
+_SESSION_NAME = re.compile(r"^dbleak_[A-Za-z0-9]{1,8}_[0-9a-f]{6}$")
+
+
+def _lock_name(name: str) -> str:
+    return f"pytest-dbleak:{name}"
 
 
 def _escape(text: str) -> str:

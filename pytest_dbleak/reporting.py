@@ -8,15 +8,17 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable
-from pathlib import Path
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-from .results import KIND_TITLES, KINDS, CheckResult, Leak
+from .files import write_atomic
+from .results import KIND_TITLES, KINDS, LOCK_WAIT, CheckResult, Leak
 
 SECTION = "dbleak"
 REPORT_VERSION = 1
 _PROCESS_COLUMNS = ("id", "user", "host", "db", "command", "time", "state", "trx_started")
+TIMES = "\N{MULTIPLICATION SIGN}"  # "48 TIMES checked-out connection never returned"
+FOLD = 5  # ids and processlist rows shown before the rest is folded into a count
 
 
 def plural(n: int, word: str) -> str:
@@ -51,7 +53,11 @@ def _kind_counts(result: CheckResult) -> str:
     kinds: Counter[str] = Counter()
     for leak in result.leaks:
         kinds[leak.kind] += leak.count
-    return ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items(), key=_kind_order))
+    return ", ".join(
+        f"{n} {kind}" if n else kind
+        for kind, n in sorted(kinds.items(), key=_kind_order)
+        if n or kind == LOCK_WAIT  # a stuck statement counts no connection
+    )
 
 
 def failure_text(result: CheckResult) -> str:
@@ -63,10 +69,15 @@ def failure_text(result: CheckResult) -> str:
 
 
 def _leak_lines(leak: Leak) -> list[str]:
-    count = f"{leak.count} x " if leak.count > 1 else ""
+    # The prefix counts leaks, not connections: one engine holding two connections is
+    # one "engine created and never disposed".
+    count = f"{leak.occurrences} {TIMES} " if leak.occurrences > 1 else ""
     lines = [f"{count}{KIND_TITLES[leak.kind]}: {leak.what}"]
-    if leak.thread and leak.thread != "MainThread":
-        lines.append(f"    in thread {leak.thread}")
+    if leak.occurrences > 1 and len(leak.connection_ids) > 1:
+        lines.append(f"    connection ids: {folded(leak.connection_ids)}")
+    threads = [t for t in (leak.thread or "").split(", ") if t and t != "MainThread"]
+    if threads:
+        lines.append(f"    in {'thread' if len(threads) == 1 else 'threads'} {folded(threads)}")
     if leak.stack:
         for site in leak.stack:
             lines.append(f"    {site}")
@@ -74,6 +85,13 @@ def _leak_lines(leak: Leak) -> list[str]:
         lines.append("    (no user code on the stack)")
     lines.append("")
     return lines
+
+
+def folded(items: Sequence[object], shown: int = FOLD) -> str:
+    """'5, 6, 7, 8, 9 and 43 more': the first few of a long list, and how many are left."""
+    head = ", ".join(str(i) for i in items[:shown])
+    rest = len(items) - shown
+    return f"{head} and {rest} more" if rest > 0 else head
 
 
 def section_text(result: CheckResult) -> str:
@@ -91,7 +109,9 @@ def section_text(result: CheckResult) -> str:
     if rows:
         lines.append("")
         lines.append("processlist rows left behind:")
-        lines.extend(_table(rows))
+        lines.extend(_table(rows[:FOLD]))
+        if len(rows) > FOLD:
+            lines.append(f"  … and {plural(len(rows) - FOLD, 'more row')} (all in the JSON report)")
     return "\n".join(lines) + "\n"
 
 
@@ -103,6 +123,21 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
     return ["  " + fmt.format(*_PROCESS_COLUMNS).rstrip()] + [
         "  " + fmt.format(*c).rstrip() for c in cells
     ]
+
+
+def header_line(backend: str, host: str, port: int | None, version: str) -> str:
+    """pytest's header line: which server the run checks against."""
+    where = f"{host}:{port}" if port else host
+    return f"dbleak: {backend} backend, server {version} at {where}"
+
+
+def checked(results: Iterable[CheckResult], outcomes: Mapping[str, str]) -> list[CheckResult]:
+    """Results of tests that ran: a test skipped in its setup was not checked."""
+    return [r for r in results if outcomes.get(r.nodeid) != "skipped"]
+
+
+def clean_line(n_checked: int) -> str:
+    return f"dbleak: no leaks in {plural(n_checked, 'checked test')}"
 
 
 def summary_lines(results: Iterable[CheckResult]) -> list[str]:
@@ -128,7 +163,10 @@ def summary_lines(results: Iterable[CheckResult]) -> list[str]:
 def write_json(
     path: str | os.PathLike[str], results: list[CheckResult], outcomes: dict[str, str],
     meta: dict[str, Any], redact: Callable[[str], str],
+    leak_failed: Collection[str] | None = None,
 ) -> None:
+    """`leak_failed`: the tests that failed because of a leak and nothing else (a test that
+    failed on its own and also leaked is not one); by default, every result over its limit."""
     tests = []
     for result in results:
         entry = result.as_dict()
@@ -140,14 +178,11 @@ def write_json(
         "summary": {
             "tests": len(results),
             "leaking_tests": sum(1 for r in results if r.leaks),
-            "failed_tests": sum(1 for r in results if r.failed),
+            "failed_tests": (sum(1 for r in results if r.failed) if leak_failed is None
+                             else sum(1 for r in results if r.nodeid in leak_failed)),
             "leaked_connections": sum(r.leaked for r in results),
         },
         "tests": tests,
     }
     text = redact(json.dumps(document, indent=2, sort_keys=False, default=str))
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(text + "\n", encoding="utf-8")
-    tmp.replace(target)
+    write_atomic(path, text + "\n")

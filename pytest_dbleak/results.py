@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -12,8 +13,10 @@ OPEN_TRANSACTION = "open_transaction"
 UNDISPOSED_ENGINE = "undisposed_engine"
 SERVER_CONNECTION = "server_connection"
 FORK_SHARED = "fork_shared"
+LOCK_WAIT = "lock_wait"  # not a connection (count 0): a statement stuck behind a leak
 KINDS = (
-    CHECKED_OUT, GC_RETURN, OPEN_TRANSACTION, UNDISPOSED_ENGINE, SERVER_CONNECTION, FORK_SHARED
+    CHECKED_OUT, GC_RETURN, OPEN_TRANSACTION, UNDISPOSED_ENGINE, SERVER_CONNECTION, FORK_SHARED,
+    LOCK_WAIT,
 )
 
 KIND_TITLES = {
@@ -23,6 +26,7 @@ KIND_TITLES = {
     UNDISPOSED_ENGINE: "engine created and never disposed",
     SERVER_CONNECTION: "server connection left open",
     FORK_SHARED: "pooled connection of the parent used in a child process",
+    LOCK_WAIT: "statement stuck behind a lock that a transaction left open holds",
 }
 
 
@@ -50,6 +54,9 @@ class Leak:
     thread: str | None = None
     connection_ids: list[int] = field(default_factory=list)
     processlist: list[dict[str, Any]] = field(default_factory=list)
+    # How many leaks of this kind at this stack were folded into this entry (issue 13:
+    # 48 identical leaks read as one "48 x ..." entry); `count` stays the connections.
+    occurrences: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,6 +95,9 @@ class CheckResult:
     known: bool = False  # matched by the baseline: reported, not failed
     report_only: bool = False
 
+    def __post_init__(self) -> None:
+        self.leaks = group_leaks(self.leaks)
+
     @property
     def leaked(self) -> int:
         return sum(leak.count for leak in self.leaks)
@@ -122,3 +132,50 @@ class CheckResult:
             after=Counts(**data.pop("after", {})),
             **data,
         )
+
+
+# "server connection 5 of QueuePool ..." -> "server connections of QueuePool ...": the ids
+# of a group are in its connection_ids, its rows in its processlist.
+_CONNECTION_ID = re.compile(r"\bconnection \d+")
+_PARENTHESIS = re.compile(r" \([^()]*\)")
+
+
+def group_leaks(leaks: list[Leak]) -> list[Leak]:
+    """Leaks of one kind with one user stack become one entry; nothing is dropped.
+
+    The group keeps the first leak's place in the list, adds up counts and occurrences,
+    and concatenates connection ids, processlist rows and (distinct) thread names.
+    """
+    groups: dict[tuple[str, tuple[Site, ...]], list[Leak]] = {}
+    for leak in leaks:
+        groups.setdefault((leak.kind, tuple(leak.stack)), []).append(leak)
+    if len(groups) == len(leaks):
+        return list(leaks)
+    return [members[0] if len(members) == 1 else _merge(members) for members in groups.values()]
+
+
+def _merge(members: list[Leak]) -> Leak:
+    first = members[0]
+    threads = list(dict.fromkeys(m.thread for m in members if m.thread))
+    return Leak(
+        kind=first.kind,
+        count=sum(m.count for m in members),
+        what=_merged_what([m.what for m in members]),
+        site=first.site,
+        stack=list(first.stack),
+        thread=", ".join(threads) if threads else None,
+        connection_ids=[i for m in members for i in m.connection_ids],
+        processlist=[row for m in members for row in m.processlist],
+        occurrences=sum(m.occurrences for m in members),
+    )
+
+
+def _merged_what(whats: list[str]) -> str:
+    if len(set(whats)) == 1:
+        return whats[0]
+    shapes = {_CONNECTION_ID.sub("connections", w) for w in whats}
+    if len(shapes) > 1:  # e.g. raw connections that differ in their "(user@host, Sleep)"
+        shapes = {_PARENTHESIS.sub("", s) for s in shapes}
+    if len(shapes) == 1:
+        return shapes.pop().replace(" owns it", " owns them")
+    return f"{whats[0]}; and {len(whats) - 1} more like it"

@@ -27,18 +27,42 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"expected true or false, got {text!r}")
 
 
-def _parse_non_negative_float(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < float("inf"):  # also rejects NaN: a wait must end
-        raise ValueError(f"expected a number >= 0, got {text!r}")
-    return value
+def _seconds(*, positive: bool) -> Callable[[str], float]:
+    """A parser of a number of seconds: >= 0, or > 0 when zero makes no sense."""
+    valid = f"a number of seconds {'>' if positive else '>='} 0"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        # Also refuses NaN and infinity: a wait must end.
+        if not 0 <= value < float("inf") or (positive and value == 0):
+            raise ValueError(f"expected {valid}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _parse_non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError(f"expected a whole number >= 0, got {text!r}")
-    return value
+def _whole_number(*, minimum: int) -> Callable[[str], int]:
+    valid = f"a whole number >= {minimum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise ValueError(f"expected {valid}, got {text!r}")
+        return value
+
+    return parse
+
+
+_parse_settle = _seconds(positive=False)  # 0: judge at the first look
+_parse_startup = _seconds(positive=True)  # 0: no server could ever be ready
+_parse_allow = _whole_number(minimum=0)
+_parse_lock_wait = _seconds(positive=False)  # 0: never interrupt a statement
 
 
 def _parse_backend(text: str) -> str:
@@ -79,6 +103,12 @@ class OptionSpec:
     def is_flag(self) -> bool:
         return self.parse is _parse_bool
 
+    @property
+    def negative(self) -> str:
+        """`--no-dbleak`: a flag's way to switch off from the command line what an ini file
+        or the environment switched on (flags only)."""
+        return "--no-" + self.flag.removeprefix("--")
+
 
 OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("enabled", "fail every test that leaks a database connection.", _parse_bool,
@@ -93,10 +123,10 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("image", "the container image for the docker backend (default: mysql:8.4).",
                _parse_str, "mysql:8.4", "--dbleak-image", "IMAGE"),
     OptionSpec("settle_timeout", "seconds to re-check a suspected leak before declaring it "
-               "(default: 1.0); a clean test never waits.", _parse_non_negative_float, 1.0,
+               "(default: 1.0); a clean test never waits.", _parse_settle, 1.0,
                "--dbleak-settle-timeout", "SECONDS"),
     OptionSpec("allow", "connections a test may leak before it fails (default: 0).",
-               _parse_non_negative_int, 0, "--dbleak-allow", "N"),
+               _parse_allow, 0, "--dbleak-allow", "N"),
     OptionSpec("report", "write a JSON report of every test's leak check to PATH.", _parse_str,
                None, "--dbleak-report", "PATH"),
     OptionSpec("html", "write a self-contained HTML report (timeline of connections) to PATH.",
@@ -105,11 +135,18 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "are new or larger than recorded.", _parse_str, None, "--dbleak-baseline", "PATH"),
     OptionSpec("report_only", "report leaks without failing tests (for adopting the gate).",
                _parse_bool, False, "--dbleak-report-only"),
+    OptionSpec("reclaim", "take back what a failing test leaked once it is reported, so later "
+               "tests start from a healthy pool and server (default: on).",
+               _parse_bool, True, "--dbleak-reclaim"),
+    OptionSpec("lock_wait", "seconds a statement may wait on a lock while a connection sits "
+               "idle in a transaction before it is interrupted and its test failed (default: "
+               "5; 0: never).", _parse_lock_wait, 5.0, "--dbleak-lock-wait",
+               "SECONDS"),
     OptionSpec("cache_dir", "where the process backend keeps its initialised template datadir "
                "(default: $XDG_CACHE_HOME/pytest-dbleak).", _parse_str, None,
                "--dbleak-cache-dir", "DIR"),
     OptionSpec("startup_timeout", "seconds to wait for the server to accept a login "
-               "(default: 30).", _parse_non_negative_float, 30.0, "--dbleak-startup-timeout",
+               "(default: 30).", _parse_startup, 30.0, "--dbleak-startup-timeout",
                "SECONDS"),
 )
 
@@ -129,6 +166,8 @@ class Settings:
     html: str | None = None
     baseline: str | None = None
     report_only: bool = False
+    reclaim: bool = True
+    lock_wait: float = 5.0
     cache_dir: str | None = None
     startup_timeout: float = 30.0
 

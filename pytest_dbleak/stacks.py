@@ -37,3 +37,10 @@ def _walk(frame: Any, frames: list[Frame]) -> None:
         code = frame.f_code
         frames.append((code.co_filename, frame.f_lineno, code.co_name))
         frame = frame.f_back
+
+
+def stack_of(frame: Any) -> tuple[Frame, ...]:
+    """`frame` and its callers, innermost first: also another thread's frame."""
+    frames: list[Frame] = []
+    _walk(frame, frames)
+    return tuple(frames)

@@ -15,6 +15,7 @@ import click
 from flask import Flask, current_app
 from sqlalchemy.exc import SQLAlchemyError
 
+from .charset import ensure_database
 from .demo import PASSWORD_ENV, seed_demo
 from .errors import one_line
 from .extensions import db
@@ -39,13 +40,18 @@ def released(app: Flask) -> Iterator[None]:
     "--demo", is_flag=True, help=f"Add demo data; the password comes from {PASSWORD_ENV}."
 )
 def init_db_command(demo: bool) -> None:
-    """Create the schema (and, with --demo, demo locations, buggies and users)."""
+    """Create the database if missing (utf8mb4) and the schema (and, with --demo,
+    demo locations, buggies and users)."""
     configure_logging()
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     password = os.environ.get(PASSWORD_ENV, "")
     with released(app):
         if demo and not password:
             raise click.ClickException(f"--demo needs the demo users' password in {PASSWORD_ENV}")
+        options = app.config["SQLALCHEMY_ENGINE_OPTIONS"]
+        check = ensure_database(db.engine.url, options.get("connect_args"))
+        for note in check.notes:
+            click.echo(note if check.created else f"warning: {note}", err=not check.created)
         db.create_all()
         added = seed_demo(password) if demo else None
     click.echo("schema created" + (f"; demo data added: {json.dumps(added)}" if demo else ""))

@@ -11,6 +11,8 @@ import click
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from .charset import CHARSET
+
 # The seed's pool settings. pool_size + max_overflow = 60 connections per
 # process: the monitor compares that ceiling with the server's max_connections.
 SEED_ENGINE_OPTIONS: dict[str, Any] = {
@@ -62,9 +64,13 @@ def engine_options_for(url: URL, base: Mapping[str, Any] | None = None) -> dict[
     (~19 ms per connection); a server on this host does not need TLS.
     """
     options = dict(SEED_ENGINE_OPTIONS if base is None else base)
+    connect_args = dict(options.get("connect_args", {}))
+    if url.get_backend_name() in ("mysql", "mariadb") and "charset" not in url.query:
+        # Every character, 4-byte ones included, whatever the driver's default.
+        connect_args.setdefault("charset", CHARSET)
     if url.drivername == "mysql+pymysql" and _is_local(url):
-        connect_args = dict(options.get("connect_args", {}))
         connect_args.setdefault("ssl_disabled", True)
+    if connect_args:
         options["connect_args"] = connect_args
     return options
 
@@ -101,9 +107,16 @@ class Config:
     NOTIFICATION_MAX_ATTEMPTS = 5
     NOTIFICATION_RETRY_BASE_SECONDS = 30
     NOTIFICATION_BATCH_SIZE = 100
+    # A claimed notification is another process's for this long: a send that
+    # takes longer counts as crashed, and the row is due again.
+    NOTIFICATION_CLAIM_SECONDS = 300.0
 
     REQUEST_TIMEOUT_SECONDS = 15 * 60
     SYSTEM_LOG_RETENTION_DAYS = 30
+
+    # How many server processes (workers x hosts) share the database: the
+    # monitor warns when that many pool ceilings exceed max_connections.
+    SERVER_PROCESSES = 1
 
     # Alarm criteria of the seed, as numbers.
     POOL_WARNING_USAGE = 0.80
@@ -113,9 +126,6 @@ class Config:
 
     # Background tasks still running at shutdown get this long to finish.
     SHUTDOWN_TASK_TIMEOUT_SECONDS = 10.0
-
-    # Seed bugs to switch back on, for leak tests only (see regressions.py).
-    REGRESSIONS: frozenset[str] = frozenset()
 
 
 class DevelopmentConfig(Config):
@@ -161,11 +171,48 @@ def config_from_env() -> dict[str, Any]:
     elif not settings.get("SECRET_KEY"):
         # Tokens then last as long as the process: fine for development.
         settings["SECRET_KEY"] = secrets.token_urlsafe(32)
-    for key in ("SOCKETIO_MESSAGE_QUEUE", "SOCKETIO_CHANNEL"):
+    for key in ("SOCKETIO_MESSAGE_QUEUE", "SOCKETIO_CHANNEL", "NOTIFICATION_SENDER", "LOG_LEVEL"):
         if os.environ.get(key):
             settings[key] = os.environ[key]
+    for key, kind in _NUMBERS.items():
+        if os.environ.get(key, "").strip():
+            settings[key] = _number(key, os.environ[key], kind)
     settings["SCHEDULER_ENABLED"] = env_flag("SCHEDULER_ENABLED", settings["SCHEDULER_ENABLED"])
+    if os.environ.get("JOB_INTERVALS", "").strip():
+        settings["JOB_INTERVALS_SECONDS"] = parse_job_intervals(
+            os.environ["JOB_INTERVALS"], settings["JOB_INTERVALS_SECONDS"]
+        )
     return settings
+
+
+# Numeric settings the environment may set, and their type.
+_NUMBERS: dict[str, type[int] | type[float]] = {
+    "NOTIFICATION_BATCH_SIZE": int,
+    "NOTIFICATION_CLAIM_SECONDS": float,
+    "SERVER_PROCESSES": int,
+}
+
+
+def _number(key: str, raw: str, kind: type[int] | type[float]) -> float:
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{key}={raw!r} is not a {kind.__name__}") from None
+    if value <= 0:
+        raise ConfigError(f"{key}={raw!r} must be positive")
+    return value
+
+
+def parse_job_intervals(raw: str, base: Mapping[str, float]) -> dict[str, float]:
+    """``JOB_INTERVALS="check_request_timeouts=10,cleanup_old_logs=600"`` over ``base``."""
+    intervals = dict(base)
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, _, seconds = item.partition("=")
+        name = name.strip()
+        if name not in intervals:
+            raise ConfigError(f"JOB_INTERVALS: unknown job {name!r}; jobs: {', '.join(base)}")
+        intervals[name] = _number(f"JOB_INTERVALS {name}", seconds, float)
+    return intervals
 
 
 def _class_settings(cls: type[Config]) -> dict[str, Any]:

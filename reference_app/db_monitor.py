@@ -21,6 +21,7 @@ from flask import Flask, current_app
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from .claims import instance_id
 from .extensions import db
 from .models import utcnow
 
@@ -108,8 +109,10 @@ def judge_health(
     ceiling: int,
     max_connections: int | None,
     window_seconds: float,
+    processes: int = 1,
 ) -> Judgement:
-    """Add the error counters and the server's limit to the pool's verdict."""
+    """Add the error counters and the server's limit to the pool's verdict.
+    ``processes``: how many server processes with this pool share the server."""
     verdict = Judgement(pool.status, list(pool.warnings))
     window = f"in the last {window_seconds:.0f}s"
     if cleanup_errors:
@@ -121,6 +124,12 @@ def judge_health(
             WARNING,
             f"this process alone may open {ceiling} connections; "
             f"the server allows {max_connections}",
+        )
+    elif max_connections is not None and processes * ceiling > max_connections:
+        verdict.raise_to(
+            WARNING,
+            f"{processes} processes x {ceiling} connections = {processes * ceiling} "
+            f"exceed the server's max_connections={max_connections}",
         )
     return verdict
 
@@ -165,9 +174,11 @@ class DBConnectionMonitor:
         thresholds: Thresholds | None = None,
         *,
         window_seconds: float = 900.0,
+        processes: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.thresholds = thresholds or Thresholds()
+        self.processes = processes
         self.window_seconds = window_seconds
         self._clock = clock
         self.cleanup_errors = _EventWindow(window_seconds, clock)
@@ -185,6 +196,7 @@ class DBConnectionMonitor:
                 overflow_critical_seconds=config["POOL_OVERFLOW_CRITICAL_SECONDS"],
             ),
             window_seconds=config["POOL_ALARM_WINDOW_SECONDS"],
+            processes=config["SERVER_PROCESSES"],
         )
 
     def record_cleanup_error(self) -> None:
@@ -261,11 +273,14 @@ class DBConnectionMonitor:
             ceiling=snapshot.ceiling,
             max_connections=max_connections,
             window_seconds=self.window_seconds,
+            processes=self.processes,
         )
         capacity: dict[str, Any] = {
             "max_overflow": snapshot.max_overflow,
             "process_ceiling": snapshot.ceiling,
             "server_max_connections": max_connections,
+            "configured_processes": self.processes,
+            "deployment_ceiling": self.processes * snapshot.ceiling,
         }
         if max_connections is not None and snapshot.ceiling:
             count = processes_to_exceed(snapshot.ceiling, max_connections)
@@ -282,6 +297,8 @@ class DBConnectionMonitor:
             "warnings": overall.warnings,
             "details": {
                 "engine": {"driver": engine.driver, "pool_class": type(engine.pool).__name__},
+                # Which of several processes answered (host:pid:app).
+                "process": instance_id(),
                 "capacity": capacity,
                 "errors": {
                     "cleanup_errors_total": self.cleanup_errors.total,

@@ -11,8 +11,8 @@ from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 from sqlalchemy.exc import ArgumentError
 
-from . import regressions, session_cleanup
-from .blueprints import auth, fleet, health, locations, notifications, requests
+from . import claims, jobs, session_cleanup
+from .blueprints import auth, fleet, health, locations, notifications, openapi, requests
 from .cli import register_cli
 from .config import Config, ConfigError, engine_options_for, parse_database_url, resolve_config
 from .db_monitor import DBConnectionMonitor
@@ -40,10 +40,6 @@ def _settings(config: type[Config] | Mapping[str, Any] | None) -> dict[str, Any]
     settings["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options_for(
         url, settings["SQLALCHEMY_ENGINE_OPTIONS"]
     )
-    settings["REGRESSIONS"] = (
-        regressions.parse_regressions(settings.get("REGRESSIONS"))
-        | regressions.regressions_from_env()
-    )
     if not settings.get("SECRET_KEY"):
         raise ConfigError("SECRET_KEY is not set")
     return settings
@@ -61,10 +57,6 @@ def create_app(config: type[Config] | Mapping[str, Any] | None = None) -> Flask:
     app.config.from_mapping(settings)
     app.json = OrderedJSONProvider(app)
     logging.getLogger("reference_app").setLevel(app.config["LOG_LEVEL"])
-    if app.config["REGRESSIONS"]:
-        logger.warning(
-            "seed regressions switched ON: %s", ", ".join(sorted(app.config["REGRESSIONS"]))
-        )
 
     app.extensions["reference_app.db_monitor"] = DBConnectionMonitor.from_config(app.config)
     app.extensions["reference_app.tasks"] = BackgroundTasks()
@@ -82,12 +74,12 @@ def create_app(config: type[Config] | Mapping[str, Any] | None = None) -> Flask:
         channel=app.config["SOCKETIO_CHANNEL"],
     )
 
-    if regressions.is_on(app, "no_request_cleanup"):
-        regressions.defeat_request_cleanup(app)
-    else:
-        session_cleanup.init_app(app)
+    claims.init_app(app)
+    jobs.init_app(app)
+    session_cleanup.init_app(app)
     register_error_handlers(app)
-    for blueprint in (auth.bp, locations.bp, fleet.bp, requests.bp, notifications.bp, health.bp):
+    blueprints = (auth, locations, fleet, requests, notifications, health, openapi)
+    for blueprint in (module.bp for module in blueprints):
         app.register_blueprint(blueprint)
     register_cli(app)
     return app

@@ -1,18 +1,24 @@
 """Background jobs, and the one way to run them: inside an app context of the
 application that already exists (never ``create_app()`` per run, which builds
-a new engine each time and leaks its pool)."""
+a new engine each time and leaks its pool).
+
+The factory gives each app its own ``JobSet`` (``init_app``): the bodies by
+name and the runner that wraps them. ``run_job`` looks both up there, so a
+caller that builds the app can swap a body or the runner without this module
+knowing about it (the leak tests install the seed's bugs that way).
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask, current_app
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from . import regressions
 from .db_monitor import get_monitor
 from .errors import one_line
 from .extensions import db
@@ -22,6 +28,9 @@ from .session_cleanup import cleanup_session
 logger = logging.getLogger(__name__)
 
 JobBody = Callable[[], dict[str, Any]]
+JobRunner = Callable[[Flask, str, JobBody], dict[str, Any]]
+
+_KEY = "reference_app.jobs"
 
 
 class UnknownJob(KeyError):
@@ -63,14 +72,8 @@ JOBS: dict[str, JobBody] = {
 }
 
 
-def run_job(app: Flask, name: str) -> dict[str, Any]:
-    """Run one job once, inside an app context of ``app``; clean up always."""
-    if name not in JOBS:
-        raise UnknownJob(name)
-    body = regressions.job_body(app, name) or JOBS[name]
-    runner = regressions.job_runner(app)
-    if runner is not None:
-        return runner(app, name, body)
+def run_in_job_context(app: Flask, name: str, body: JobBody) -> dict[str, Any]:
+    """Run ``body`` inside an app context of ``app``; clean up always."""
     with app.app_context():
         error: BaseException | None = None
         try:
@@ -96,3 +99,28 @@ def run_job(app: Flask, name: str) -> dict[str, Any]:
                 logger.info("%s: Session cleaned up successfully", name)
             else:
                 logger.error("%s: session clean-up failed", name)
+
+
+@dataclass
+class JobSet:
+    """One app's jobs: the body of each by name, and how a run is wrapped."""
+
+    bodies: dict[str, JobBody] = field(default_factory=lambda: dict(JOBS))
+    runner: JobRunner = run_in_job_context
+
+
+def init_app(app: Flask) -> None:
+    app.extensions[_KEY] = JobSet()
+
+
+def get_jobs(app: Flask) -> JobSet:
+    jobs: JobSet = app.extensions[_KEY]
+    return jobs
+
+
+def run_job(app: Flask, name: str) -> dict[str, Any]:
+    """Run one job of ``app`` once."""
+    jobs = get_jobs(app)
+    if name not in jobs.bodies:
+        raise UnknownJob(name)
+    return jobs.runner(app, name, jobs.bodies[name])

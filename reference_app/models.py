@@ -6,10 +6,11 @@ import enum
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, String, Text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from .charset import TABLE_OPTIONS
 from .extensions import db
 
 # Flask-SQLAlchemy builds db.Model at run time; mypy cannot see it as a base
@@ -61,6 +62,7 @@ class NotificationStatus(str, enum.Enum):
 
 class User(db.Model):  # type: ignore[name-defined]
     __tablename__ = "users"
+    __table_args__ = TABLE_OPTIONS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(80), unique=True)
@@ -76,6 +78,7 @@ class User(db.Model):  # type: ignore[name-defined]
 
 class Location(db.Model):  # type: ignore[name-defined]
     __tablename__ = "locations"
+    __table_args__ = TABLE_OPTIONS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(120), unique=True)
@@ -88,6 +91,7 @@ class Location(db.Model):  # type: ignore[name-defined]
 
 class Buggy(db.Model):  # type: ignore[name-defined]
     __tablename__ = "buggies"
+    __table_args__ = TABLE_OPTIONS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     code: Mapped[str] = mapped_column(String(32), unique=True)
@@ -114,7 +118,7 @@ class Buggy(db.Model):  # type: ignore[name-defined]
 
 class GuestRequest(db.Model):  # type: ignore[name-defined]
     __tablename__ = "requests"
-    __table_args__ = (Index("ix_requests_status_created", "status", "created_at"),)
+    __table_args__ = (Index("ix_requests_status_created", "status", "created_at"), TABLE_OPTIONS)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     guest_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
@@ -143,7 +147,7 @@ class GuestRequest(db.Model):  # type: ignore[name-defined]
 
 class Notification(db.Model):  # type: ignore[name-defined]
     __tablename__ = "notifications"
-    __table_args__ = (Index("ix_notifications_due", "status", "next_attempt_at"),)
+    __table_args__ = (Index("ix_notifications_due", "status", "next_attempt_at"), TABLE_OPTIONS)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
@@ -155,6 +159,11 @@ class Notification(db.Model):  # type: ignore[name-defined]
     next_attempt_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # The process sending it right now, and until when its claim holds: a
+    # claimed row is not due for anyone else; a claim whose holder crashed
+    # expires and the row is due again.
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_until: Mapped[datetime | None] = mapped_column(Timestamp)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -172,9 +181,23 @@ class Notification(db.Model):  # type: ignore[name-defined]
 
 class SystemLog(db.Model):  # type: ignore[name-defined]
     __tablename__ = "system_logs"
+    __table_args__ = TABLE_OPTIONS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     level: Mapped[str] = mapped_column(String(16))
     source: Mapped[str] = mapped_column(String(64))
     message: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, index=True)
+
+
+class JobClaim(db.Model):  # type: ignore[name-defined]
+    """One run of a scheduled job per schedule slot, across all processes: the
+    process whose insert of (job, slot) succeeds runs it; the others skip."""
+
+    __tablename__ = "job_claims"
+    __table_args__ = TABLE_OPTIONS
+
+    job: Mapped[str] = mapped_column(String(64), primary_key=True)
+    slot: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    claimed_by: Mapped[str] = mapped_column(String(64))
+    claimed_at: Mapped[datetime] = mapped_column(Timestamp)

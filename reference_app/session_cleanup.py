@@ -42,17 +42,20 @@ def _count_error(step: str, exc: BaseException | None) -> None:
     get_monitor(current_app).record_cleanup_error()
 
 
-def init_app(app: Flask) -> None:
-    @app.teardown_request
-    def rollback_failed_request(exc: BaseException | None) -> None:
-        # An extra layer, as in the seed: undo a failed request's writes as
-        # soon as the request ends, before the app context does.
-        if exc is not None and db.session.registry.has():
-            try:
-                db.session.rollback()
-            except Exception:  # noqa: BLE001 - logged with its traceback and counted
-                _count_error("request rollback", exc)
+def rollback_failed_request(exc: BaseException | None) -> None:
+    """An extra layer, as in the seed: undo a failed request's writes as soon
+    as the request ends, before the app context does."""
+    if exc is not None and db.session.registry.has():
+        try:
+            db.session.rollback()
+        except Exception:  # noqa: BLE001 - logged with its traceback and counted
+            _count_error("request rollback", exc)
 
-    @app.teardown_appcontext
-    def shutdown_session(exc: BaseException | None) -> None:
-        cleanup_session(exc)
+
+def shutdown_session(exc: BaseException | None) -> None:
+    cleanup_session(exc)
+
+
+def init_app(app: Flask) -> None:
+    app.teardown_request(rollback_failed_request)
+    app.teardown_appcontext(shutdown_session)

@@ -28,17 +28,19 @@ def run_in_app_context(app: Flask, fn: Callable[..., Any], *args: Any) -> Any:
 
 
 class BackgroundTasks:
-    def __init__(self) -> None:
+    """Counts the running tasks; ``runner`` is how each one is wrapped (a seam:
+    whoever builds the app may replace it)."""
+
+    def __init__(self, runner: Runner = run_in_app_context) -> None:
+        self.runner = runner
         self._running = 0
         self._idle = threading.Condition()
 
-    def start(
-        self, app: Flask, fn: Callable[..., Any], *args: Any, runner: Runner = run_in_app_context
-    ) -> Any:
+    def start(self, app: Flask, fn: Callable[..., Any], *args: Any) -> Any:
         with self._idle:
             self._running += 1
         try:
-            return socketio.start_background_task(self._body, app, runner, fn, *args)
+            return socketio.start_background_task(self._body, app, self.runner, fn, *args)
         except BaseException:
             self._finished()
             raise

@@ -22,9 +22,20 @@ def required_str(data: dict[str, Any], field: str, *, max_length: int = 255) -> 
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(f"'{field}' must be a non-empty string", field=field)
     value = value.strip()
+    if not _encodable(value):
+        # A lone surrogate (JSON "\ud800") passes json.loads but no driver can send it.
+        raise ValidationError(f"'{field}' is not valid Unicode text", field=field)
     if len(value) > max_length:
         raise ValidationError(f"'{field}' is longer than {max_length} characters", field=field)
     return value
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def optional_str(data: dict[str, Any], field: str, *, max_length: int = 255) -> str | None:

@@ -3,6 +3,13 @@
 Rows are written in the caller's transaction (so a rolled-back change sends
 nothing) and sent after it commits. No connection is held while a sender
 works: sending is slow I/O in real deployments (SMTP, push services).
+
+Several processes deliver at once (each runs the retry job, each request
+delivers what it created): a process first *claims* the rows it will send, in
+a short transaction (``FOR UPDATE SKIP LOCKED``, then ``claimed_by`` and
+``claimed_until``), so no other process sees them as due; it records each
+result only while its claim holds. A claim whose process crashed expires
+after ``NOTIFICATION_CLAIM_SECONDS`` and the row is due again.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from typing import Any, Protocol, cast
 from flask import Flask, current_app
 from sqlalchemy import CursorResult, func, select, update
 
+from ..claims import instance_id
 from ..extensions import db
 from ..models import Notification, NotificationStatus, User, utcnow
 
@@ -102,6 +110,7 @@ def due_filter(now: datetime) -> Any:
         Notification.status.in_(_RETRYABLE)
         & (Notification.next_attempt_at <= now)
         & (Notification.attempts < max_attempts)
+        & (Notification.claimed_until.is_(None) | (Notification.claimed_until < now))
     )
 
 
@@ -114,32 +123,52 @@ def deliver(ids: Iterable[int]) -> DeliveryReport:
     wanted = list(ids)
     if not wanted:
         return DeliveryReport()
-    rows = db.session.scalars(
-        select(Notification).where(Notification.id.in_(wanted), due_filter(utcnow()))
-    ).all()
-    return _send_all([to_message(row) for row in rows])
+    return _send_all(claim_due(len(wanted), Notification.id.in_(wanted)))
 
 
 def deliver_due(limit: int) -> DeliveryReport:
     """Send up to ``limit`` notifications whose next attempt is due."""
+    return _send_all(claim_due(limit))
+
+
+def claim_due(limit: int, *where: Any) -> list[OutgoingNotification]:
+    """Claim up to ``limit`` due notifications for this process and commit.
+
+    Rows another process is claiming at this moment are skipped, not waited
+    for; rows it has claimed are not due. The commit also ends the read
+    transaction: no connection is held while the sender works.
+    """
+    now = utcnow()
     rows = db.session.scalars(
         select(Notification)
-        .where(due_filter(utcnow()))
-        .order_by(Notification.next_attempt_at)
+        .where(due_filter(now), *where)
+        .order_by(Notification.next_attempt_at, Notification.id)
         .limit(limit)
+        .with_for_update(skip_locked=True)
     ).all()
-    return _send_all([to_message(row) for row in rows])
+    messages = [to_message(row) for row in rows]
+    if messages:
+        lease = timedelta(seconds=current_app.config["NOTIFICATION_CLAIM_SECONDS"])
+        db.session.execute(
+            update(Notification)
+            .where(Notification.id.in_([message.id for message in messages]))
+            .values(claimed_by=instance_id(), claimed_until=now + lease)
+            .execution_options(synchronize_session=False)
+        )
+    db.session.commit()
+    return messages
 
 
 def _send_all(messages: Sequence[OutgoingNotification]) -> DeliveryReport:
-    # End the read transaction first: the connection goes back to the pool
-    # and is not held while the sender does its slow I/O.
-    db.session.commit()
     sender = get_sender()
     report = DeliveryReport()
+    claimant = instance_id()
     for message in messages:
         error = attempt_send(sender, message)
-        record_attempt(message.id, message.attempt, error)
+        if not record_attempt(message.id, message.attempt, error, claimed_by=claimant):
+            logger.warning(
+                "notification %d: the claim expired before the result was recorded", message.id
+            )
         db.session.commit()
         (report.failed if error else report.sent).append(message.id)
     return report
@@ -160,21 +189,44 @@ def attempt_send(sender: NotificationSender, message: OutgoingNotification) -> s
     return None
 
 
-def record_attempt(notification_id: int, attempt: int, error: str | None) -> None:
+def record_attempt(
+    notification_id: int, attempt: int, error: str | None, *, claimed_by: str | None = None
+) -> bool:
+    """Record a send's result and release the claim; False if the row was not
+    (or no longer) ours to record: another process handled it."""
     now = utcnow()
-    values: dict[str, Any] = {"attempts": Notification.attempts + 1, "last_error": error}
+    values: dict[str, Any] = {
+        "attempts": Notification.attempts + 1,
+        "last_error": error,
+        "claimed_by": None,
+        "claimed_until": None,
+    }
     if error is None:
         values.update(status=NotificationStatus.SENT.value, sent_at=now)
     else:
         values.update(
             status=NotificationStatus.FAILED.value, next_attempt_at=_backoff(now, attempt)
         )
-    # Only rows still waiting: another worker may have handled this one.
-    db.session.execute(
-        update(Notification)
-        .where(Notification.id == notification_id, Notification.status.in_(_RETRYABLE))
-        .values(**values)
+    # Only rows still waiting, and still claimed by us when we claimed them.
+    still_ours = (
+        Notification.claimed_by == claimed_by
+        if claimed_by is not None
+        else Notification.claimed_by.is_(None)
     )
+    result = cast(
+        CursorResult[Any],
+        db.session.execute(
+            update(Notification)
+            .where(
+                Notification.id == notification_id,
+                Notification.status.in_(_RETRYABLE),
+                still_ours,
+            )
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        ),
+    )
+    return bool(result.rowcount)
 
 
 def _backoff(now: datetime, attempt: int) -> datetime:

@@ -3,12 +3,16 @@
 Every application a test builds is released in teardown with ``shutdown_app``:
 an app that is never disposed keeps its pool's connections open, and the leak
 detector fails the test that did it.
+
+``REFERENCE_APP_REGRESSIONS=name[,name]`` installs the seed's bugs
+(``regressions.py``) on every app ``make_app`` builds; an unknown name is a
+usage error.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -22,9 +26,17 @@ from reference_app.config import TestingConfig
 from reference_app.extensions import db
 from reference_app.serving import RequestHandler
 
+from . import regressions
 from .support import SocketClients, World, build_world
 
 AppFactory = Callable[..., Flask]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        regressions.regressions_from_env()
+    except regressions.UnknownRegression as error:
+        raise pytest.UsageError(f"{regressions.ENV_VAR}: {error}") from None
 
 
 @pytest.fixture(scope="session")
@@ -37,11 +49,19 @@ def app_settings(dbleak_mysql_url: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def schema(app_settings: dict[str, Any]) -> None:
-    """Create the tables once per session, with an app released right after."""
+    """Create the tables once per session, with an app released right after.
+
+    The database is first given latin1 as its default, as a stock MariaDB makes
+    a bare ``CREATE DATABASE``: the tables must declare utf8mb4 themselves."""
     app = create_app(app_settings)
     try:
         with app.app_context():
             db.drop_all()
+            with db.engine.begin() as connection:
+                name = connection.execute(text("SELECT DATABASE()")).scalar_one()
+                connection.execute(
+                    text(f"ALTER DATABASE `{name}` CHARACTER SET latin1 COLLATE latin1_swedish_ci")
+                )
             db.create_all()
     finally:
         shutdown_app(app)
@@ -56,13 +76,14 @@ def _empty_tables(app: Flask) -> None:
 
 @pytest.fixture
 def make_app(schema: None, app_settings: dict[str, Any]) -> Iterator[AppFactory]:
-    """Build applications with settings overrides; all are released in teardown."""
+    """Build applications with settings overrides, with the seed's bugs named in
+    the environment (or in ``regressions_on``) installed; all are released in teardown."""
     apps: list[Flask] = []
 
-    def factory(**overrides: Any) -> Flask:
+    def factory(*, regressions_on: Iterable[str] = (), **overrides: Any) -> Flask:
         app = create_app({**app_settings, **overrides})
         apps.append(app)
-        return app
+        return regressions.install(app, regressions.regressions_from_env() | set(regressions_on))
 
     yield factory
     for app in reversed(apps):

@@ -38,11 +38,15 @@ def flask(database_url: str, *args: str, **extra: str) -> subprocess.CompletedPr
 
 
 class ServerProcess:
-    """``python -m reference_app --port 0``; its output, its URL, a clean stop."""
+    """``python -m reference_app --port 0`` (or ``port``); its output, its URL, a clean stop."""
 
-    def __init__(self, env: dict[str, str], *args: str) -> None:
+    def __init__(
+        self, env: dict[str, str], *args: str, port: int = 0, module: str = "reference_app"
+    ) -> None:
         self.env = env
         self.args = args
+        self.port = port
+        self.module = module
         self.lines: list[str] = []
         self.url: str | None = None
         self._changed = threading.Condition()
@@ -55,11 +59,11 @@ class ServerProcess:
             [
                 sys.executable,
                 "-m",
-                "reference_app",
+                self.module,
                 "--host",
                 "127.0.0.1",
                 "--port",
-                "0",
+                str(self.port),
                 *self.args,
             ],
             cwd=ROOT,
@@ -92,6 +96,17 @@ class ServerProcess:
     def wait_for_line(self, needle: str, timeout: float = 15.0) -> bool:
         with self._changed:
             return self._changed.wait_for(lambda: needle in self.output, timeout=timeout)
+
+    @property
+    def address(self) -> str:
+        """The URL of a started server."""
+        assert self.url is not None, self.output
+        return self.url
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
 
     @property
     def output(self) -> str:

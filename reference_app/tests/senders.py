@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import threading
+import time
+from pathlib import Path
 
 from reference_app.services.notifications import DeliveryError, OutgoingNotification
 
@@ -41,3 +45,39 @@ class GatedSender:
         if not self.release.wait(timeout=30):
             raise DeliveryError("the test never released the sender")
         self.delivered.append(message.id)
+
+
+class FileRecordingSender:
+    """A sender shared by several server processes: each delivery is one JSON
+    line ``{"id": ..., "pid": ...}`` appended to ``$REFERENCE_APP_SENT_LOG``
+    (O_APPEND: lines of concurrent writers never interleave).
+
+    ``REFERENCE_APP_SENDER_DELAY`` seconds per send stand for a push service's
+    latency; with ``REFERENCE_APP_SENDER_HANG=1`` every send announces itself in
+    ``$REFERENCE_APP_SENT_LOG.started`` and never returns (a process that is
+    killed in the middle of sending).
+    """
+
+    def __init__(self) -> None:
+        self.path = os.environ["REFERENCE_APP_SENT_LOG"]
+        self.delay = float(os.environ.get("REFERENCE_APP_SENDER_DELAY", "0"))
+        self.hang = os.environ.get("REFERENCE_APP_SENDER_HANG") == "1"
+
+    def _append(self, path: str, message: OutgoingNotification) -> None:
+        line = json.dumps({"id": message.id, "pid": os.getpid()}) + "\n"
+        with open(path, "a", encoding="utf-8") as stream:
+            stream.write(line)
+
+    def send(self, message: OutgoingNotification) -> None:
+        if self.hang:
+            self._append(f"{self.path}.started", message)
+            threading.Event().wait()  # until the process is killed
+        if self.delay:
+            time.sleep(self.delay)  # the push service's latency, not a wait for an event
+        self._append(self.path, message)
+
+
+def read_sent(path: Path) -> list[dict[str, int]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]

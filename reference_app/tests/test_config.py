@@ -56,7 +56,7 @@ def test_the_app_engine_uses_the_seeds_pool(app: Flask) -> None:
 )
 def test_local_pymysql_urls_get_ssl_disabled(url: str) -> None:
     options = engine_options_for(make_url(url))
-    assert options["connect_args"] == {"ssl_disabled": True}
+    assert options["connect_args"] == {"ssl_disabled": True, "charset": "utf8mb4"}
     assert "connect_args" not in SEED_ENGINE_OPTIONS  # the shared defaults stay untouched
 
 
@@ -65,7 +65,21 @@ def test_local_pymysql_urls_get_ssl_disabled(url: str) -> None:
     ["mysql+pymysql://u:p@db.example.com/db", "sqlite:///x.db", "mysql+mysqldb://u@127.0.0.1/db"],
 )
 def test_remote_or_other_driver_urls_keep_ssl(url: str) -> None:
-    assert "connect_args" not in engine_options_for(make_url(url))
+    assert "ssl_disabled" not in engine_options_for(make_url(url)).get("connect_args", {})
+
+
+@pytest.mark.parametrize(
+    ("url", "connect_args"),
+    [
+        ("mysql+pymysql://u@db.example.com/db", {"charset": "utf8mb4"}),
+        ("mysql+mysqldb://u@127.0.0.1/db", {"charset": "utf8mb4"}),
+        ("mariadb+pymysql://u@db.example.com/db", {"charset": "utf8mb4"}),
+        ("mysql+pymysql://u@db.example.com/db?charset=utf8", None),  # the URL's own choice
+        ("sqlite:///x.db", None),
+    ],
+)
+def test_mysql_connections_ask_for_utf8mb4(url: str, connect_args: object) -> None:
+    assert engine_options_for(make_url(url)).get("connect_args") == connect_args
 
 
 def test_local_connections_really_skip_tls(app: Flask) -> None:
@@ -119,3 +133,40 @@ def test_unknown_config_name(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REFERENCE_APP_CONFIG", "staging")
     with pytest.raises(ConfigError, match="development, testing, production"):
         config_from_env()
+
+
+def test_the_environment_sets_job_intervals_and_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOB_INTERVALS", " retry_failed_notifications=0.5 , cleanup_old_logs=600")
+    monkeypatch.setenv("NOTIFICATION_BATCH_SIZE", "10")
+    monkeypatch.setenv("NOTIFICATION_CLAIM_SECONDS", "2.5")
+    monkeypatch.setenv("SERVER_PROCESSES", "4")
+    monkeypatch.setenv("NOTIFICATION_SENDER", "reference_app.tests.senders:BrokenSender")
+    settings = config_from_env()
+    assert settings["JOB_INTERVALS_SECONDS"] == {
+        **Config.JOB_INTERVALS_SECONDS,
+        "retry_failed_notifications": 0.5,
+        "cleanup_old_logs": 600.0,
+    }
+    assert settings["NOTIFICATION_BATCH_SIZE"] == 10
+    assert settings["NOTIFICATION_CLAIM_SECONDS"] == 2.5
+    assert settings["SERVER_PROCESSES"] == 4
+    assert settings["NOTIFICATION_SENDER"] == "reference_app.tests.senders:BrokenSender"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("JOB_INTERVALS", "nope=1", "JOB_INTERVALS: unknown job 'nope'; jobs: retry_failed"),
+        ("JOB_INTERVALS", "cleanup_old_logs=soon", "JOB_INTERVALS cleanup_old_logs='soon' is not"),
+        ("JOB_INTERVALS", "cleanup_old_logs=-1", "must be positive"),
+        ("SERVER_PROCESSES", "four", "SERVER_PROCESSES='four' is not a int"),
+        ("SERVER_PROCESSES", "0", "SERVER_PROCESSES='0' must be positive"),
+    ],
+)
+def test_bad_numbers_in_the_environment_are_one_line_errors(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        config_from_env()
+    assert message in caught.value.message

@@ -95,6 +95,49 @@ def test_judge_health(
     assert verdict.status == status
 
 
+@pytest.mark.parametrize(
+    ("processes", "max_connections", "warning"),
+    [
+        (1, 151, None),
+        (2, 151, None),  # 120 fit
+        (3, 151, "3 processes x 60 connections = 180 exceed the server's max_connections=151"),
+        (3, 180, None),  # exactly at the limit
+        (4, None, None),  # unknown limit: no claim
+        (1, 60, "this process alone may open 60 connections; the server allows 60"),
+    ],
+)
+def test_the_deployments_ceiling_against_max_connections(
+    processes: int, max_connections: int | None, warning: str | None
+) -> None:
+    verdict = judge_health(
+        Judgement(HEALTHY),
+        cleanup_errors=0,
+        timeouts=0,
+        ceiling=60,
+        max_connections=max_connections,
+        window_seconds=900,
+        processes=processes,
+    )
+    assert verdict.warnings == ([warning] if warning else [])
+    assert verdict.status == (WARNING if warning else HEALTHY)
+
+
+@pytest.mark.parametrize(("processes", "status"), [(2, HEALTHY), (3, WARNING)])
+def test_db_pool_status_warns_when_the_configured_processes_exceed_the_server(
+    make_app: AppFactory, processes: int, status: str
+) -> None:
+    app = make_app(SERVER_PROCESSES=processes)
+    body = app.test_client().get("/db-pool-status").get_json()
+    capacity = body["details"]["capacity"]
+    limit = capacity["server_max_connections"]
+    assert limit == 151  # the server's default; 3 x 60 exceed it, 2 x 60 do not
+    assert capacity["configured_processes"] == processes
+    assert capacity["deployment_ceiling"] == processes * 60
+    assert body["status"] == status
+    expected = f"{processes} processes x 60 connections = {processes * 60} exceed"
+    assert any(w.startswith(expected) for w in body["warnings"]) == (status == WARNING)
+
+
 def test_processes_to_exceed_the_server() -> None:
     assert processes_to_exceed(60, 151) == 3  # the seed's note: a few workers exceed 151
     assert processes_to_exceed(60, 180) == 4

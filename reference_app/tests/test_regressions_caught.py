@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from pytest_dbleak.settings import OPTIONS, Settings
-from reference_app.regressions import ENV_VAR, REGRESSIONS
+
+from .regressions import ENV_VAR, REGRESSIONS
 
 HERE = Path(__file__).parent
 LEAKS = HERE / "leaks"
@@ -37,11 +38,18 @@ def _child_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DBLEAK_CACHE_DIR", os.environ.get("DBLEAK_CACHE_DIR", TEMPLATE_CACHE))
     monkeypatch.delenv(ENV_VAR, raising=False)
 
+
 # regression -> (the tests that exercise it, the kind of leak the detector names)
 CASES: dict[str, tuple[list[str], str]] = {
     "no_request_cleanup": (["test_api_locations.py"], "checked_out"),
-    "job_without_app_context": (["test_jobs.py", "-k", "cleans_up"], "checked_out"),
-    "job_create_app_per_run": (["test_jobs.py", "-k", "cleans_up"], "undisposed_engine"),
+    "job_without_app_context": (
+        ["test_jobs.py", "-k", "each_job_runs_in_the_app_and_cleans_up"],
+        "checked_out",
+    ),
+    "job_create_app_per_run": (
+        ["test_jobs.py", "-k", "each_job_runs_in_the_app_and_cleans_up"],
+        "undisposed_engine",
+    ),
     "disconnect_thread_without_cleanup": (
         ["test_socketio.py", "-k", "disconnect_puts_everything_back"],
         "checked_out",
@@ -74,7 +82,7 @@ def test_the_detector_catches(
     monkeypatch.delenv(ENV_VAR, raising=False)
     clean = run(pytester, selection)
     assert clean.ret == pytest.ExitCode.OK, clean.stdout.str()
-    clean.stdout.fnmatch_lines(["*dbleak: no leaks in * tests*"])
+    clean.stdout.fnmatch_lines(["*dbleak: no leaks in * checked test*"])
 
     monkeypatch.setenv(ENV_VAR, name)
     broken = run(pytester, selection)
@@ -113,7 +121,7 @@ STRESS_CASES: dict[str, tuple[str, str]] = {
     # rate: that look is dbleak.assert_no_leaks(), not the per-test check).
     "long_running_job_session": (
         JOBS_RETRY,
-        "*dbleak: * leaked (* checked_out) at reference_app/regressions.py:*",
+        "*dbleak: * leaked (* checked_out) at reference_app/tests/regressions.py:*",
     ),
 }
 
@@ -140,7 +148,7 @@ def test_the_stress_tests_pass_with_no_regression(pytester: pytest.Pytester) -> 
     node_ids = sorted({node_id for node_id, _ in STRESS_CASES.values()})
     clean = run_stress(pytester, node_ids)
     assert clean.ret == pytest.ExitCode.OK, clean.stdout.str()
-    clean.stdout.fnmatch_lines([f"*dbleak: no leaks in {len(node_ids)} tests*"])
+    clean.stdout.fnmatch_lines([f"*dbleak: no leaks in {len(node_ids)} checked tests*"])
 
 
 @pytest.mark.parametrize("name", list(STRESS_CASES))
@@ -153,3 +161,29 @@ def test_a_stress_test_catches(
     assert broken.ret in (pytest.ExitCode.TESTS_FAILED, 6), broken.stdout.str()
     broken.stdout.fnmatch_lines([f"FAILED *{node_id}*"])
     broken.stdout.fnmatch_lines([line])
+
+
+# -- the same job bugs on a multi-process run ------------------------------------------
+
+PROCESSES = "test_processes.py::test_a_job_run_on_three_processes_keeps_no_connection"
+
+# Each run leaves a connection in whichever of the three processes ran it: the
+# plugin sees them as server connections that no pool of the test's process owns.
+MULTIPROCESS_CASES = ["job_without_app_context", "job_create_app_per_run"]
+
+
+def test_the_multi_process_run_passes_with_no_regression(pytester: pytest.Pytester) -> None:
+    clean = run_stress(pytester, [PROCESSES])
+    assert clean.ret == pytest.ExitCode.OK, clean.stdout.str()
+    clean.stdout.fnmatch_lines(["*dbleak: no leaks in 1 tests*"])
+
+
+@pytest.mark.parametrize("name", MULTIPROCESS_CASES)
+def test_the_multi_process_run_catches(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv(ENV_VAR, name)
+    broken = run_stress(pytester, [PROCESSES])
+    assert broken.ret in (pytest.ExitCode.TESTS_FAILED, 6), broken.stdout.str()
+    broken.stdout.fnmatch_lines([f"FAILED *{PROCESSES}*"])
+    broken.stdout.fnmatch_lines(["*dbleak: * connections leaked (* server_connection)*"])

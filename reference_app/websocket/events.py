@@ -13,13 +13,12 @@ from typing import Any
 from flask import current_app, request, session
 from flask_socketio import ConnectionRefusedError, join_room
 
-from .. import regressions
 from ..auth import user_from_token
 from ..errors import ApiError
 from ..extensions import db, socketio
 from ..models import Role
 from ..services import fleet, realtime
-from ..tasks import get_tasks, run_in_app_context
+from ..tasks import get_tasks
 from ..validation import required_id
 
 logger = logging.getLogger(__name__)
@@ -73,9 +72,8 @@ def on_disconnect(reason: Any = None) -> None:
     if identity is None or "buggy" not in identity:
         return
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    runner = regressions.disconnect_task_runner(app) or run_in_app_context
     get_tasks(app).start(
-        app, _handle_driver_disconnect_async, identity["user_id"], identity["buggy"], runner=runner
+        app, _handle_driver_disconnect_async, identity["user_id"], identity["buggy"]
     )
     logger.info("driver %d disconnected (%s)", identity["user_id"], reason)
 

@@ -28,6 +28,15 @@ ONLY_DBLEAK: tuple[str, ...] = (
     "-p", "no:cacheprovider", *(arg for name in _OTHER_PLUGINS for arg in ("-p", f"no:{name}"))
 )
 
+
+
+def only_dbleak_and(*names: str) -> tuple[str, ...]:
+    """ONLY_DBLEAK, with the named plugins (and pytest's cache, if named) left on."""
+    blocked = [n for n in ("cacheprovider", *_OTHER_PLUGINS)
+               if not any(n == name or n.startswith(name + ".") for name in names)]
+    return tuple(arg for name in blocked for arg in ("-p", f"no:{name}"))
+
+
 # Pytester points HOME at its temporary directory, which would make every inner run
 # initialise a fresh template datadir (~1-3 s). Keep using the real cache.
 TEMPLATE_CACHE = str(Settings(cache_dir=os.environ.get("DBLEAK_CACHE_DIR")).template_cache)
@@ -96,6 +105,7 @@ def run_pytest_in(path: Path, *args: str) -> pytest.RunResult:
     (pytester is function-scoped)."""
     env = {k: v for k, v in os.environ.items()
            if k not in BEHAVIOUR_SETTINGS and k != "PYTEST_ADDOPTS"}
+    env["PYTEST_ADDOPTS"] = "-p no:randomly"  # as the root conftest sets for pytester
     env.setdefault("DBLEAK_CACHE_DIR", TEMPLATE_CACHE)
     env["PY_COLORS"] = "0"
     start = time.monotonic()

@@ -4,8 +4,13 @@ error; settings come from the CLI, then the environment, then the ini file."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import shutil
 import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -130,7 +135,13 @@ USAGE_ERRORS = {
         "@pytest.mark.dbleak(alow=1)",
         [PROCESS],
         "ERROR: dbleak: test_usage.py::test_marked: @pytest.mark.dbleak: got an unexpected "
-        "keyword argument 'alow'",
+        "keyword argument 'alow'; did you mean 'allow'?",
+    ),
+    "misspelt_marker_name": (
+        "@pytest.mark.dbleak_job(runs=3)",
+        [PROCESS],
+        "ERROR: dbleak: test_usage.py::test_marked: @pytest.mark.dbleak_job is not a marker of "
+        "pytest-dbleak; did you mean @pytest.mark.dbleak_jobs?",
     ),
     "negative_allow_in_marker": (
         "@pytest.mark.dbleak(allow=-1)",
@@ -144,7 +155,26 @@ USAGE_ERRORS = {
     ),
     "negative_settle_timeout": (
         "", [PROCESS, "--dbleak-settle-timeout=-1"],
-        "ERROR: dbleak: --dbleak-settle-timeout: expected a number >= 0, got '-1'",
+        "ERROR: dbleak: --dbleak-settle-timeout: expected a number of seconds >= 0, got '-1'",
+    ),
+    "allow_not_a_number": (
+        "", [PROCESS, "--dbleak-allow=abc"],
+        "ERROR: dbleak: --dbleak-allow: expected a whole number >= 0, got 'abc'",
+    ),
+    "zero_startup_timeout": (
+        "", [PROCESS, "--dbleak-startup-timeout=0"],
+        "ERROR: dbleak: --dbleak-startup-timeout: expected a number of seconds > 0, got '0'",
+    ),
+    "cache_dir_is_a_file": (
+        "", [PROCESS, "--dbleak-cache-dir={file}"],
+        "ERROR: dbleak: the template cache folder {file} cannot be used: it is a file, not a "
+        "folder; choose another with --dbleak-cache-dir",
+    ),
+    "cache_dir_under_proc": (
+        "", [PROCESS, "--dbleak-cache-dir=/proc/dbleak-cache"],
+        "ERROR: dbleak: the template cache folder /proc/dbleak-cache cannot be used: cannot "
+        "create it under /proc (No such file or directory); choose another with "
+        "--dbleak-cache-dir",
     ),
     "postgresql_url": (
         "", ["--dbleak-backend=url", "--dbleak-mysql-url=postgresql://u:pw@127.0.0.1/db"],
@@ -163,16 +193,112 @@ def test_a_configuration_mistake_is_a_one_line_usage_error(
     pytester: pytest.Pytester, case: str
 ) -> None:
     decorator, args, expected = USAGE_ERRORS[case]
-    port = str(_free_port())
-    args = [a.replace("{free_port}", port) for a in args]
+    a_file = pytester.path / "a-file"
+    a_file.write_text("not a folder\n")
+    given = {"{free_port}": str(_free_port()), "{file}": str(a_file)}
+    for placeholder, value in given.items():
+        args = [a.replace(placeholder, value) for a in args]
+        expected = expected.replace(placeholder, value)
     pytester.makepyfile(test_usage=f"import pytest\n\n{decorator}\ndef test_marked():\n    pass\n")
 
     result = pytester.runpytest_subprocess("--dbleak", *args, *ONLY_DBLEAK)
 
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert_one_usage_error(result, expected)
+
+
+def assert_one_usage_error(result: pytest.RunResult, expected: str) -> None:
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, all_output(result)
     errors = [line for line in all_output(result).splitlines() if line.startswith("ERROR")]
     assert len(errors) == 1, all_output(result)
-    pytest.LineMatcher(errors).fnmatch_lines([expected.replace("{free_port}", port)])
+    pytest.LineMatcher(errors).fnmatch_lines([expected])
+    assert "Traceback" not in all_output(result)
+    assert "INTERNALERROR" not in all_output(result)
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Iterator[Path]:
+    """An empty folder nobody can write in: root too (the immutable attribute)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    if shutil.which("chattr") is None:
+        pytest.skip("running as root without chattr: no way to make a folder read-only")
+    subprocess.run(["chattr", "+i", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_a_read_only_cache_folder_is_a_one_line_usage_error(
+    pytester: pytest.Pytester, read_only_folder: Path
+) -> None:
+    pytester.makepyfile(test_usage="def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess(
+        "--dbleak", PROCESS, f"--dbleak-cache-dir={read_only_folder}", *ONLY_DBLEAK
+    )
+    assert_one_usage_error(
+        result, f"ERROR: dbleak: the template cache folder {read_only_folder} cannot be used: "
+        "cannot write in it (*); choose another with --dbleak-cache-dir",
+    )
+
+
+BAD_MARKERS = '''
+import pytest
+
+
+@pytest.mark.dbleak(alow=1)
+def test_typo():
+    pass
+
+
+@pytest.mark.dbleak_http_load(requests=0)
+def test_zero_requests():
+    pass
+
+
+@pytest.mark.no_dbleaks
+def test_misspelt_name():
+    pass
+
+
+@pytest.mark.dbleak_jobs(run=3)
+class TestJobs:
+    def test_one(self):
+        pass
+
+    def test_two(self):
+        pass
+
+
+@pytest.mark.dbleak(allow=1)
+def test_fine():
+    pass
+'''
+
+
+def test_every_bad_marker_of_a_run_is_listed_at_once_one_line_each(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_markers=BAD_MARKERS)
+    result = pytester.runpytest_subprocess(*ONLY_DBLEAK)  # also without --dbleak
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in all_output(result).splitlines() if line.startswith("ERROR")]
+    assert errors == [
+        "ERROR: dbleak: test_markers.py::test_typo: @pytest.mark.dbleak: got an unexpected "
+        "keyword argument 'alow'; did you mean 'allow'?",
+        "ERROR: dbleak: test_markers.py::test_zero_requests: @pytest.mark.dbleak_http_load: "
+        "requests must be a whole number >= 1, got 0",
+        "ERROR: dbleak: test_markers.py::test_misspelt_name: @pytest.mark.no_dbleaks is not a "
+        "marker of pytest-dbleak; did you mean @pytest.mark.no_dbleak?",
+        "ERROR: dbleak: test_markers.py::TestJobs::test_one (and 1 more test): "
+        "@pytest.mark.dbleak_jobs: got an unexpected keyword argument 'run'; did you mean "
+        "'runs'?",
+    ], all_output(result)
     assert "Traceback" not in all_output(result)
 
 
@@ -244,3 +370,56 @@ def test_the_check_can_be_switched_on_from_the_ini_file(pytester: pytest.Pyteste
     pytester.makepyfile(test_ini=PREAMBLE + PRECEDENCE)
     result = pytester.runpytest_subprocess(FAST, *ONLY_DBLEAK)
     result.assert_outcomes(failed=1)
+
+
+def test_no_dbleak_on_the_command_line_switches_off_an_ini_dbleak_enabled(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeini("[pytest]\ndbleak_enabled = true\ndbleak_backend = process\n")
+    pytester.makepyfile(test_ini=PREAMBLE + PRECEDENCE)
+    off = pytester.runpytest_subprocess(FAST, *ONLY_DBLEAK, "--no-dbleak")
+    off.assert_outcomes(passed=1)
+    off.stdout.no_fnmatch_line("*dbleak: no leaks*")
+    # The same run without it fails the leaky test.
+    on = pytester.runpytest_subprocess(FAST, *ONLY_DBLEAK)
+    on.assert_outcomes(failed=1)
+
+
+STRESS_WITHOUT_ITS_EXTRA = '''
+import sys
+
+import pytest
+
+sys.modules["werkzeug"] = None  # as if the stress extra were not installed: import fails
+
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
+@pytest.mark.dbleak_http_load(requests=2, concurrency=1)
+def test_load(dbleak_http_load):
+    dbleak_http_load.run(app, "/")
+'''
+
+
+def test_a_stress_fixture_without_its_extra_names_the_extra_in_one_line(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_stress=STRESS_WITHOUT_ITS_EXTRA)
+    result = pytester.runpytest_subprocess(*ONLY_DBLEAK)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, all_output(result)
+    lines = [line for line in all_output(result).splitlines()
+             if "needs the stress extra" in line]
+    assert lines, all_output(result)
+    pytest.LineMatcher(lines).fnmatch_lines([
+        "*dbleak: dbleak_http_load needs the stress extra: pip install 'pytest-dbleak[[]stress]' "
+        "(no module named 'werkzeug')*",
+    ])
+    assert "Traceback" not in all_output(result)
+    assert "ModuleNotFoundError" not in all_output(result)
+    # The same test, with Werkzeug importable, runs its load.
+    pytester.makepyfile(test_stress=STRESS_WITHOUT_ITS_EXTRA.replace(
+        'sys.modules["werkzeug"] = None', "pass"))
+    pytester.runpytest_subprocess(*ONLY_DBLEAK).assert_outcomes(passed=1)

@@ -141,7 +141,7 @@ def test_legitimate_pool_growth_of_engines_from_before_the_test_or_wider_fixture
     pytester.makepyfile(test_growth=PREAMBLE + GROWTH)
     result = run(pytester)
     result.assert_outcomes(passed=8)
-    result.stdout.fnmatch_lines(["*- dbleak: no leaks in 8 tests -*"])
+    result.stdout.fnmatch_lines(["*- dbleak: no leaks in 8 checked tests -*"])
 
 
 WIDER_FIXTURES = '''

@@ -89,4 +89,4 @@ def test_the_unchanged_sqlalchemy_passes_the_proof_and_checks_tests(
         "--dbleak", "--dbleak-backend=process", FAST, *ONLY_DBLEAK
     )
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*dbleak: no leaks in 1 tests*"])
+    result.stdout.fnmatch_lines(["*dbleak: no leaks in 1 checked test*"])

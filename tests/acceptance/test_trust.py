@@ -236,7 +236,7 @@ def test_a_leaked_lock_never_makes_the_plugins_teardown_hang(
 def admin_with_password(local_mysql_url: str) -> Iterator[tuple[str, str]]:
     """A throw-away administrator with a long password on the machine's MariaDB."""
     endpoint = parse_mysql_url(local_mysql_url)
-    user, password = f"dbleak_t_{secrets.token_hex(3)}", f"pw-{secrets.token_hex(12)}"
+    user, password = f"dbleaktest_{secrets.token_hex(3)}", f"pw-{secrets.token_hex(12)}"
     root = endpoint.connect()
     try:
         with root.cursor() as cur:

@@ -24,7 +24,8 @@ def test_dbleak_takes_allow_and_settle() -> None:
     ("args", "kwargs", "message"),
     [
         pytest.param((), {"alow": 1},
-                     "@pytest.mark.dbleak: got an unexpected keyword argument 'alow'", id="typo"),
+                     "@pytest.mark.dbleak: got an unexpected keyword argument 'alow'; did you "
+                     "mean 'allow'?", id="typo"),
         pytest.param((1,), {}, "@pytest.mark.dbleak: takes 0 positional arguments but 1 was given",
                      id="positional"),
         pytest.param((), {"allow": -1},
@@ -78,3 +79,30 @@ def test_every_marker_is_documented_with_its_signature() -> None:
 def test_an_infinite_settle_in_the_marker_is_refused() -> None:
     with pytest.raises(DbleakError, match="settle must be a number of seconds >= 0"):
         marks.validate("dbleak", (), {"settle": float("inf")})
+
+
+@pytest.mark.parametrize(("marker", "kwargs", "suggestion"), [
+    ("dbleak", {"setle": 1}, "settle"),
+    ("dbleak_jobs", {"thread": 2}, "threads"),
+    ("dbleak_socket_churn", {"concurency": 2}, "concurrency"),
+    ("dbleak_http_load", {"request": 2}, "requests"),
+])
+def test_a_near_miss_keyword_gets_a_suggestion(marker, kwargs, suggestion) -> None:
+    with pytest.raises(DbleakError) as error:
+        marks.validate(marker, (), kwargs)
+    assert str(error.value).endswith(f"; did you mean {suggestion!r}?")
+
+
+def test_a_keyword_like_none_of_the_marker_gets_no_suggestion() -> None:
+    with pytest.raises(DbleakError) as error:
+        marks.validate("dbleak", (), {"reason": "x"})
+    assert str(error.value) == "@pytest.mark.dbleak: got an unexpected keyword argument 'reason'"
+
+
+def test_a_marker_name_close_to_one_of_ours_is_named_with_the_right_one() -> None:
+    assert marks.misspelt(["dbleak_job", "no_dbleaks", "dbleak", "slow", "django_db"]) == [
+        "@pytest.mark.dbleak_job is not a marker of pytest-dbleak; did you mean "
+        "@pytest.mark.dbleak_jobs?",
+        "@pytest.mark.no_dbleaks is not a marker of pytest-dbleak; did you mean "
+        "@pytest.mark.no_dbleak?",
+    ]

@@ -92,3 +92,15 @@ def test_a_mysql_url_becomes_an_admin_endpoint() -> None:
     assert endpoint == Endpoint("db.example", 3307, "admin", "pw")
     assert parse_mysql_url("mariadb://h").port == 3306
     assert parse_mysql_url("mysql://root@localhost").is_local
+
+
+def test_a_missing_module_of_an_extra_names_the_extra_and_the_top_level_module() -> None:
+    from pytest_dbleak.errors import missing_extra
+
+    exc = ModuleNotFoundError("No module named 'werkzeug.serving'", name="werkzeug.serving")
+    assert missing_extra(exc, "stress", "dbleak_http_load") == (
+        "dbleak_http_load needs the stress extra: pip install 'pytest-dbleak[stress]' "
+        "(no module named 'werkzeug')")
+    # Anything else stays the error it is.
+    other = ModuleNotFoundError("No module named 'myapp'", name="myapp")
+    assert missing_extra(other, "stress", "dbleak_http_load") is None

@@ -87,8 +87,8 @@ def test_the_failure_text_lists_each_leak_with_its_user_stack_outermost_first() 
 
 def test_the_failure_text_names_a_worker_thread_and_a_missing_user_stack() -> None:
     text = reporting.failure_text(result(checked_out(thread="worker-1", stack=[], site=None,
-                                                     count=2)))
-    assert "2 x checked-out connection never returned: " in text
+                                                     count=2, occurrences=2)))
+    assert f"2 {reporting.TIMES} checked-out connection never returned: " in text
     assert "    in thread worker-1\n    (no user code on the stack)\n" in text
 
 
@@ -172,3 +172,122 @@ def test_the_json_report_is_redacted(tmp_path: Path) -> None:
 def test_a_result_round_trips_through_its_dict() -> None:
     original = result(checked_out(), raw_connection(), runs=10, stress="dbleak_jobs")
     assert CheckResult.from_dict(json.loads(json.dumps(original.as_dict()))) == original
+
+
+def identical_checkouts(n: int, first_id: int = 100) -> list[Leak]:
+    """n leaks of one stack, as a stressed test that leaks at one line makes them."""
+    return [checked_out(what=f"server connection {i} of QueuePool checked out",
+                        connection_ids=[i], processlist=[dict(ROW, id=i)],
+                        thread=f"worker-{i % 4}")
+            for i in range(first_id, first_id + n)]
+
+
+def test_leaks_of_one_kind_at_one_stack_are_one_entry_and_nothing_is_lost() -> None:
+    r = result(*identical_checkouts(48), raw_connection())
+    grouped, raw = r.leaks
+    assert (grouped.kind, grouped.count, grouped.occurrences) == ("checked_out", 48, 48)
+    assert grouped.what == "server connections of QueuePool checked out"
+    assert grouped.connection_ids == list(range(100, 148))
+    assert [row["id"] for row in grouped.processlist] == list(range(100, 148))
+    assert grouped.thread == "worker-0, worker-1, worker-2, worker-3"
+    assert (raw.kind, raw.occurrences) == ("server_connection", 1)
+    assert r.leaked == 49
+    # The JSON round trip keeps the group as it is.
+    assert CheckResult.from_dict(json.loads(json.dumps(r.as_dict()))) == r
+
+
+def test_leaks_at_different_stacks_or_of_different_kinds_stay_apart() -> None:
+    other_stack = checked_out(stack=[Site("tests/test_orders.py", 30, "test_other")])
+    r = result(checked_out(), other_stack, checked_out(kind="gc_return"))
+    assert [(leak.kind, leak.occurrences) for leak in r.leaks] == [
+        ("checked_out", 1), ("checked_out", 1), ("gc_return", 1)]
+
+
+def test_raw_connections_from_different_ports_group_into_one_sentence() -> None:
+    leaks = [Leak("server_connection", 1, f"server connection {i} (u@127.0.0.1:{5000 + i}, "
+                  "Sleep) opened during the test and still open; no pool of this process "
+                  "owns it", connection_ids=[i]) for i in (7, 8)]
+    [leak] = result(*leaks).leaks
+    assert leak.what == ("server connections opened during the test and still open; "
+                         "no pool of this process owns them")
+
+
+def test_a_grouped_failure_shows_one_stack_and_folds_ids_and_rows() -> None:
+    r = result(*identical_checkouts(48))
+    text = reporting.failure_text(r).splitlines()
+    assert text == [
+        "dbleak: 48 connections leaked (48 checked_out) at tests/test_orders.py:16",
+        "",
+        f"48 {reporting.TIMES} checked-out connection never returned: server connections of "
+        "QueuePool checked out",
+        "    connection ids: 100, 101, 102, 103, 104 and 43 more",
+        "    in threads worker-0, worker-1, worker-2, worker-3",
+        "    tests/test_orders.py:22 in test_checkout",
+        "    tests/test_orders.py:16 in open_order",
+    ]
+    section = reporting.section_text(r).splitlines()
+    assert section[-1] == "  … and 43 more rows (all in the JSON report)"
+    assert len(section) == 3 + 1 + 1 + 2 + 5 + 1  # counters, wait, gap, title+head, rows, fold
+
+
+def test_one_engine_holding_two_connections_is_one_engine() -> None:
+    engine = Leak("undisposed_engine", 2, "QueuePool still alive without dispose(), holding "
+                  "2 server connections", site=Site("t.py", 3, "test_x"),
+                  stack=[Site("t.py", 3, "test_x")], connection_ids=[5, 6])
+    text = reporting.failure_text(result(engine))
+    assert "\nengine created and never disposed: QueuePool still alive" in text
+    assert reporting.TIMES not in text
+
+
+@pytest.mark.parametrize(("items", "text"), [
+    ([1], "1"), ([1, 2, 3, 4, 5], "1, 2, 3, 4, 5"),
+    ([1, 2, 3, 4, 5, 6], "1, 2, 3, 4, 5 and 1 more"),
+])
+def test_folded_shows_the_first_few_and_counts_the_rest(items: list[int], text: str) -> None:
+    assert reporting.folded(items) == text
+
+
+def test_the_header_names_backend_server_version_and_address() -> None:
+    assert reporting.header_line("process", "127.0.0.1", 40123, "10.11.19-MariaDB") == (
+        "dbleak: process backend, server 10.11.19-MariaDB at 127.0.0.1:40123")
+    assert reporting.header_line("url", "db.local", None, "8.4.3") == (
+        "dbleak: url backend, server 8.4.3 at db.local")
+
+
+@pytest.mark.parametrize(("handshake", "version"), [
+    ("5.5.5-10.11.19-MariaDB-0+deb12u1", "10.11.19-MariaDB-0+deb12u1"),
+    ("11.4.2-MariaDB", "11.4.2-MariaDB"),
+    ("8.4.3", "8.4.3"),
+])
+def test_the_server_version_drops_mariadbs_protocol_prefix(handshake: str, version: str) -> None:
+    from pytest_dbleak.probe import server_version
+
+    assert server_version(handshake) == version
+
+
+def test_only_tests_that_were_not_skipped_count_as_checked() -> None:
+    results = [result(nodeid="a"), result(nodeid="b"), result(nodeid="c")]
+    outcomes = {"a": "passed", "b": "skipped", "c": "failed"}
+    assert [r.nodeid for r in reporting.checked(results, outcomes)] == ["a", "c"]
+    assert reporting.clean_line(1) == "dbleak: no leaks in 1 checked test"
+    assert reporting.clean_line(452) == "dbleak: no leaks in 452 checked tests"
+
+
+def test_the_json_summary_counts_only_the_tests_that_failed_because_of_a_leak(
+    tmp_path: Path,
+) -> None:
+    results = [result(checked_out(), nodeid="t::own_failure"),
+               result(checked_out(), nodeid="t::leak_only")]
+    target = tmp_path / "r.json"
+    reporting.write_json(target, results, {}, {}, Redactor(), leak_failed={"t::leak_only"})
+    assert json.loads(target.read_text())["summary"]["failed_tests"] == 1
+
+
+def test_kinds_that_add_no_connection_are_left_out_of_the_counts() -> None:
+    engine = checked_out(kind="undisposed_engine", count=0,
+                         what="QueuePool still alive without dispose(), holding 1 server "
+                              "connection (already counted as gc_return)",
+                         stack=[Site("t.py", 1, "test_x")])
+    r = result(checked_out(kind="gc_return"), engine)
+    assert reporting.headline(r) == (
+        "dbleak: 1 connection leaked (1 gc_return) at tests/test_orders.py:16")

@@ -75,12 +75,12 @@ def test_the_cli_flag_is_a_boolean() -> None:
 
 def test_values_are_parsed_to_their_types() -> None:
     s = settings(env={"DBLEAK_SETTLE_TIMEOUT": "0.25", "DBLEAK_BACKEND": " URL ",
-                      "DBLEAK_MYSQL_URL": " mysql://root@h:1 ", "DBLEAK_STARTUP_TIMEOUT": "0"})
+                      "DBLEAK_MYSQL_URL": " mysql://root@h:1 ", "DBLEAK_STARTUP_TIMEOUT": "0.5"})
     assert s.settle_timeout == 0.25
     assert isinstance(s.settle_timeout, float)
     assert s.backend == "url"
     assert s.mysql_url == "mysql://root@h:1"
-    assert s.startup_timeout == 0.0
+    assert s.startup_timeout == 0.5
 
 
 @pytest.mark.parametrize(
@@ -104,21 +104,43 @@ def test_a_bad_value_names_the_source_that_gave_it(source: str, value: str, mess
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        ("settle_timeout", "-1", "expected a number >= 0, got '-1'"),
-        ("settle_timeout", "nan", "expected a number >= 0, got 'nan'"),
-        ("settle_timeout", "soon", "could not convert string to float"),
-        ("startup_timeout", "-0.5", "expected a number >= 0"),
+        ("settle_timeout", "-1", "expected a number of seconds >= 0, got '-1'"),
+        ("settle_timeout", "nan", "expected a number of seconds >= 0, got 'nan'"),
+        ("settle_timeout", "soon", "expected a number of seconds >= 0, got 'soon'"),
+        ("startup_timeout", "-0.5", "expected a number of seconds > 0, got '-0.5'"),
+        ("startup_timeout", "0", "expected a number of seconds > 0, got '0'"),
+        ("startup_timeout", "inf", "expected a number of seconds > 0, got 'inf'"),
         ("allow", "-1", "expected a whole number >= 0, got '-1'"),
-        ("allow", "1.5", "invalid literal for int()"),
+        ("allow", "1.5", "expected a whole number >= 0, got '1.5'"),
+        ("allow", "abc", "expected a whole number >= 0, got 'abc'"),
         ("enabled", "maybe", "expected true or false, got 'maybe'"),
     ],
 )
-def test_a_value_out_of_range_or_of_the_wrong_type_is_refused(
+def test_a_value_out_of_range_or_of_the_wrong_type_is_refused_with_its_valid_range(
     name: str, value: str, message: str
 ) -> None:
-    with pytest.raises(DbleakError, match=f"environment variable DBLEAK_{name.upper()}: ") as err:
+    with pytest.raises(DbleakError) as err:
         settings(env={f"DBLEAK_{name.upper()}": value})
-    assert message in str(err.value)
+    assert str(err.value) == f"environment variable DBLEAK_{name.upper()}: {message}"
+
+
+def test_every_numeric_option_is_refused_the_same_way_from_the_command_line() -> None:
+    for spec in OPTIONS:
+        if spec.default is not None and isinstance(spec.default, (int, float)) and not (
+                spec.is_flag):
+            with pytest.raises(DbleakError) as err:
+                settings(cli={spec.dest: "abc"})
+            assert str(err.value).startswith(f"{spec.flag}: expected a ")
+            assert str(err.value).endswith(", got 'abc'")
+
+
+def test_a_cli_false_switches_the_check_off_over_the_environment_and_the_ini_file() -> None:
+    # What --no-dbleak stores.
+    assert settings(cli={"dbleak": False}, env={"DBLEAK_ENABLED": "1"},
+                    ini={"dbleak_enabled": "true"}).enabled is False
+    flags = [spec for spec in OPTIONS if spec.is_flag]
+    assert [spec.negative for spec in flags] == [
+        "--no-dbleak", "--no-dbleak-report-only", "--no-dbleak-reclaim"]
 
 
 def test_the_template_cache_follows_the_cache_dir_then_xdg(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -136,5 +158,5 @@ def test_zero_is_a_valid_settle_timeout() -> None:
 
 @pytest.mark.parametrize("value", ["inf", "Infinity"])
 def test_an_infinite_settle_timeout_is_refused(value: str) -> None:
-    with pytest.raises(DbleakError, match="expected a number >= 0"):
+    with pytest.raises(DbleakError, match="expected a number of seconds >= 0"):
         settings(cli={"dbleak_settle_timeout": value})

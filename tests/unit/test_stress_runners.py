@@ -21,20 +21,20 @@ from typing import Any
 
 import pytest
 
-from pytest_dbleak import stress
-from pytest_dbleak.stress import (
-    HttpLoad,
-    JobStress,
-    SocketChurn,
-    SocketChurnError,
-    StressError,
-    serve_wsgi,
-)
-
 flask = pytest.importorskip("flask")
 flask_socketio = pytest.importorskip("flask_socketio")
 pytest.importorskip("socketio")
 
+from pytest_dbleak.stress import (  # noqa: E402  (after the skips: these need the extra)
+    HttpLoadRunner,
+    JobRunner,
+    SocketChurnError,
+    SocketChurnRunner,
+    StressError,
+    _upstream,
+    serve_wsgi,
+    wsgi,
+)
 
 # -- leak guard ---------------------------------------------------------------------
 
@@ -72,7 +72,7 @@ def no_leftovers() -> Iterator[None]:
         assert _open_sockets() <= sockets_before, "sockets left open"
 
 
-# -- JobStress ----------------------------------------------------------------------
+# -- JobRunner ----------------------------------------------------------------------
 
 
 def test_job_stress_calls_each_callable_exactly_runs_times() -> None:
@@ -87,7 +87,7 @@ def test_job_stress_calls_each_callable_exactly_runs_times() -> None:
         with lock:
             calls["b"] += 1
 
-    result = JobStress(runs=50, threads=4).run(job_a, job_b)
+    result = JobRunner(runs=50, threads=4).run(job_a, job_b)
 
     assert calls == {"a": 50, "b": 50}
     assert (result.kind, result.runs, result.concurrency) == ("jobs", 100, 4)
@@ -107,7 +107,7 @@ def test_job_stress_runs_calls_concurrently_on_its_threads() -> None:
             thread_names.add(threading.current_thread().name)
         barrier.wait()
 
-    result = JobStress(runs=12, threads=4).run(job)
+    result = JobRunner(runs=12, threads=4).run(job)
 
     assert result.runs == 12
     assert len(thread_names) == 4
@@ -131,7 +131,7 @@ def test_job_stress_reraises_the_first_exception_itself() -> None:
         raise error
 
     with pytest.raises(RuntimeError) as excinfo:
-        JobStress(runs=5, threads=1).run(job)
+        JobRunner(runs=5, threads=1).run(job)
 
     assert len(raised) == 5
     assert excinfo.value is raised[0]
@@ -157,7 +157,7 @@ def test_job_stress_waits_for_all_runs_when_one_fails() -> None:
             calls["steady"] += 1
 
     with pytest.raises(ValueError) as excinfo:
-        JobStress(runs=40, threads=4).run(flaky, steady)
+        JobRunner(runs=40, threads=4).run(flaky, steady)
 
     assert excinfo.value is failure
     assert calls == {"flaky": 40, "steady": 40}
@@ -176,7 +176,7 @@ def test_job_stress_rejects_bad_arguments(
     kwargs: dict[str, int], callables: tuple[Any, ...], error: type[Exception]
 ) -> None:
     with pytest.raises(error):
-        JobStress(**kwargs).run(*callables)
+        JobRunner(**kwargs).run(*callables)
 
 
 # -- SocketChurn --------------------------------------------------------------------
@@ -230,7 +230,7 @@ def _say_hello(client: Any) -> None:
 def test_socket_churn_runs_every_handler_and_task_before_returning() -> None:
     chat = ChatApp()
 
-    result = SocketChurn(clients=30, concurrency=5).run(
+    result = SocketChurnRunner(clients=30, concurrency=5).run(
         chat.app, chat.socketio, on_connect=_say_hello
     )
 
@@ -254,18 +254,18 @@ def test_socket_churn_leaves_the_socketio_server_as_it_found_it() -> None:
     monitor_before = eio.start_service_task
     async_drivers_before = eio._async
 
-    SocketChurn(clients=3, concurrency=3).run(chat.app, chat.socketio)
+    SocketChurnRunner(clients=3, concurrency=3).run(chat.app, chat.socketio)
 
     # The wrappers were instance attributes shadowing the class's methods; all gone.
     assert "_trigger_event" not in vars(server)
     assert not {"start_background_task", "sleep"} & set(vars(eio))
-    assert not {*stress._MANAGER_METHODS, "get_participants", "get_namespaces"} & set(
+    assert not {*_upstream.manager_methods(), "get_participants", "get_namespaces"} & set(
         vars(server.manager)
     )
     assert eio._async is async_drivers_before  # the WebSocket class was swapped in a copy
     assert eio.start_service_task == monitor_before
     # And it still serves: a second churn on the same app works.
-    SocketChurn(clients=3, concurrency=3).run(chat.app, chat.socketio)
+    SocketChurnRunner(clients=3, concurrency=3).run(chat.app, chat.socketio)
     assert len(chat.disconnected) == 6
 
 
@@ -273,7 +273,9 @@ def test_socket_churn_refused_auth_raises_a_clear_error() -> None:
     chat = ChatApp(token="letmein")
 
     with pytest.raises(SocketChurnError, match=r"could not connect.*bad token") as excinfo:
-        SocketChurn(clients=5, concurrency=2).run(chat.app, chat.socketio, auth={"token": "wrong"})
+        SocketChurnRunner(clients=5, concurrency=2).run(
+            chat.app, chat.socketio, auth={"token": "wrong"}
+        )
 
     assert excinfo.value.__cause__ is not None
     assert chat.connected == []
@@ -283,7 +285,9 @@ def test_socket_churn_refused_auth_raises_a_clear_error() -> None:
 def test_socket_churn_accepted_auth_connects() -> None:
     chat = ChatApp(token="letmein")
 
-    SocketChurn(clients=4, concurrency=2).run(chat.app, chat.socketio, auth={"token": "letmein"})
+    SocketChurnRunner(clients=4, concurrency=2).run(
+        chat.app, chat.socketio, auth={"token": "letmein"}
+    )
 
     assert len(chat.disconnected) == 4
 
@@ -296,7 +300,9 @@ def test_socket_churn_on_connect_error_is_raised_after_cleanup() -> None:
         raise failure
 
     with pytest.raises(SocketChurnError, match="on_connect raised") as excinfo:
-        SocketChurn(clients=20, concurrency=4).run(chat.app, chat.socketio, on_connect=on_connect)
+        SocketChurnRunner(clients=20, concurrency=4).run(
+            chat.app, chat.socketio, on_connect=on_connect
+        )
 
     assert excinfo.value.__cause__ is failure
     # It stopped early, but every client that connected also left, and was awaited.
@@ -309,7 +315,7 @@ def test_socket_churn_reports_a_failing_disconnect_handler() -> None:
     chat = ChatApp(failing_disconnect=True)
 
     with pytest.raises(SocketChurnError, match="disconnect handler") as excinfo:
-        SocketChurn(clients=3, concurrency=3).run(chat.app, chat.socketio)
+        SocketChurnRunner(clients=3, concurrency=3).run(chat.app, chat.socketio)
 
     assert isinstance(excinfo.value.__cause__, LookupError)
     assert len(chat.disconnected) == 3
@@ -318,7 +324,64 @@ def test_socket_churn_reports_a_failing_disconnect_handler() -> None:
 def test_socket_churn_needs_an_initialised_threading_socketio() -> None:
     app = flask.Flask(__name__)
     with pytest.raises(ValueError, match="no server yet"):
-        SocketChurn(clients=1).run(app, flask_socketio.SocketIO())
+        SocketChurnRunner(clients=1).run(app, flask_socketio.SocketIO())
+
+
+def test_a_missing_upstream_target_fails_the_churn_loudly_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As if python-engineio no longer served WebSockets through SimpleWebSocketWSGI:
+    # the churn must say so, not run without its workaround.
+    chat = ChatApp()
+    eio = chat.socketio.server.eio
+    monkeypatch.setattr(eio, "_async", {**eio._async, "websocket": object})
+
+    with pytest.raises(_upstream.UpstreamChanged) as excinfo:
+        SocketChurnRunner(clients=2, concurrency=1).run(chat.app, chat.socketio)
+
+    message = str(excinfo.value)
+    assert "\n" not in message
+    installed = _upstream.installed_version("python-engineio")
+    assert f"python-engineio {installed} does not have" in message
+    floor, newest = _upstream.VERIFIED_ON["python-engineio"]
+    assert f"verified on {floor} to {newest}" in message
+    assert chat.connected == []
+    # Nothing was left patched: the driver table is the one it found.
+    assert eio._async["websocket"] is object
+    assert "_trigger_event" not in vars(chat.socketio.server)
+
+
+def test_a_method_upstream_adds_to_the_manager_is_serialised_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socketio
+
+    held_elsewhere: list[bool] = []
+
+    def count_members(self: Any, namespace: str) -> int:
+        # Is the manager's lock held while it runs?  Ask from another thread.
+        probe = threading.Thread(
+            target=lambda: held_elsewhere.append(not lock.acquire(blocking=False))
+        )
+        probe.start()
+        probe.join(5)
+        return len(self.rooms.get(namespace, {}))
+
+    monkeypatch.setattr(
+        socketio.base_manager.BaseManager, "count_members", count_members, raising=False
+    )
+    manager = ChatApp().socketio.server.manager
+    lock = threading.RLock()
+
+    replacements = dict(_upstream.serialise_manager(manager, lock))
+
+    assert "count_members" in replacements
+    assert replacements["count_members"]("/") == 0
+    assert held_elsewhere == [True]
+    # And the one that runs application code (an ack callback) is left alone.
+    assert "trigger_callback" not in replacements
+    # Generators come back as snapshots taken under the lock.
+    assert list(replacements["get_namespaces"]()) == list(manager.get_namespaces())
 
 
 class _GilYieldingDict(dict[Any, Any]):
@@ -344,10 +407,13 @@ def test_socket_churn_serialises_the_socketio_managers_bookkeeping() -> None:
     # connect or whose disconnect handler never runs.
     chat = ChatApp()
     manager = chat.socketio.server.manager
-    for name in ("rooms", "pending_connect", "pending_disconnect"):
+    # pending_connect is python-socketio 5.18 and later
+    names = ("rooms", "pending_connect", "pending_disconnect")
+    books = [name for name in names if hasattr(manager, name)]
+    for name in books:
         setattr(manager, name, _GilYieldingDict(getattr(manager, name)))
 
-    result = SocketChurn(clients=30, concurrency=5).run(chat.app, chat.socketio)
+    result = SocketChurnRunner(clients=30, concurrency=5).run(chat.app, chat.socketio)
 
     assert result.disconnects == 30
     assert len(chat.connected) == 30
@@ -355,7 +421,7 @@ def test_socket_churn_serialises_the_socketio_managers_bookkeeping() -> None:
     assert chat.reasons == {"client disconnect": 30}
     assert chat.tasks_done == 30
     # Every client left the manager's books.
-    assert (manager.rooms, manager.pending_connect, manager.pending_disconnect) == ({}, {}, {})
+    assert [getattr(manager, name) for name in books] == [{}] * len(books)
 
 
 def _server_websocket(state: str) -> tuple[Any, Any, socket.socket]:
@@ -365,7 +431,6 @@ def _server_websocket(state: str) -> tuple[Any, Any, socket.socket]:
     ``state`` is ``"open"``, or ``"closed"``: the reader has just answered the
     client's close frame but not yet marked the connection closed.
     """
-    from engineio.async_drivers._websocket_wsgi import SimpleWebSocketWSGI
     from simple_websocket.ws import Base
     from wsproto import ConnectionType, WSConnection
     from wsproto.events import AcceptConnection, CloseConnection, Request
@@ -390,8 +455,9 @@ def _server_websocket(state: str) -> tuple[Any, Any, socket.socket]:
         event=threading.Event(),
         close_reason=None,
         close_message=None,
+        thread=threading.Thread(target=lambda: None),  # the reader, never started
     )
-    wrapper = object.__new__(stress._closing_once_websocket_class(SimpleWebSocketWSGI))
+    wrapper = object.__new__(_upstream.ClosingOnceWebSocket)
     wrapper.ws = connection
     return wrapper, connection, theirs
 
@@ -428,7 +494,7 @@ def test_closing_the_server_websocket_wakes_the_request_thread_and_never_raises(
 
 def test_socket_churn_of_100_clients() -> None:
     chat = ChatApp()
-    churn = SocketChurn()
+    churn = SocketChurnRunner()
     assert churn.clients == 100
 
     started = time.perf_counter()
@@ -472,7 +538,7 @@ class ShopApp:
 def test_http_load_counts_statuses_and_waits_for_teardown() -> None:
     shop = ShopApp()
 
-    result = HttpLoad(requests=200, concurrency=20).run(shop.app, "/ok")
+    result = HttpLoadRunner(requests=200, concurrency=20).run(shop.app, "/ok")
 
     assert result.statuses == {200: 200}
     assert sum(result.statuses.values()) + result.failures == 200
@@ -491,7 +557,7 @@ def test_http_load_counts_statuses_and_waits_for_teardown() -> None:
 def test_http_load_counts_404s() -> None:
     shop = ShopApp()
 
-    result = HttpLoad(requests=50, concurrency=10).run(shop.app, "/no-such-page")
+    result = HttpLoadRunner(requests=50, concurrency=10).run(shop.app, "/no-such-page")
 
     assert result.statuses == {404: 50}
     assert shop.teardowns == 50
@@ -500,7 +566,7 @@ def test_http_load_counts_404s() -> None:
 def test_http_load_sends_method_headers_and_body() -> None:
     shop = ShopApp()
 
-    result = HttpLoad(requests=10, concurrency=5).run(
+    result = HttpLoadRunner(requests=10, concurrency=5).run(
         shop.app, "/echo", method="POST", headers={"Content-Type": "text/plain"}, body="hé"
     )
 
@@ -526,7 +592,7 @@ def test_http_load_joins_request_threads_that_outlive_the_response() -> None:
         start_response("200 OK", [("Content-Length", "4")])
         return Body()
 
-    result = HttpLoad(requests=300, concurrency=30).run(app, "/")
+    result = HttpLoadRunner(requests=300, concurrency=30).run(app, "/")
 
     assert result.statuses == {200: 300}
     assert closed == 300
@@ -539,7 +605,7 @@ def test_http_load_counts_dropped_connections_as_failures() -> None:
         start_response("200 OK", [])
         return [b"never sent"]
 
-    result = HttpLoad(requests=10, concurrency=5).run(rude_app, "/")
+    result = HttpLoadRunner(requests=10, concurrency=5).run(rude_app, "/")
 
     assert result.failures == 10
     assert result.statuses == {}
@@ -550,7 +616,7 @@ def test_http_load_counts_dropped_connections_as_failures() -> None:
 
 def test_http_load_default_1000_requests_50_at_a_time() -> None:
     shop = ShopApp()
-    load = HttpLoad()
+    load = HttpLoadRunner()
     assert (load.requests, load.concurrency) == (1000, 50)
 
     started = time.perf_counter()
@@ -593,7 +659,7 @@ def test_serve_wsgi_serves_and_stops() -> None:
 def test_serve_wsgi_reports_request_threads_it_cannot_join(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(stress, "_FORCED_EXIT_GRACE", 0.1)
+    monkeypatch.setattr(wsgi, "FORCED_EXIT_GRACE", 0.1)
     entered = threading.Event()
     release = threading.Event()
 

@@ -91,3 +91,32 @@ def app_session(app: Flask) -> Iterator[None]:
             yield
         finally:
             db.session.remove()
+
+
+# -- the main job's closing statement (proof.py) ----------------------------------------
+_ITEMS = pytest.StashKey[list[pytest.Item]]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    session.config.stash[_ITEMS] = list(session.items)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """`pytest --dbleak reference_app/tests/leaks` ends with what it showed."""
+    from pytest_dbleak.manager import MANAGER
+
+    from . import proof
+
+    manager = config.stash.get(MANAGER, None)
+    items = config.stash.get(_ITEMS, [])
+    if manager is None or not manager.settings.enabled or manager.info is None:
+        return
+    if not proof.is_main_job(config, items):
+        return
+    checked = [r for r in manager.results.values() if manager.outcomes.get(r.nodeid) != "skipped"]
+    clean = exitstatus == 0 and not any(r.leaks for r in manager.results.values())
+    server = f"{manager.info.backend} backend, server {manager.info.version}"
+    terminalreporter.write_sep("=", "reference app: what this run showed", bold=True)
+    for line in proof.statement(config, items, clean, len(checked), server):
+        terminalreporter.write_line(line)

@@ -313,5 +313,3 @@ def test_all_four_jobs_interleaved(job_app: Callable[..., Flask], dbleak_jobs: A
     assert runs["check_request_timeouts"].total("timed_out") == STALE
     assert runs["cleanup_old_logs"].total("deleted") == OLD_LOGS
     assert runs["retry_failed_notifications"].total("sent") > 0
-
-

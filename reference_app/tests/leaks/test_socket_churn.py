@@ -119,20 +119,17 @@ def test_a_hundred_drivers_come_and_go(
     assert get_tasks(app).running == 0
     with app_session(app):
         buggies = dict(
-            db.session.execute(select(Buggy.status, func.count()).group_by(Buggy.status))
-            .all()
+            db.session.execute(select(Buggy.status, func.count()).group_by(Buggy.status)).all()
         )
         requests = dict(
             db.session.execute(
                 select(GuestRequest.status, func.count()).group_by(GuestRequest.status)
-            )
-            .all()
+            ).all()
         )
         kinds = dict(
             db.session.execute(
                 select(Notification.kind, func.count()).group_by(Notification.kind)
-            )
-            .all()
+            ).all()
         )
         offline_logs = db.session.scalar(
             select(func.count()).select_from(SystemLog).where(SystemLog.source == "fleet")
@@ -148,4 +145,3 @@ def test_a_hundred_drivers_come_and_go(
     assert facts.checked_out == 0, facts
     assert facts.status == "healthy", facts
     assert facts.server_connections <= facts.ceiling, facts
-

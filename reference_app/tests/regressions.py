@@ -1,9 +1,12 @@
-"""The seed's original connection bugs, as named switches for leak tests.
+"""The seed's original connection bugs, installed on a built app from outside.
 
-Never on in normal runs. ``create_app`` reads them from config ``REGRESSIONS``
-and from the environment variable ``REFERENCE_APP_REGRESSIONS``
-(comma-separated). Each is a small, faithful reproduction of one bug the seed
-describes, so that a leak detector can be shown to catch it.
+Test-only: the production code has no switch for them. ``install(app, names)``
+replaces pieces of a finished app through the seams the factory exposes (the
+app's ``JobSet`` of job bodies and runner, the background tasks' runner, the
+app's teardown functions). The leak tests name them in the environment
+variable ``REFERENCE_APP_REGRESSIONS`` (comma-separated), read by the
+``make_app`` fixture. Each is a small, faithful reproduction of one bug the
+seed describes, so that a leak detector can be shown to catch it.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from flask import Flask
 from flask.ctx import AppContext
 from sqlalchemy import select
 
-from .config import ConfigError
-from .extensions import db
-from .models import Notification, utcnow
-from .services import notifications
+from reference_app import create_app, session_cleanup
+from reference_app.extensions import db
+from reference_app.jobs import JobBody, get_jobs
+from reference_app.models import Notification, utcnow
+from reference_app.services import notifications
+from reference_app.tasks import get_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -50,15 +55,15 @@ REGRESSIONS: dict[str, str] = {
     ),
 }
 
-JobBody = Callable[[], dict[str, Any]]
-JobRunner = Callable[[Flask, str, JobBody], dict[str, Any]]
-TaskRunner = Callable[..., Any]
-
 # What the seed's code kept alive: contexts pushed and never popped, and apps
 # built per run. Holding them here makes the leak independent of when the
 # garbage collector happens to run.
 _NEVER_POPPED: list[AppContext] = []
 _APPS_BUILT_PER_RUN: list[Flask] = []
+
+
+class UnknownRegression(ValueError):
+    pass
 
 
 def parse_regressions(value: str | Iterable[str] | None) -> frozenset[str]:
@@ -69,16 +74,12 @@ def parse_regressions(value: str | Iterable[str] | None) -> frozenset[str]:
     unknown = sorted(names - REGRESSIONS.keys())
     if unknown:
         known = ", ".join(REGRESSIONS)
-        raise ConfigError(f"unknown regression(s): {', '.join(unknown)}; known: {known}")
+        raise UnknownRegression(f"unknown regression(s): {', '.join(unknown)}; known: {known}")
     return names
 
 
 def regressions_from_env() -> frozenset[str]:
     return parse_regressions(os.environ.get(ENV_VAR))
-
-
-def is_on(app: Flask, name: str) -> bool:
-    return name in app.config["REGRESSIONS"]
 
 
 # -- no_request_cleanup ------------------------------------------------------
@@ -87,15 +88,18 @@ def is_on(app: Flask, name: str) -> bool:
 def defeat_request_cleanup(app: Flask) -> None:
     """Seed bug 1: nothing removes the session when a request ends.
 
-    The caller skips our teardown handlers; Flask-SQLAlchemy 3 registers its
-    own ``session.remove()`` teardown, which is taken away here so that the
+    The app's own clean-up handlers are taken away, and so is the
+    ``session.remove()`` teardown Flask-SQLAlchemy 3 registers, so that the
     leak is real: the scoped session registry keeps every request's session,
     and its open transaction keeps the connection checked out.
     """
     extension = app.extensions["sqlalchemy"]
+    removed = {extension._teardown_session, session_cleanup.shutdown_session}
     app.teardown_appcontext_funcs[:] = [
-        func for func in app.teardown_appcontext_funcs if func != extension._teardown_session
+        func for func in app.teardown_appcontext_funcs if func not in removed
     ]
+    requests = app.teardown_request_funcs.get(None, [])
+    requests[:] = [func for func in requests if func != session_cleanup.rollback_failed_request]
 
 
 # -- job_without_app_context and disconnect_thread_without_cleanup -----------
@@ -130,8 +134,6 @@ def run_job_in_new_app(app: Flask, name: str, body: JobBody) -> dict[str, Any]:
     """The seed's "fixed" job: ``app = create_app()`` then ``with
     app.app_context():``. The session is cleaned, but every run builds a new
     engine whose pooled connection stays open on the server."""
-    from .factory import create_app  # the factory imports this module
-
     fresh = create_app(dict(app.config))
     _APPS_BUILT_PER_RUN.append(fresh)
     with fresh.app_context():
@@ -162,24 +164,23 @@ def retry_notifications_in_one_session() -> dict[str, Any]:
     return {"sent": sent, "failed": failed, "due": notifications.count_due()}
 
 
-# -- the switch points -------------------------------------------------------
+# -- installing them ---------------------------------------------------------
 
 
-def job_runner(app: Flask) -> JobRunner | None:
-    if is_on(app, "job_without_app_context"):
-        return run_job_without_cleanup
-    if is_on(app, "job_create_app_per_run"):
-        return run_job_in_new_app
-    return None
-
-
-def job_body(app: Flask, name: str) -> JobBody | None:
-    if name == "retry_failed_notifications" and is_on(app, "long_running_job_session"):
-        return retry_notifications_in_one_session
-    return None
-
-
-def disconnect_task_runner(app: Flask) -> TaskRunner | None:
-    if is_on(app, "disconnect_thread_without_cleanup"):
-        return run_in_context_never_popped
-    return None
+def install(app: Flask, names: Iterable[str]) -> Flask:
+    """Switch the named seed bugs on in ``app``, a finished ``create_app()``."""
+    wanted = parse_regressions(names)
+    if wanted:
+        logger.warning("seed regressions switched ON: %s", ", ".join(sorted(wanted)))
+    if "no_request_cleanup" in wanted:
+        defeat_request_cleanup(app)
+    jobs = get_jobs(app)
+    if "job_without_app_context" in wanted:
+        jobs.runner = run_job_without_cleanup
+    if "job_create_app_per_run" in wanted:
+        jobs.runner = run_job_in_new_app
+    if "long_running_job_session" in wanted:
+        jobs.bodies["retry_failed_notifications"] = retry_notifications_in_one_session
+    if "disconnect_thread_without_cleanup" in wanted:
+        get_tasks(app).runner = run_in_context_never_popped
+    return app

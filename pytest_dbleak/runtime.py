@@ -1,0 +1,255 @@
+"""The server, the session database and the leak checks of one run, each built whole.
+
+No pytest import. The manager asks for what a hook needs - ``server()``, ``database()``
+or ``checks()`` - and gets either the whole thing or one ``DbleakError``, the same on
+every later call: there is no half-started state to test for.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import backends
+from .backends import RunningServer, ServerInfo
+from .errors import DbleakError, Redactor
+from .probe import Endpoint, Monitor
+from .settings import Settings
+from .signals import sigterm_as_interrupt
+
+if TYPE_CHECKING:
+    from .detector import Detector
+    from .lockwatch import LockWatch
+    from .tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SessionDatabase:
+    """The database and user that belong to this session (or xdist worker)."""
+
+    name: str
+    user: str
+    password: str
+    url: str
+
+
+@dataclass(frozen=True)
+class Server:
+    """A server that answers: what runs it, our admin connection to it, its facts."""
+
+    running: RunningServer
+    monitor: Monitor
+    info: ServerInfo
+
+    @property
+    def shared_with_others(self) -> bool:
+        """Not ours alone (the url backend, or the controller's on an xdist worker)."""
+        return not self.running.owned
+
+
+@dataclass(frozen=True)
+class Checks:
+    """Everything a leak check needs, on top of a Server."""
+
+    database: SessionDatabase
+    tracker: Tracker
+    detector: Detector
+    lockwatch: LockWatch | None
+
+
+class Runtime:
+    def __init__(
+        self, settings: Settings, redact: Redactor, *, worker: str,
+        shared: dict[str, Any] | None, root: Path, note: Callable[[str], None],
+    ) -> None:
+        self.settings = settings
+        self.redact = redact
+        self.worker = worker  # "main", or the xdist worker id
+        self._shared = shared  # an xdist worker: the controller's server
+        self._root = root
+        self._note = note
+        self._launched: backends.Launch | None = None
+        self._server: Server | None = None
+        self._database: SessionDatabase | None = None
+        self._checks: Checks | None = None
+        self._error: DbleakError | None = None
+        self._server_gone = False
+        self._undo_sigterm: Callable[[], None] = lambda: None
+
+    # -- what the hooks ask for ---------------------------------------------------
+    @property
+    def info(self) -> ServerInfo | None:
+        return self._server.info if self._server is not None else None
+
+    @property
+    def running(self) -> RunningServer | None:
+        return self._server.running if self._server is not None else None
+
+    @property
+    def detector(self) -> Detector | None:
+        """The detector while checks run; None before, and after the server died."""
+        if self._checks is None or self._server_gone:
+            return None
+        return self._checks.detector
+
+    @property
+    def lockwatch(self) -> LockWatch | None:
+        return self._checks.lockwatch if self._checks is not None else None
+
+    @property
+    def tracking(self) -> Tracker | None:
+        return self._checks.tracker if self._checks is not None else None
+
+    def launch(self) -> None:
+        """Set the server off (once), so that it boots while other work goes on."""
+        if self._shared is not None or self._server is not None or self._error is not None:
+            return
+        if self._launched is None:
+            s = self.settings
+            try:
+                self._launched = backends.launch(
+                    s.backend, mysql_url=s.mysql_url, mysqld=s.mysqld, image=s.image,
+                    cache=s.template_cache, timeout=s.startup_timeout, redactor=self.redact,
+                )
+            except DbleakError as exc:
+                self._error = DbleakError(self.redact(str(exc)))
+
+    def server(self) -> Server:
+        """Start or reach the server once; the same error on every later call."""
+        if self._error is not None:
+            raise self._error
+        if self._server is None:
+            try:
+                self._server = self._start()
+            except DbleakError as exc:
+                self._error = DbleakError(self.redact(str(exc)))
+                self.close()
+                raise self._error from None
+        return self._server
+
+    def database(self) -> SessionDatabase:
+        if self._database is None:
+            server = self.server()
+            try:
+                self._database = self._create_database(server)
+            except DbleakError as exc:
+                self._error = exc
+                raise
+        return self._database
+
+    def checks(self) -> Checks:
+        """Server, session database, tracker, detector and lock watch."""
+        if self._checks is None:
+            self.launch()  # mariadbd boots while SQLAlchemy imports below
+            from .detector import Detector
+            from .tracking import Tracker
+
+            tracker = Tracker()
+            tracker.install()
+            try:
+                database = self.database()
+            except DbleakError:
+                tracker.uninstall()
+                raise
+            server = self.server()
+            own_everything = not server.shared_with_others
+            users = None if own_everything else frozenset({database.user})
+            detector = Detector(tracker, server.monitor, users, self._root)
+            lockwatch = None
+            if self.settings.lock_wait > 0:
+                from .lockwatch import LockWatch
+
+                lockwatch = LockWatch(
+                    server.running.endpoint, server.running.where, users, tracker, self._root,
+                    self.settings.lock_wait,
+                )
+                server.monitor.own_ids.add(lockwatch.connection_id)
+            self._checks = Checks(database, tracker, detector, lockwatch)
+        return self._checks
+
+    def server_gone(self) -> None:
+        """No more checks: the server stopped answering."""
+        self._server_gone = True
+
+    # -- building ---------------------------------------------------------------------
+    def _start(self) -> Server:
+        if self._shared is not None:
+            running = RunningServer(
+                self._shared["backend"], Endpoint(**self._shared["endpoint"]), owned=False
+            )
+        else:
+            self.launch()
+            if self._error is not None:
+                raise self._error
+            assert self._launched is not None
+            launched, self._launched = self._launched, None
+            running = launched.wait()
+        try:
+            monitor = Monitor(running.endpoint, running.where)
+        except Exception as exc:  # noqa: BLE001 - PyMySQL raises several types here
+            running.stop()
+            raise backends.connect_error(running, exc) from None
+        self.redact.add(running.endpoint.password)
+        for note in running.notes:
+            self._note(note)
+        return Server(running, monitor, backends.describe(running, monitor.version))
+
+    def _create_database(self, server: Server) -> SessionDatabase:
+        tag = "".join(c for c in self.worker if c.isalnum())[:8]
+        name = f"dbleak_{tag}_{secrets.token_hex(3)}"
+        password = secrets.token_hex(16)
+        self.redact.add(password)
+        monitor = server.monitor
+        try:
+            # On a server others use: hold the session's lock first, then remove what
+            # killed runs left (their locks are free), then create ours.
+            monitor.claim(name)
+            if server.shared_with_others:
+                for swept in monitor.sweep_orphans():
+                    log.info("dbleak: removed %s, left by a run that was killed", swept)
+            self._undo_sigterm = sigterm_as_interrupt()  # so a cancelled CI job drops it
+            monitor.create_database(name, name, password, "%")
+        except Exception as exc:  # noqa: BLE001 - report any refusal as one line
+            raise DbleakError(self.redact(
+                f"cannot create the session database on {server.running.where}: {exc}"
+            )) from None
+        from sqlalchemy.engine import URL
+
+        query = {"charset": "utf8mb4"}
+        if server.running.endpoint.is_local:
+            query["ssl_disabled"] = "true"  # PyMySQL >= 1.2: no SSL context per connect
+        url = URL.create(
+            "mysql+pymysql", username=name, password=password, host=server.info.host,
+            port=server.info.port, database=name, query=query,
+        ).render_as_string(hide_password=False)
+        return SessionDatabase(name, name, password, url)
+
+    # -- the end ------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop what was started; drop what we created on a server that stays. Idempotent."""
+        if self._launched is not None:  # set off, never waited for
+            self._launched.cancel()
+            self._launched = None
+        checks, server, database = self._checks, self._server, self._database
+        self._checks = self._server = self._database = None
+        if checks is not None and checks.lockwatch is not None:
+            checks.lockwatch.close()
+        if server is not None:
+            # A server we started goes away whole; on anybody else's, drop what we created.
+            if database is not None and server.shared_with_others:
+                try:
+                    server.monitor.drop_database(database.name, database.user, "%")
+                except Exception as exc:  # noqa: BLE001 - best effort at the very end
+                    log.warning("dbleak: could not drop %s: %s", database.name, exc)
+            server.monitor.close()
+            server.running.stop()
+        if checks is not None:
+            checks.tracker.uninstall()
+        self._undo_sigterm()
+        self._undo_sigterm = lambda: None

@@ -1,0 +1,185 @@
+"""A leak, once reported, is taken back: later tests start from a healthy pool and
+server, and the blame stays on the test that leaked."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from tests.acceptance.helpers import FAST, ONLY_DBLEAK, PREAMBLE
+
+SMALL_POOL = PREAMBLE + '''
+
+@pytest.fixture(scope="session")
+def engine(dbleak_mysql_url):
+    engine = sa.create_engine(dbleak_mysql_url, pool_size=2, max_overflow=0, pool_timeout=3)
+    yield engine
+    engine.dispose()
+
+
+@pytest.mark.parametrize("n", range(5))
+def test_a_leaky(engine, n):
+    KEEP.append(engine.connect())
+
+
+@pytest.mark.parametrize("n", range(5))
+def test_b_clean(engine, n):
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT 1"))
+'''
+
+
+def clean_test_times(path: str) -> dict[str, float]:
+    root = ET.parse(path).getroot()
+    return {case.get("name", ""): float(case.get("time", "0"))
+            for case in root.iter("testcase") if "test_b_clean" in case.get("name", "")}
+
+
+def test_leaks_that_exhaust_a_small_pool_are_reclaimed_and_later_tests_pass_at_once(
+    pytester: pytest.Pytester, backend_args: list[str]
+) -> None:
+    pytester.makepyfile(test_pool=SMALL_POOL)
+    result = pytester.runpytest_subprocess(
+        "--dbleak", *backend_args, FAST, "--junitxml=j.xml", *ONLY_DBLEAK
+    )
+    result.assert_outcomes(failed=5, passed=5)
+    times = clean_test_times(str(pytester.path / "j.xml"))
+    assert len(times) == 5
+    assert all(t < 1.0 for t in times.values()), times  # pool_timeout is 3 s
+
+
+def test_without_reclaiming_the_same_leaks_make_innocent_tests_time_out(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_pool=SMALL_POOL.replace("pool_timeout=3", "pool_timeout=0.5"))
+    result = pytester.runpytest_subprocess(
+        "--dbleak", "--dbleak-backend=process", FAST, "--no-dbleak-reclaim", *ONLY_DBLEAK
+    )
+    # Two leaks fill the pool; the next three leaky tests and every clean one time out.
+    result.assert_outcomes(failed=10)
+    result.stdout.fnmatch_lines(["FAILED test_pool.py::test_b_clean[[]0[]] - *TimeoutError*"])
+
+
+EACH_KIND = PREAMBLE + '''
+
+@pytest.fixture(scope="session")
+def lazy(dbleak_mysql_url):
+    engine = sa.create_engine(dbleak_mysql_url, pool_reset_on_return=None, pool_size=1,
+                              max_overflow=0)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE items (id INT) ENGINE=InnoDB"))
+    yield engine
+    engine.dispose()
+
+
+def test_1_leaves_a_raw_connection(dbleak_mysql_url):
+    KEEP.append(pymysql.connect(**connect_args(dbleak_mysql_url)))
+
+
+def test_2_the_raw_connection_was_killed():
+    with pytest.raises(pymysql.err.OperationalError):
+        KEEP[-1].ping(reconnect=False)
+
+
+def test_3_leaves_a_transaction_open(lazy):
+    raw = lazy.raw_connection()
+    raw.cursor().execute("SELECT * FROM items")
+    raw.close()
+
+
+def test_4_the_transaction_was_rolled_back(lazy, dbleak):
+    assert dbleak.pool_status(lazy).idle == 1
+    with lazy.connect() as conn:
+        assert conn.exec_driver_sql("SELECT @@in_transaction").scalar() == 0
+
+
+def test_5_leaves_an_engine(dbleak_mysql_url):
+    engine = sa.create_engine(dbleak_mysql_url)
+    engine.connect().close()
+    KEEP.append(engine)
+
+
+def test_6_the_engine_was_disposed(dbleak):
+    assert dbleak.pool_status(KEEP[-1]).open == 0
+
+
+@pytest.mark.dbleak(allow=1)
+def test_7_a_tolerated_leak(lazy):
+    KEEP.append(lazy.connect())
+
+
+def test_8_a_tolerated_leak_is_left_alone(lazy, dbleak):
+    assert dbleak.pool_status(lazy).checked_out == 1
+'''
+
+
+def test_every_kind_of_leak_is_taken_back_and_a_tolerated_one_is_left(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_kinds=EACH_KIND)
+    result = pytester.runpytest_subprocess(
+        "--dbleak", "--dbleak-backend=process", FAST, *ONLY_DBLEAK
+    )
+    result.assert_outcomes(failed=3, passed=5)
+    for name in ("test_1_leaves_a_raw_connection", "test_3_leaves_a_transaction_open",
+                 "test_5_leaves_an_engine"):
+        result.stdout.fnmatch_lines([f"FAILED test_kinds.py::{name} - dbleak: *"])
+
+
+STUCK = PREAMBLE + '''
+from sqlalchemy.orm import Session
+
+
+@pytest.fixture(scope="module")
+def engine(dbleak_mysql_url):
+    engine = sa.create_engine(dbleak_mysql_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def todo(engine):
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE todo (id INT) ENGINE=InnoDB"))
+    yield
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE todo"))  # WAITS
+
+
+def test_leaves_a_session_open(engine, todo):
+    session = Session(engine)
+    session.execute(sa.text("SELECT * FROM todo"))  # HOLDS
+    KEEP.append(session)
+
+
+def test_after_it(engine):
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT 1"))
+'''
+
+
+def test_a_statement_stuck_behind_a_leaked_transaction_is_interrupted_and_named(
+    pytester: pytest.Pytester, backend_args: list[str]
+) -> None:
+    from tests.acceptance.helpers import failure_of, line_of
+
+    pytester.makepyfile(test_stuck=STUCK)
+    result = pytester.runpytest_subprocess(
+        "--dbleak", *backend_args, FAST, "--dbleak-lock-wait=1", *ONLY_DBLEAK,
+        timeout=120,
+    )
+    result.assert_outcomes(passed=1, errors=1)
+    assert result.duration < 60
+    waits = line_of(STUCK, "# WAITS")
+    block = failure_of(result, "test_leaves_a_session_open")
+    block.fnmatch_lines([
+        "E * (1317, 'Query execution was interrupted')",
+        "*- dbleak -*",
+        "dbleak: 1 connection leaked (1 checked_out, lock_wait) at test_stuck.py:*",
+        "*statement stuck behind a lock*: statement on server connection * waited * s "
+        "(Waiting for table metadata lock) and was interrupted: DROP TABLE todo; idle in a "
+        "transaction meanwhile: server connection * (in a transaction since *, checked out "
+        f"at test_stuck.py:{line_of(STUCK, '# HOLDS')} in test_leaves_a_session_open)",
+        f"    test_stuck.py:{waits} in todo",
+    ])
