@@ -4,8 +4,7 @@ connections, and connections of the test's child processes.
 - A transaction that began during the window on an idle server connection that no
   tracked pool holds (another driver's pool, a raw connection of a wider-scoped fixture)
   is an ``open_transaction`` leak, unless a wider-scoped fixture began it. The server
-  says when it began and what it locks (``information_schema.INNODB_TRX``, a cache
-  refreshed only after 0.1 s without reads: ``Monitor.transactions`` waits for a fresh one).
+  says when it began and what it locks (``Monitor.transactions``).
 - A connection a child process holds carries the child's connect line (a forked child
   reports it) or the line that started the child; the fork bug (a parent's pooled
   connection used in a forked child) is a ``fork_shared`` leak.
@@ -65,8 +64,7 @@ class BeyondPools:
         ids = self._untracked_idle(snap)
         if not ids:
             return {}  # nothing but tracked pools: no query
-        # Not forced fresh: since our last read only pytest's bookkeeping ran.
-        infos = self.monitor.transactions(ids, fresh=False)
+        infos = self.monitor.transactions(ids)
         return {ident: info.trx_id for ident, info in infos.items()}
 
     def note_owned_transactions(self, snap: ServerSnapshot) -> None:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import logging
 import re
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,7 +60,8 @@ class ServerSnapshot:
 
 @dataclass(frozen=True)
 class TrxInfo:
-    """An open InnoDB transaction of one connection (information_schema.INNODB_TRX)."""
+    """An open InnoDB transaction of one connection (SHOW ENGINE INNODB STATUS, with
+    information_schema.INNODB_TRX where it has caught up)."""
 
     thread_id: int
     trx_id: str
@@ -70,6 +71,7 @@ class TrxInfo:
     tables_locked: int
     rows_modified: int
     tables: tuple[str, ...] = ()  # with metadata locks, where the server tells
+    active_seconds: int = 0
 
     def describe(self) -> str:
         """`began 2026-12-01 20:31:02, 1 row lock, 1 table locked, 1 row modified`."""
@@ -84,9 +86,36 @@ class TrxInfo:
         return ", ".join(parts)
 
 
-# The server refreshes INNODB_TRX on a read only after 0.1 s without reads (MariaDB's and
-# MySQL's CACHE_MIN_IDLE_TIME); a little more, for the clocks' granularity.
-_TRX_CACHE_IDLE = 0.11
+def parse_innodb_transactions(status: str) -> list[TrxInfo]:
+    """The started transactions of SHOW ENGINE INNODB STATUS (MariaDB and MySQL).
+
+    ``---TRANSACTION 2283, ACTIVE 3 sec`` (a read-only one shows its address instead of an
+    id), then ``2 lock struct(s), heap size 1128, 1 row lock(s), undo log entries 1`` and
+    ``MariaDB thread id 5, ...`` (``MySQL thread id`` on MySQL); ``not started`` is skipped.
+    """
+    section = status.split("LIST OF TRANSACTIONS FOR EACH SESSION:", 1)[-1]
+    section = re.split(r"\n-{4,}\n", section, maxsplit=1)[0]
+    found = []
+    for block in section.split("---TRANSACTION ")[1:]:
+        head = block.split("\n", 1)[0]
+        active = _ACTIVE.search(head)
+        thread = _THREAD.search(block)
+        if active is None or thread is None:
+            continue  # not started, or no session
+        locks = _LOCKS.search(block)
+        row_locks, undo = (int(locks.group(2)), int(locks.group(3) or 0)) if locks else (0, 0)
+        trx_id = head.split(",", 1)[0].strip()
+        seconds = int(active.group(1))
+        found.append(TrxInfo(int(thread.group(1)), trx_id, f"{seconds} s ago", "RUNNING",
+                             row_locks, 0, undo, active_seconds=seconds))
+    return found
+
+
+_ACTIVE = re.compile(r"ACTIVE (?:\(PREPARED\) )?(\d+) sec")
+_THREAD = re.compile(r"(?:MySQL|MariaDB) thread id (\d+)")
+_LOCKS = re.compile(
+    r"(\d+) lock struct\(s\), heap size \d+, (\d+) row lock\(s\)(?:, undo log entries (\d+))?"
+)
 _MDL_QUERIES = (
     "SELECT t.PROCESSLIST_ID, m.OBJECT_SCHEMA, m.OBJECT_NAME "
     "FROM performance_schema.metadata_locks m "
@@ -153,7 +182,6 @@ class Monitor:
         # The plugin's own connections (this one, the lock watch's): never the session's.
         self.own_ids: set[int] = {self.connection_id}
         self.version: str = server_version(self._conn.get_server_info())
-        self._trx_read_at = 0.0
         self._mdl_query: str | None = None  # None: not tried yet; "": none works here
 
     def close(self) -> None:
@@ -195,52 +223,48 @@ class Monitor:
         return ServerSnapshot(rows, len(rows) + len(self.own_ids))
 
     def open_transactions(self, ids: set[int]) -> dict[int, str]:
-        """Start time of the open InnoDB transaction of each connection in `ids`.
+        """When the open InnoDB transaction of each connection in `ids` began."""
+        return {ident: trx.started for ident, trx in self.transactions(ids).items()}
 
-        INNODB_TRX is a cache refreshed at most every 0.1 s: use it to describe a leak,
-        never as the only evidence for one.
-        """
-        if not ids:
-            return {}
-        marks = ", ".join(["%s"] * len(ids))
-        rows = self.query(
-            "SELECT trx_mysql_thread_id, trx_started FROM information_schema.INNODB_TRX "
-            f"WHERE trx_mysql_thread_id IN ({marks})",
-            tuple(sorted(ids)),
-        )
-        return {int(r[0]): str(r[1]) for r in rows}
-
-    def transactions(self, ids: set[int], *, fresh: bool = True) -> dict[int, TrxInfo]:
+    def transactions(self, ids: set[int]) -> dict[int, TrxInfo]:
         """The open InnoDB transaction of each connection in `ids`, as of now.
 
-        INNODB_TRX is a cache that the server refreshes on a read only when nobody read it
-        for 0.1 s: when `fresh`, wait for the rest of those 0.1 s since our last read, so
-        that what we read is never older than this call. Callers ask only when a
-        connection outside every pool was busy during the window: a suite whose
-        connections all come from SQLAlchemy pools never waits.
+        The list comes from SHOW ENGINE INNODB STATUS, which the server writes at the
+        moment it is asked. information_schema.INNODB_TRX adds when each began and how
+        many tables it locks, where it has caught up: it is a cache the server refreshes
+        only after 0.1 s without readers, which any client of a shared server can delay.
         """
         if not ids:
             return {}
-        wait = self._trx_read_at + _TRX_CACHE_IDLE - time.monotonic()
-        if fresh and wait > 0:
-            time.sleep(wait)
-        marks = ", ".join(["%s"] * len(ids))
-        try:
-            rows = self.query(
-                "SELECT trx_mysql_thread_id, trx_id, trx_started, trx_state, trx_rows_locked, "
-                "trx_tables_locked, trx_rows_modified FROM information_schema.INNODB_TRX "
-                f"WHERE trx_mysql_thread_id IN ({marks})",
-                tuple(sorted(ids)),
+        rows = self.query("SHOW ENGINE INNODB STATUS")
+        found = {t.thread_id: t for t in parse_innodb_transactions(str(rows[0][2]))
+                 if t.thread_id in ids} if rows else {}
+        if not found:
+            return {}
+        marks = ", ".join(["%s"] * len(found))
+        cached = {
+            int(r[0]): r for r in self.query(
+                "SELECT trx_mysql_thread_id, trx_started, trx_tables_locked, trx_rows_modified "
+                f"FROM information_schema.INNODB_TRX WHERE trx_mysql_thread_id IN ({marks})",
+                tuple(sorted(found)),
             )
-        finally:
-            self._trx_read_at = time.monotonic()
-        found = {
-            int(r[0]): TrxInfo(int(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4] or 0),
-                               int(r[5] or 0), int(r[6] or 0))
-            for r in rows
         }
-        for ident, tables in self._locked_tables(set(found)).items():
-            found[ident] = dataclasses.replace(found[ident], tables=tuple(tables))
+        tables = self._locked_tables(set(found))
+        now: datetime.datetime | None = None
+        for ident, trx in found.items():
+            row = cached.get(ident)
+            if row is not None:
+                started = str(row[1])
+            else:  # the cache has not caught up: the server's clock less ACTIVE seconds
+                now = now or self.query("SELECT NOW()")[0][0]
+                started = str(now - datetime.timedelta(seconds=trx.active_seconds))
+            found[ident] = dataclasses.replace(
+                trx,
+                started=started,
+                tables_locked=int(row[2] or 0) if row else trx.tables_locked,
+                rows_modified=int(row[3] or 0) if row else trx.rows_modified,
+                tables=tuple(tables.get(ident, ())),
+            )
         return found
 
     def _locked_tables(self, ids: set[int]) -> dict[int, list[str]]:

@@ -23,6 +23,7 @@ WITH_ASYNCIO = tuple(
 EVERY_KIND = """
 import asyncio
 
+import pytest_asyncio
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 NAME = "{name}"
@@ -74,6 +75,40 @@ async def test_leaky_async_engine(url):
     async with engine.connect() as conn:
         await conn.execute(sa.text("SELECT 1"))
     KEEP.append(engine)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def app_engine(dbleak_database):
+    # The application's engine: outlives every test, never resets on return.
+    engine = create_async_engine(dbleak_database.url(NAME), pool_reset_on_return=None)
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("CREATE TABLE t (id INT) ENGINE=InnoDB"))
+    yield engine
+    await engine.dispose()
+
+
+def insert_and_return(sync_conn, end):
+    # Runs in SQLAlchemy's greenlet (run_sync). Connection.close() would roll back; a raw
+    # pooled connection does not.
+    raw = sync_conn.engine.raw_connection()  # LEAK-trx
+    cursor = raw.cursor()
+    cursor.execute("INSERT INTO t VALUES (1)")
+    cursor.close()
+    if end:
+        raw.commit()
+    raw.close()  # back in the pool: without `end`, neither committed nor rolled back
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_leaky_async_transaction(app_engine):
+    async with app_engine.connect() as conn:
+        await conn.run_sync(insert_and_return, False)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_clean_async_transaction(app_engine):
+    async with app_engine.connect() as conn:
+        await conn.run_sync(insert_and_return, True)
 
 
 async def hold(engine, started):
@@ -164,13 +199,14 @@ def test_every_async_leak_names_the_users_await_line_and_its_twin_passes(
         "--dbleak", "--dbleak-backend=process", FAST, *WITH_ASYNCIO
     )
 
-    result.assert_outcomes(failed=6, passed=5)
+    result.assert_outcomes(failed=7, passed=6)
     full = PREAMBLE + source
     raw = "# LEAK-raw-aiomysql" if driver == "aiomysql" else "# LEAK-raw-asyncmy"
     for test, kind, markers in (
         ("test_leaky_async_connection", "checked_out", ("# LEAK-conn", "# LEAK-helper")),
         ("test_leaky_async_session", "checked_out", ("# LEAK-session",)),
         ("test_leaky_async_engine", "undisposed_engine", ("# LEAK-engine",)),
+        ("test_leaky_async_transaction", "open_transaction", ("# LEAK-trx",)),
         ("test_leaky_cancelled_task", "*", ("# LEAK-cancel",)),
         ("test_leaky_under_asyncio_run", "checked_out", ("# LEAK-run",)),
         ("test_leaky_raw_connection", "server_connection", (raw,)),

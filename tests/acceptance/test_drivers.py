@@ -55,6 +55,25 @@ def test_leaky_engine(dbleak_database):
     KEEP.append(engine)
 
 
+def test_leaky_gc_return(dbleak_database):
+    engine = sa.create_engine(dbleak_database.url(NAME))
+    conn = engine.connect()  # LEAK-gc
+    conn.execute(sa.text("SELECT 1"))
+    del conn
+    gc.collect()
+    engine.dispose()
+
+
+def test_clean_gc_return(dbleak_database):
+    engine = sa.create_engine(dbleak_database.url(NAME))
+    conn = engine.connect()
+    conn.execute(sa.text("SELECT 1"))
+    conn.close()
+    del conn
+    gc.collect()
+    engine.dispose()
+
+
 @pytest.fixture(scope="module")
 def app_engine(dbleak_database):
     """The application's engine: outlives every test, never resets on return."""
@@ -99,11 +118,12 @@ def test_every_leak_kind_of_every_sync_driver_fails_at_the_users_line_and_its_tw
         "--dbleak", "--dbleak-backend=process", FAST, *ONLY_DBLEAK
     )
 
-    result.assert_outcomes(failed=4, passed=3)
+    result.assert_outcomes(failed=5, passed=4)
     full = PREAMBLE + source
     for test, kind, marker in (
         ("test_leaky_raw_connection", "server_connection", "# LEAK-raw"),
         ("test_leaky_checkout", "checked_out", "# LEAK-checkout"),
+        ("test_leaky_gc_return", "gc_return", "# LEAK-gc"),
         ("test_leaky_engine", "undisposed_engine", "# LEAK-engine"),
         ("test_leaky_transaction", "open_transaction", "# LEAK-trx"),
     ):
@@ -195,9 +215,7 @@ def test_a_transaction_left_open_outside_every_sqlalchemy_pool_fails_the_test(
     if importlib.util.find_spec("mysql") is None:
         pytest.skip("mysql-connector-python is not installed")
     pytester.makepyfile(test_server_trx=PREAMBLE + SERVER_TRANSACTIONS)
-    result = pytester.runpytest_subprocess(
-        "--dbleak", *backend_args, FAST, *ONLY_DBLEAK
-    )
+    result = pytester.runpytest_subprocess("--dbleak", *backend_args, FAST, *ONLY_DBLEAK)
 
     result.assert_outcomes(failed=2, passed=3)
     full = PREAMBLE + SERVER_TRANSACTIONS

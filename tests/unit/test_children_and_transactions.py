@@ -75,3 +75,55 @@ def test_an_open_transaction_says_when_it_began_and_what_it_locks() -> None:
     )
     many = TrxInfo(5, "1234", "2026-12-01 20:31:02", "RUNNING", 3, 2, 0)
     assert many.describe() == "began 2026-12-01 20:31:02, 3 row locks, 2 tables locked"
+
+
+MARIADB_STATUS = """
+------------
+TRANSACTIONS
+------------
+Trx id counter 2284
+Purge done for trx's n:o < 2272 undo n:o < 0 state: running
+History list length 4
+LIST OF TRANSACTIONS FOR EACH SESSION:
+---TRANSACTION (0x7ff19f9c2180), ACTIVE 0 sec
+0 lock struct(s), heap size 1128, 0 row lock(s)
+MariaDB thread id 2371, OS thread handle 140675685242560, query id 34431 127.0.0.1 root
+Trx read view will not see trx with id >= 2283, sees < 2283
+---TRANSACTION 2283, ACTIVE 12 sec
+2 lock struct(s), heap size 1128, 1 row lock(s), undo log entries 1
+MariaDB thread id 2370, OS thread handle 140675683399360, query id 34428 127.0.0.1 root
+---TRANSACTION (0x7ff19f9c0b80), not started
+0 lock struct(s), heap size 1128, 0 row lock(s)
+--------
+FILE I/O
+--------
+"""
+
+MYSQL_STATUS = """
+LIST OF TRANSACTIONS FOR EACH SESSION:
+---TRANSACTION 421604563473624, not started
+0 lock struct(s), heap size 1128, 0 row lock(s)
+---TRANSACTION 1845, ACTIVE 3 sec
+mysql tables in use 1, locked 1
+3 lock struct(s), heap size 1128, 2 row lock(s), undo log entries 2
+MySQL thread id 9, OS thread handle 139, query id 51 172.17.0.1 root
+--------
+FILE I/O
+"""
+
+
+def test_started_transactions_are_read_from_the_innodb_status_of_mariadb_and_mysql() -> None:
+    from pytest_dbleak.probe import parse_innodb_transactions
+
+    assert [
+        (t.thread_id, t.trx_id, t.started, t.rows_locked, t.rows_modified)
+        for t in parse_innodb_transactions(MARIADB_STATUS)
+    ] == [
+        (2371, "(0x7ff19f9c2180)", "0 s ago", 0, 0),
+        (2370, "2283", "12 s ago", 1, 1),
+    ]
+    assert [
+        (t.thread_id, t.trx_id, t.rows_locked, t.rows_modified)
+        for t in parse_innodb_transactions(MYSQL_STATUS)
+    ] == [(9, "1845", 2, 2)]
+    assert parse_innodb_transactions("") == []
