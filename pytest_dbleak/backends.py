@@ -25,6 +25,7 @@ from pathlib import Path
 from .containers import docker_available
 from .errors import DbleakError, Redactor
 from .probe import Endpoint
+from .signals import keep_out_of_forks
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +325,7 @@ def launch_process(binary: str | None, cache: Path, timeout: float) -> Launch:
             ["/bin/sh", "-c", _REAPER, "dbleak-reaper", str(root), *cmd],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True,
         )
+        keep_out_of_forks(reaper.stdin)
         assert reaper.stdout is not None
         pid = int(reaper.stdout.readline())
         reaper.stdout.close()

@@ -26,6 +26,7 @@ from typing import Any
 
 from .errors import DbleakError
 from .probe import Endpoint
+from .signals import keep_out_of_forks
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ class Reaper:
             text=True,
             start_new_session=True,  # a Ctrl-C in the terminal reaches pytest only
         )
+        keep_out_of_forks(self._proc.stdin)
 
     def created(self) -> None:
         proc = self._proc

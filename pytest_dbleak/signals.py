@@ -1,15 +1,41 @@
-"""SIGTERM ends a run like Ctrl-C, so that its clean-up runs.
+"""How the run's end reaches what it started, however the run ends.
 
 No pytest import. CI systems cancel a job with SIGTERM, whose default action ends Python
-at once: the session database and user on a url backend's server would stay behind.
+at once: the session database and user on a url backend's server would stay behind. And
+a reaper learns that pytest has ended from EOF on its stdin, so only pytest may hold the
+writing end: a forked child (multiprocessing) that outlived the test would keep it open.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import threading
+import weakref
 from collections.abc import Callable
 from types import FrameType
+from typing import IO
+
+# Reapers' pipes, closed in every forked child.
+_REAPER_PIPES: weakref.WeakSet[IO[str]] = weakref.WeakSet()
+
+
+def keep_out_of_forks(pipe: IO[str] | None) -> None:
+    """Close `pipe` in forked children, so that EOF reaches the reaper when pytest ends."""
+    if pipe is not None:
+        _REAPER_PIPES.add(pipe)
+
+
+def _close_reaper_pipes() -> None:
+    for pipe in list(_REAPER_PIPES):
+        with contextlib.suppress(OSError, ValueError):
+            pipe.close()
+    _REAPER_PIPES.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_reaper_pipes)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
