@@ -92,7 +92,9 @@ def plugin_state() -> str:
     try:
         out = subprocess.run(
             ["git", "-C", str(REPO), "status", "--porcelain", "--", "pytest_dbleak"],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return head
@@ -107,8 +109,10 @@ def machine_table(extra: Sequence[tuple[str, str]] = ()) -> str:
         ("CPU", _cpu_model()),
         ("Python", platform.python_version()),
         ("MariaDB", _first_line([MARIADBD, "--version"]) if MARIADBD else "mariadbd not found"),
-        ("pytest / SQLAlchemy / PyMySQL",
-         f"{_version('pytest')} / {_version('SQLAlchemy')} / {_version('PyMySQL')}"),
+        (
+            "pytest / SQLAlchemy / PyMySQL",
+            f"{_version('pytest')} / {_version('SQLAlchemy')} / {_version('PyMySQL')}",
+        ),
         ("pytest-dbleak measured at", plugin_state()),
         ("load average (1/5/15 min) at start", load()),
         *extra,
@@ -135,10 +139,12 @@ def busy_note(start_load: str) -> str:
     seen = f" (sampled once per round: {min(_LOADS):.2f} - {max(_LOADS):.2f})"
     cpus = os.cpu_count() or 1
     if one >= 0.5 * cpus:
-        return (f"Note: the machine was busy (1-min load average up to {one:.2f} on {cpus} "
-                f"CPUs{seen}, from other work): absolute timings are inflated and noisy; the "
-                "alternatives were interleaved, so their ratios and differences are fairer "
-                "than their absolute values.")
+        return (
+            f"Note: the machine was busy (1-min load average up to {one:.2f} on {cpus} "
+            f"CPUs{seen}, from other work): absolute timings are inflated and noisy; the "
+            "alternatives were interleaved, so their ratios and differences are fairer "
+            "than their absolute values."
+        )
     return f"Load average stayed below {0.5 * cpus:.1f} on {cpus} CPUs{seen}."
 
 
@@ -221,8 +227,10 @@ class Workdir:
         for root in self.roots:
             shutil.rmtree(root, ignore_errors=True)
         if leftovers:
-            print(f"\nWARNING: clean-up had to kill {len(leftovers)} leftover process(es):",
-                  file=sys.stderr)
+            print(
+                f"\nWARNING: clean-up had to kill {len(leftovers)} leftover process(es):",
+                file=sys.stderr,
+            )
             for pid, cmd in leftovers:
                 print(f"  {pid} {cmd[:160]}", file=sys.stderr)
 
@@ -246,13 +254,24 @@ class RunFailed(RuntimeError):
     pass
 
 
-def run(cmd: Sequence[str], *, cwd: Path, env: dict[str, str], timeout: float,
-        ok_codes: Sequence[int] = (0,)) -> tuple[float, str]:
+def run(
+    cmd: Sequence[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    timeout: float,
+    ok_codes: Sequence[int] = (0,),
+) -> tuple[float, str]:
     """Run `cmd`; its wall time and output. Kills its process group on timeout."""
     start = time.perf_counter()
     proc = subprocess.Popen(
-        list(cmd), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
+        list(cmd),
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     try:
         out, _ = proc.communicate(timeout=timeout)
@@ -289,8 +308,12 @@ class Deadline:
         return self.hit
 
     def note(self) -> str:
-        return (f"\nWARNING: the time budget ({self.seconds:g} s) ran out; the tables use the "
-                "runs that finished.\n" if self.hit else "")
+        return (
+            f"\nWARNING: the time budget ({self.seconds:g} s) ran out; the tables use the "
+            "runs that finished.\n"
+            if self.hit
+            else ""
+        )
 
 
 PYTEST = (sys.executable, "-m", "pytest")

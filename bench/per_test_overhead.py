@@ -23,7 +23,7 @@ import sys
 
 import _common as c
 
-CONFTEST = '''\
+CONFTEST = """\
 import json
 import os
 import time
@@ -90,9 +90,9 @@ def pytest_runtestloop(session):
         _T["loop"] = time.perf_counter() - t
         with open(os.environ["BENCH_TIMINGS"], "w") as f:
             json.dump(_T, f)
-'''
+"""
 
-TESTS = '''\
+TESTS = """\
 import pytest
 import sqlalchemy as sa
 
@@ -112,7 +112,7 @@ PARAMS = [
 def test_one_query(engine, i):
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT 1")).scalar() == 1
-'''
+"""
 
 
 def main() -> int:
@@ -139,8 +139,15 @@ def main() -> int:
     timings = work.path / "timings.json"
     env = work.env(BENCH_TIMINGS=str(timings))
     cache = work.path / "cache"
-    base = [*c.PYTEST, "-q", "-p", "pytest_dbleak.plugin", "--dbleak-backend=process",
-            f"--dbleak-cache-dir={cache}", "test_many.py"]
+    base = [
+        *c.PYTEST,
+        "-q",
+        "-p",
+        "pytest_dbleak.plugin",
+        "--dbleak-backend=process",
+        f"--dbleak-cache-dir={cache}",
+        "test_many.py",
+    ]
     modes = {"without --dbleak": base, "with --dbleak": [*base[:3], "--dbleak", *base[3:]]}
     alternating = "with --dbleak, half the tests marked no_dbleak"
     modes[alternating] = modes["with --dbleak"]
@@ -166,8 +173,11 @@ def main() -> int:
         order = list(modes) if i % 2 == 0 else list(reversed(modes))
         for mode in order:
             results[mode].append(one(mode))
-        print(f"rep {i + 1}/{args.reps}: " + ", ".join(
-            f"{m}: loop {r[-1]['loop']:.2f} s" for m, r in results.items()), file=sys.stderr)
+        print(
+            f"rep {i + 1}/{args.reps}: "
+            + ", ".join(f"{m}: loop {r[-1]['loop']:.2f} s" for m, r in results.items()),
+            file=sys.stderr,
+        )
         c.sample_load()
         if deadline.expired():
             break
@@ -193,15 +203,32 @@ def main() -> int:
     reps = len(pairs)
     print(f"## Per test (median over {reps} runs of each mode, interleaved)\n")
     rows = [
-        (mode, c.ms(per_test_median(r), 3), c.ms(per_test_mean(r), 3), c.s(loop(r), 3),
-         c.s(c.median(x["wall"] for x in r), 2))  # type: ignore[misc]
-        for mode, r in results.items() if mode != alternating
+        (
+            mode,
+            c.ms(per_test_median(r), 3),
+            c.ms(per_test_mean(r), 3),
+            c.s(loop(r), 3),
+            c.s(c.median(x["wall"] for x in r), 2),
+        )  # type: ignore[misc]
+        for mode, r in results.items()
+        if mode != alternating
     ]
-    print(c.table(("mode", "median test (ms)", "mean test (ms)",
-                   f"run loop, {n} tests (s)", "whole process (s)"), rows))
+    print(
+        c.table(
+            (
+                "mode",
+                "median test (ms)",
+                "mean test (ms)",
+                f"run loop, {n} tests (s)",
+                "whole process (s)",
+            ),
+            rows,
+        )
+    )
     print()
     added_median = per_test_median(on) - per_test_median(off)
     added_loop = (loop(on) - loop(off)) / n
+
     def phase(runs: list[dict[str, object]], key: str) -> float:
         values = [c.median(r[key][1:]) for r in runs if r[key]]  # type: ignore[index]
         return c.median(values) if values else float("nan")
@@ -214,24 +241,41 @@ def main() -> int:
         for t in (r["tests"] for r in results[alternating])  # type: ignore[index]
     )
     call_added = phase(on, "call") - phase(off, "call")
-    print(c.table(("added by --dbleak, per test", "ms"), [
-        ("difference of the median test", c.ms(added_median, 3)),
-        ("median of paired run differences of the mean test", c.ms(paired, 3)),
-        (f"difference of the run loop / {n}", c.ms(added_loop, 3)),
-        ("same run, checked test minus a no_dbleak test (median of pairs)",
-         c.ms(within, 3)),
-        ("measured inside: Detector.begin (median)", c.ms(begin, 3)),
-        ("measured inside: Detector.finish (median; one SHOW PROCESSLIST)", c.ms(finish, 3)),
-        ("call phase difference (pool-event bookkeeping inside the test)", c.ms(call_added, 3)),
-    ]))
+    print(
+        c.table(
+            ("added by --dbleak, per test", "ms"),
+            [
+                ("difference of the median test", c.ms(added_median, 3)),
+                ("median of paired run differences of the mean test", c.ms(paired, 3)),
+                (f"difference of the run loop / {n}", c.ms(added_loop, 3)),
+                (
+                    "same run, checked test minus a no_dbleak test (median of pairs)",
+                    c.ms(within, 3),
+                ),
+                ("measured inside: Detector.begin (median)", c.ms(begin, 3)),
+                (
+                    "measured inside: Detector.finish (median; one SHOW PROCESSLIST)",
+                    c.ms(finish, 3),
+                ),
+                (
+                    "call phase difference (pool-event bookkeeping inside the test)",
+                    c.ms(call_added, 3),
+                ),
+            ],
+        )
+    )
     print()
     worst = max(added_median, paired, added_loop)
-    print(f"Target <= 1 ms per test: {'met' if worst <= 0.001 else 'NOT met'} "
-          f"(largest of the three run-level estimates: {c.ms(worst, 3)} ms).\n")
-    print("The first three rows compare whole runs with and without --dbleak (everything "
-          "the flag adds, pool-event bookkeeping included); the fourth pairs neighbouring "
-          "tests inside one run (the check alone: begin, SHOW PROCESSLIST, verdict, report "
-          "hooks); the last three are timed inside the plugin's objects.\n")
+    print(
+        f"Target <= 1 ms per test: {'met' if worst <= 0.001 else 'NOT met'} "
+        f"(largest of the three run-level estimates: {c.ms(worst, 3)} ms).\n"
+    )
+    print(
+        "The first three rows compare whole runs with and without --dbleak (everything "
+        "the flag adds, pool-event bookkeeping included); the fourth pairs neighbouring "
+        "tests inside one run (the check alone: begin, SHOW PROCESSLIST, verdict, report "
+        "hooks); the last three are timed inside the plugin's objects.\n"
+    )
     print(c.busy_note(start_load))
     print(deadline.note())
     work.close()

@@ -36,10 +36,16 @@ def main() -> int:
 
     start_load = c.load()
     deadline = c.Deadline(args.budget)
-    target = dict(host=args.host, port=args.port, user=args.user, password=args.password,
-                  connect_timeout=5)
-    url = sa.URL.create("mysql+pymysql", username=args.user, password=args.password or None,
-                        host=args.host, port=args.port)
+    target = dict(
+        host=args.host, port=args.port, user=args.user, password=args.password, connect_timeout=5
+    )
+    url = sa.URL.create(
+        "mysql+pymysql",
+        username=args.user,
+        password=args.password or None,
+        host=args.host,
+        port=args.port,
+    )
 
     def engine(query: dict[str, str]) -> sa.Engine:
         return sa.create_engine(url.update_query_dict(query), poolclass=NullPool)
@@ -60,12 +66,15 @@ def main() -> int:
     variants = {
         "PyMySQL connect + close, default options": lambda: raw(),
         "PyMySQL connect + close, ssl_disabled=True": lambda: raw(ssl_disabled=True),
-        "SQLAlchemy NullPool engine.connect() + close, plain URL":
-            lambda: through(engines["default"]),
-        "SQLAlchemy NullPool, URL ?ssl_disabled=true":
-            lambda: through(engines["ssl_disabled=true"]),
-        "SQLAlchemy NullPool, URL ?ssl_disabled=false (see note)":
-            lambda: through(engines["ssl_disabled=false"]),
+        "SQLAlchemy NullPool engine.connect() + close, plain URL": lambda: through(
+            engines["default"]
+        ),
+        "SQLAlchemy NullPool, URL ?ssl_disabled=true": lambda: through(
+            engines["ssl_disabled=true"]
+        ),
+        "SQLAlchemy NullPool, URL ?ssl_disabled=false (see note)": lambda: through(
+            engines["ssl_disabled=false"]
+        ),
         "ssl.create_default_context() alone (no connection)": ssl.create_default_context,
     }
 
@@ -79,10 +88,14 @@ def main() -> int:
     conn.close()
 
     print("# PyMySQL connect: default SSL handling vs ssl_disabled\n")
-    print(c.machine_table([
-        ("server", f"{args.host}:{args.port} ({version}), have_ssl={have_ssl}"),
-        ("TLS cipher of a default PyMySQL connection", cipher),
-    ]))
+    print(
+        c.machine_table(
+            [
+                ("server", f"{args.host}:{args.port} ({version}), have_ssl={have_ssl}"),
+                ("TLS cipher of a default PyMySQL connection", cipher),
+            ]
+        )
+    )
     print()
 
     for fn in variants.values():  # warm-up: dialect initialisation, imports
@@ -103,17 +116,23 @@ def main() -> int:
         e.dispose()
 
     default = c.median(times["PyMySQL connect + close, default options"])
-    rows = [(name, c.ms(c.median(v), 2), f"{c.ms(min(v), 1)} - {c.ms(max(v), 1)}", len(v))
-            for name, v in times.items()]
+    rows = [
+        (name, c.ms(c.median(v), 2), f"{c.ms(min(v), 1)} - {c.ms(max(v), 1)}", len(v))
+        for name, v in times.items()
+    ]
     print(f"## Median of {len(times[next(iter(times))])} interleaved runs\n")
     print(c.table(("variant", "median (ms)", "min - max (ms)", "runs"), rows))
     print()
     fast = c.median(times["PyMySQL connect + close, ssl_disabled=True"])
-    print(f"`ssl_disabled=True` saves {c.ms(default - fast, 1)} ms per connection "
-          f"({default / fast:.1f}x faster) against this server.\n")
-    print("Note: SQLAlchemy passes URL query values to PyMySQL as strings, and PyMySQL "
-          "tests `if not ssl_disabled`, so `?ssl_disabled=false` (a non-empty string) "
-          "*also* disables SSL. Only omit the parameter to keep SSL; never write `=false`.\n")
+    print(
+        f"`ssl_disabled=True` saves {c.ms(default - fast, 1)} ms per connection "
+        f"({default / fast:.1f}x faster) against this server.\n"
+    )
+    print(
+        "Note: SQLAlchemy passes URL query values to PyMySQL as strings, and PyMySQL "
+        "tests `if not ssl_disabled`, so `?ssl_disabled=false` (a non-empty string) "
+        "*also* disables SSL. Only omit the parameter to keep SSL; never write `=false`.\n"
+    )
     print(c.busy_note(start_load))
     print(deadline.note())
     return 0

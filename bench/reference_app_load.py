@@ -235,52 +235,82 @@ def main() -> int:
         res = r["result"]
         lat = res.latency_ms
         pool = r["after"]["pool"]
-        rows.append((
-            number,
-            f"{res.requests_per_second:.0f}",
-            f"{lat.p50:.1f} / {lat.p90:.1f} / {lat.p99:.1f}" if lat else "n/a",
-            ", ".join(f"{code}: {n}" for code, n in res.statuses.items()),
-            res.failures,
-            f"{r['max_checked_out']} / {r['max_overflow']}",
-            r["max_threads_connected"],
-            f"{pool['checked_out']} / {pool['checked_in']} / {pool['overflow']} "
-            f"({r['after']['status']})",
-        ))
+        rows.append(
+            (
+                number,
+                f"{res.requests_per_second:.0f}",
+                f"{lat.p50:.1f} / {lat.p90:.1f} / {lat.p99:.1f}" if lat else "n/a",
+                ", ".join(f"{code}: {n}" for code, n in res.statuses.items()),
+                res.failures,
+                f"{r['max_checked_out']} / {r['max_overflow']}",
+                r["max_threads_connected"],
+                f"{pool['checked_out']} / {pool['checked_in']} / {pool['overflow']} "
+                f"({r['after']['status']})",
+            )
+        )
     walls = [w for w, _, _ in churns]
     inner = [i for _, i, _ in churns]
     print("## Reference app under load\n")
     print(machine_text)
     print()
-    print(f"`GET /api/locations`, {LOAD_REQUESTS} requests, {LOAD_CONCURRENCY} at a time "
-          f"(pool_size 20, max_overflow 40):\n")
-    print(c.table(
-        ("round", "req/s", "latency p50 / p90 / p99 (ms)", "statuses", "failures",
-         "max checked_out / overflow during", "max Threads_connected during",
-         "after: checked_out / checked_in / overflow"),
-        rows,
-    ))
+    print(
+        f"`GET /api/locations`, {LOAD_REQUESTS} requests, {LOAD_CONCURRENCY} at a time "
+        f"(pool_size 20, max_overflow 40):\n"
+    )
+    print(
+        c.table(
+            (
+                "round",
+                "req/s",
+                "latency p50 / p90 / p99 (ms)",
+                "statuses",
+                "failures",
+                "max checked_out / overflow during",
+                "max Threads_connected during",
+                "after: checked_out / checked_in / overflow",
+            ),
+            rows,
+        )
+    )
     print()
-    print(c.table(
-        ("Socket.IO churn", "median", "min", "max"),
-        [
-            (f"{CLIENTS} drivers, {CHURN_CONCURRENCY} at a time: whole run (s)",
-             c.s(c.median(walls)), c.s(min(walls)), c.s(max(walls))),
-            ("  of which connecting and disconnecting (s)",
-             c.s(c.median(inner)), c.s(min(inner)), c.s(max(inner))),
-        ],
-    ))
+    print(
+        c.table(
+            ("Socket.IO churn", "median", "min", "max"),
+            [
+                (
+                    f"{CLIENTS} drivers, {CHURN_CONCURRENCY} at a time: whole run (s)",
+                    c.s(c.median(walls)),
+                    c.s(min(walls)),
+                    c.s(max(walls)),
+                ),
+                (
+                    "  of which connecting and disconnecting (s)",
+                    c.s(c.median(inner)),
+                    c.s(min(inner)),
+                    c.s(max(inner)),
+                ),
+            ],
+        )
+    )
     print()
-    print(f"After the churns: `/db-pool-status` pool = {json.dumps(after_churn['pool'])}; "
-          f"disconnect handlers per churn: {sorted({r.disconnects for _, _, r in churns})}.")
+    print(
+        f"After the churns: `/db-pool-status` pool = {json.dumps(after_churn['pool'])}; "
+        f"disconnect handlers per churn: {sorted({r.disconnects for _, _, r in churns})}."
+    )
     print()
     c.sample_load()
     loads = c._LOADS
     cpus = os.cpu_count() or 1
     busy = max(loads) >= 0.5 * cpus
-    print(f"1-min load average sampled before each round and churn: {min(loads):.2f} - "
-          f"{max(loads):.2f} on {cpus} CPUs (at start: {start_load}). "
-          + ("The machine was busy with other work: absolute numbers are inflated and noisy."
-             if busy else "The machine was quiet."))
+    print(
+        f"1-min load average sampled before each round and churn: {min(loads):.2f} - "
+        f"{max(loads):.2f} on {cpus} CPUs (at start: {start_load}). "
+        + (
+            "The machine was busy with other work: absolute numbers are inflated and noisy."
+            if busy
+            else "The machine was quiet."
+        )
+    )
     print()
     print(work.report_cleanup())
     work.close()

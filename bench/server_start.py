@@ -35,7 +35,7 @@ from pathlib import Path
 
 import _common as c
 
-OURS_TEST = '''\
+OURS_TEST = """\
 import sqlalchemy as sa
 
 
@@ -44,11 +44,11 @@ def test_select_1(dbleak_mysql_url):
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT 1")).scalar() == 1
     engine.dispose()
-'''
+"""
 
 # The same test as ours: one SELECT 1 through a SQLAlchemy engine, over the fixture's
 # connection (StaticPool, not disposed: the fixture closes its connection itself).
-THEIRS_TEST = '''\
+THEIRS_TEST = """\
 import sqlalchemy as sa
 
 
@@ -58,25 +58,25 @@ def test_select_1(mysql):
     )
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT 1")).scalar() == 1
-'''
+"""
 
-BASELINE_TEST = '''\
+BASELINE_TEST = """\
 def test_nothing():
     assert 1 + 1 == 2
-'''
+"""
 
-IMPORTS_TEST = '''\
+IMPORTS_TEST = """\
 import pymysql
 import sqlalchemy as sa
 
 
 def test_nothing():
     assert sa.text("SELECT 1") is not None and pymysql.connect
-'''
+"""
 
 # Timestamps of the session's phases, written to $BENCH_PHASES (wall clock, so that the
 # parent's start and end times line up with them).
-PHASES_CONFTEST = '''\
+PHASES_CONFTEST = """\
 import json
 import os
 import time
@@ -126,11 +126,11 @@ def pytest_unconfigure(config):
         if path:
             with open(path, "w") as f:
                 json.dump(_T, f)
-'''
+"""
 # What-if (bench only, applied by monkeypatching; the plugin files are not changed):
 # the readiness login without building an SSL context, and a 1 MiB ibtmp1 instead of
 # the 12 MiB that mariadbd physically writes at every start. Loaded with -p.
-WHATIF_PLUGIN = '''\
+WHATIF_PLUGIN = """\
 import functools
 import types
 
@@ -142,7 +142,7 @@ backends.pymysql = types.SimpleNamespace(
     connect=functools.partial(pymysql.connect, ssl_disabled=True), err=pymysql.err
 )
 backends._FAST_FLAGS = (*backends._FAST_FLAGS, "--innodb-temp-data-file-path=ibtmp1:1M:autoextend")
-'''
+"""
 SMALL_IBTMP = "--innodb-temp-data-file-path=ibtmp1:1M:autoextend"
 
 PHASES = (
@@ -178,9 +178,11 @@ def write_projects(work: c.Workdir) -> dict[str, Path]:
     bindir = root / "bin"
     bindir.mkdir()
     wrapped = {}
-    for name, target in (("mariadb-install-db", "/usr/bin/mariadb-install-db"),
-                         ("mysqld_safe", "/usr/bin/mysqld_safe"),
-                         ("mariadb-admin", "/usr/bin/mariadb-admin")):
+    for name, target in (
+        ("mariadb-install-db", "/usr/bin/mariadb-install-db"),
+        ("mysqld_safe", "/usr/bin/mysqld_safe"),
+        ("mariadb-admin", "/usr/bin/mariadb-admin"),
+    ):
         path = bindir / name
         path.write_text(WRAPPER.format(target=target))
         path.chmod(0o755)
@@ -205,20 +207,29 @@ BASE, IMPORTS, OURS, THEIRS, AUTOLOAD = (
     "pytest-dbleak, every installed pytest plugin autoloaded",
 )
 COLD = "pytest-dbleak, cold: empty --dbleak-cache-dir (template built first)"
-WHATIF = ("what-if: pytest-dbleak with the datadir on /dev/shm (TMPDIR), no SSL context "
-          "in the readiness login, 1 MiB ibtmp1")
+WHATIF = (
+    "what-if: pytest-dbleak with the datadir on /dev/shm (TMPDIR), no SSL context "
+    "in the readiness login, 1 MiB ibtmp1"
+)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=7, help="runs of each session (default 7)")
-    ap.add_argument("--template-runs", type=int, default=3,
-                    help="in-process ensure_template() runs with an empty cache (default 3)")
+    ap.add_argument(
+        "--template-runs",
+        type=int,
+        default=3,
+        help="in-process ensure_template() runs with an empty cache (default 3)",
+    )
     ap.add_argument("--timeout", type=float, default=180, help="per subprocess (s)")
     ap.add_argument("--budget", type=float, default=900, help="overall time budget (s)")
-    ap.add_argument("--no-pycache", action="store_true",
-                    help="keep PYTHONDONTWRITEBYTECODE from the environment (default: cache "
-                         "bytecode in the bench's temp dir, as a normal install would)")
+    ap.add_argument(
+        "--no-pycache",
+        action="store_true",
+        help="keep PYTHONDONTWRITEBYTECODE from the environment (default: cache "
+        "bytecode in the bench's temp dir, as a normal install would)",
+    )
     ap.add_argument("--no-what-if", action="store_true", help="skip the what-if rows")
     args = ap.parse_args()
     if c.MARIADBD is None:
@@ -244,8 +255,15 @@ def main() -> int:
         plugin = [] if autoload else ["-p", "pytest_dbleak.plugin"]
         if what_if:
             plugin += ["-p", "bench_whatif"]
-        return [*c.PYTEST, "-q", *plugin, "--dbleak", "--dbleak-backend=process",
-                f"--dbleak-cache-dir={cache}", "test_one.py"]
+        return [
+            *c.PYTEST,
+            "-q",
+            *plugin,
+            "--dbleak",
+            "--dbleak-backend=process",
+            f"--dbleak-cache-dir={cache}",
+            "test_one.py",
+        ]
 
     theirs_base = work.path / "theirs-basetemp"
 
@@ -253,8 +271,14 @@ def main() -> int:
         # A fresh basetemp each run (pytest-mysql installs a new datadir every session);
         # the previous one is removed first so that the disk does not fill up.
         shutil.rmtree(theirs_base, ignore_errors=True)
-        return [*c.PYTEST, "-q", "-p", "pytest_mysql.plugin", f"--basetemp={theirs_base}",
-                "test_one.py"]
+        return [
+            *c.PYTEST,
+            "-q",
+            "-p",
+            "pytest_mysql.plugin",
+            f"--basetemp={theirs_base}",
+            "test_one.py",
+        ]
 
     cold_n = [0]
 
@@ -326,44 +350,73 @@ def main() -> int:
             by_round[-1][name] = wall
             for key, value in phase.items():
                 spans[name].setdefault(key, []).append(value)
-        print(f"round {i + 1}/{args.runs}: " + ", ".join(
-            f"{w[-1]:.2f}" for w in walls.values()), file=sys.stderr)
+        print(
+            f"round {i + 1}/{args.runs}: " + ", ".join(f"{w[-1]:.2f}" for w in walls.values()),
+            file=sys.stderr,
+        )
         c.sample_load()
         if deadline.expired():
             break
 
     # 3. The server's share, in-process: start_process as shipped, and what-ifs.
-    share = server_share(work, warm_cache, args.runs, deadline, what_if=not args.no_what_if,
-                         failures=failures)
+    share = server_share(
+        work, warm_cache, args.runs, deadline, what_if=not args.no_what_if, failures=failures
+    )
     template = template_cost(work, args.template_runs, deadline, failures)
 
     ours, theirs, base = (c.median(walls[k]) for k in (OURS, THEIRS, BASE))
     n = len(walls[OURS])
     print(f"## Whole `python -m pytest` process, one test (median of {n} interleaved runs)\n")
+
     def paired(name: str, fn) -> float:  # median over rounds that ran both
-        return c.median(fn(r[name], r[OURS], r.get(THEIRS)) for r in by_round
-                        if name in r and OURS in r and THEIRS in r)
+        return c.median(
+            fn(r[name], r[OURS], r.get(THEIRS))
+            for r in by_round
+            if name in r and OURS in r and THEIRS in r
+        )
 
     rows = []
     for name, w in walls.items():
         if not w:
             continue
         med = c.median(w)
-        rows.append((
-            name, c.s(med), f"{min(w):.2f} - {max(w):.2f}", len(w), f"{theirs / med:.1f}x",
-            f"{paired(name, lambda x, _o, t: t / x):.1f}x",
-            f"{paired(name, lambda x, o, _t: x - o):+.2f}",
-        ))
-    print(c.table(("session", "median wall (s)", "min - max (s)", "runs",
-                   "pytest-mysql's median / this", "same round: pytest-mysql / this (median)",
-                   "same round: this - pytest-dbleak (median, s)"), rows))
+        rows.append(
+            (
+                name,
+                c.s(med),
+                f"{min(w):.2f} - {max(w):.2f}",
+                len(w),
+                f"{theirs / med:.1f}x",
+                f"{paired(name, lambda x, _o, t: t / x):.1f}x",
+                f"{paired(name, lambda x, o, _t: x - o):+.2f}",
+            )
+        )
+    print(
+        c.table(
+            (
+                "session",
+                "median wall (s)",
+                "min - max (s)",
+                "runs",
+                "pytest-mysql's median / this",
+                "same round: pytest-mysql / this (median)",
+                "same round: this - pytest-dbleak (median, s)",
+            ),
+            rows,
+        )
+    )
     print()
     print("## Where the wall time goes (median of each phase, s)\n")
     shown = tuple(k for k in (BASE, IMPORTS, OURS, COLD, THEIRS, WHATIF) if k in walls)
-    print(c.table(("phase", *shown), [
-        (label, *(c.s(c.median(spans[name].get(key, [])), 3) for name in shown))
-        for key, label in PHASES
-    ]))
+    print(
+        c.table(
+            ("phase", *shown),
+            [
+                (label, *(c.s(c.median(spans[name].get(key, [])), 3) for name in shown))
+                for key, label in PHASES
+            ],
+        )
+    )
     print()
     print("## Server share of our session (in-process, median)\n")
     print(c.table(("step", "median (ms)", "min - max (ms)", "runs"), share))
@@ -373,21 +426,39 @@ def main() -> int:
     shipped = [r for r in share if r[0].startswith("start_process")]
     start_med = float(shipped[0][1]) / 1000 if shipped else float("nan")
     print("## Targets\n")
-    print(c.table(("target", "measured", "met"), [
-        ("ours >= 3x faster than pytest-mysql (whole process; median of same-round ratios)",
-         f"{paired(OURS, lambda x, _o, t: t / x):.1f}x",
-         "yes" if paired(OURS, lambda x, _o, t: t / x) >= 3 else "NO"),
-        ("server share well under 0.5 s (start_process, shipped)", f"{start_med:.3f} s",
-         "yes" if start_med < 0.35 else ("borderline" if start_med < 0.5 else "NO")),
-        ("one-test session well under 1 s wall", f"{ours:.2f} s",
-         "yes" if ours < 0.8 else ("borderline" if ours < 1.0 else "NO")),
-        ("(floor: the same pytest, trivial test, no database)", f"{base:.2f} s", ""),
-    ]))
+    print(
+        c.table(
+            ("target", "measured", "met"),
+            [
+                (
+                    "ours >= 3x faster than pytest-mysql "
+                    "(whole process; median of same-round ratios)",
+                    f"{paired(OURS, lambda x, _o, t: t / x):.1f}x",
+                    "yes" if paired(OURS, lambda x, _o, t: t / x) >= 3 else "NO",
+                ),
+                (
+                    "server share well under 0.5 s (start_process, shipped)",
+                    f"{start_med:.3f} s",
+                    "yes" if start_med < 0.35 else ("borderline" if start_med < 0.5 else "NO"),
+                ),
+                (
+                    "one-test session well under 1 s wall",
+                    f"{ours:.2f} s",
+                    "yes" if ours < 0.8 else ("borderline" if ours < 1.0 else "NO"),
+                ),
+                ("(floor: the same pytest, trivial test, no database)", f"{base:.2f} s", ""),
+            ],
+        )
+    )
     print()
     if failures:
         print("## Failed runs (not counted)\n")
-        print(c.table(("what", "failures", "last error"),
-                      [(k, len(v), v[-1].replace("|", "/")) for k, v in failures.items()]))
+        print(
+            c.table(
+                ("what", "failures", "last error"),
+                [(k, len(v), v[-1].replace("|", "/")) for k, v in failures.items()],
+            )
+        )
         print()
     print(c.busy_note(start_load))
     print(deadline.note())
@@ -396,8 +467,15 @@ def main() -> int:
     return 0
 
 
-def server_share(work: c.Workdir, cache: Path, runs: int, deadline: c.Deadline, *,
-                 what_if: bool, failures: dict[str, list[str]]) -> list[tuple[str, str, str, int]]:
+def server_share(
+    work: c.Workdir,
+    cache: Path,
+    runs: int,
+    deadline: c.Deadline,
+    *,
+    what_if: bool,
+    failures: dict[str, list[str]],
+) -> list[tuple[str, str, str, int]]:
     import pymysql
 
     from pytest_dbleak import backends
@@ -406,8 +484,9 @@ def server_share(work: c.Workdir, cache: Path, runs: int, deadline: c.Deadline, 
     shm = None
     if what_if and Path("/dev/shm").is_dir():
         shm = work.extra_root("/dev/shm", "server-start")
-    no_ssl = types.SimpleNamespace(connect=functools.partial(pymysql.connect, ssl_disabled=True),
-                                   err=pymysql.err)
+    no_ssl = types.SimpleNamespace(
+        connect=functools.partial(pymysql.connect, ssl_disabled=True), err=pymysql.err
+    )
 
     @contextlib.contextmanager
     def patched(tmp: Path, ssl_off: bool | str):
@@ -429,8 +508,9 @@ def server_share(work: c.Workdir, cache: Path, runs: int, deadline: c.Deadline, 
                 backends.pymysql = old_mod  # type: ignore[attr-defined]
             backends._FAST_FLAGS, os.environ["TMPDIR"] = old_flags, old_env
 
-    variants = {"start_process (shipped): copy template + start + first login + secure":
-                (work.tmp, False)}
+    variants = {
+        "start_process (shipped): copy template + start + first login + secure": (work.tmp, False)
+    }
     if what_if:
         variants["what-if: + ssl_disabled=True on the readiness login"] = (work.tmp, True)
         if shm is not None:
@@ -458,16 +538,26 @@ def server_share(work: c.Workdir, cache: Path, runs: int, deadline: c.Deadline, 
         c.sample_load()
         if deadline.expired():
             break
-    rows = [(name, c.ms(c.median(v), 0), f"{c.ms(min(v), 0)} - {c.ms(max(v), 0)}", len(v))
-            for name, v in starts.items() if v]
+    rows = [
+        (name, c.ms(c.median(v), 0), f"{c.ms(min(v), 0)} - {c.ms(max(v), 0)}", len(v))
+        for name, v in starts.items()
+        if v
+    ]
     if stops:
-        rows.append(("stop (reaper: kill -9, remove datadir)", c.ms(c.median(stops), 0),
-                     f"{c.ms(min(stops), 0)} - {c.ms(max(stops), 0)}", len(stops)))
+        rows.append(
+            (
+                "stop (reaper: kill -9, remove datadir)",
+                c.ms(c.median(stops), 0),
+                f"{c.ms(min(stops), 0)} - {c.ms(max(stops), 0)}",
+                len(stops),
+            )
+        )
     return rows
 
 
-def template_cost(work: c.Workdir, runs: int, deadline: c.Deadline,
-                  failures: dict[str, list[str]]) -> list[tuple[str, str, int]]:
+def template_cost(
+    work: c.Workdir, runs: int, deadline: c.Deadline, failures: dict[str, list[str]]
+) -> list[tuple[str, str, int]]:
 
     from pytest_dbleak import backends
 
@@ -485,8 +575,13 @@ def template_cost(work: c.Workdir, runs: int, deadline: c.Deadline,
         c.sample_load()
         if deadline.expired():
             break
-    return [("ensure_template with an empty cache (mariadb-install-db)",
-             c.s(c.median(times)) if times else "failed", len(times))]
+    return [
+        (
+            "ensure_template with an empty cache (mariadb-install-db)",
+            c.s(c.median(times)) if times else "failed",
+            len(times),
+        )
+    ]
 
 
 if __name__ == "__main__":

@@ -20,9 +20,24 @@ HERE = Path(__file__).resolve().parent
 def run_once(corpus: Path, extra: list[str], report: Path) -> tuple[int, list[str], float]:
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--dbleak",
-         f"--dbleak-report={report}", "-W", "error::ResourceWarning", *extra, str(corpus)],
-        capture_output=True, text=True, timeout=600, cwd=corpus,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--dbleak",
+            f"--dbleak-report={report}",
+            "-W",
+            "error::ResourceWarning",
+            *extra,
+            str(corpus),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=corpus,
     )
     elapsed = time.monotonic() - started
     false_positives: list[str] = []
@@ -48,8 +63,11 @@ def main() -> int:
                 code, fps, elapsed = run_once(args.corpus.resolve(), extra, report)
                 total_fp += len(fps)
                 rows.append((mode, i + 1, code, len(fps), elapsed, fps))
-                print(f"{mode:7} run {i + 1:2}: exit {code}, {len(fps)} false positives, "
-                      f"{elapsed:.1f} s", flush=True)
+                print(
+                    f"{mode:7} run {i + 1:2}: exit {code}, {len(fps)} false positives, "
+                    f"{elapsed:.1f} s",
+                    flush=True,
+                )
     print()
     print("| mode | runs | false positives | median wall (s) |")
     print("| --- | --- | --- | --- |")

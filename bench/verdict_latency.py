@@ -26,7 +26,7 @@ from collections import defaultdict
 
 import _common as c
 
-CONFTEST = '''\
+CONFTEST = """\
 import json
 import os
 import time
@@ -68,9 +68,9 @@ def pytest_runtest_logreport(report):
 def pytest_sessionfinish(session):
     with open(os.environ["BENCH_TIMINGS"], "w") as f:
         json.dump(_T, f)
-'''
+"""
 
-TESTS = '''\
+TESTS = """\
 import threading
 
 import pymysql
@@ -125,7 +125,7 @@ def test_case(case, engine, dbleak_mysql_url):
         done = threading.Event()
         threading.Thread(target=hold, daemon=True).start()
         KEEP.append(done)
-'''
+"""
 
 KINDS = {
     "clean": "clean (one query, connection returned)",
@@ -139,16 +139,25 @@ KINDS = {
 
 
 def cases(clean: int) -> list[str]:
-    leaky = ["checked_out-0", "server_connection-0", "settles-0", "finished_thread-0",
-             "live_thread-0", "checked_out-1", "server_connection-1", "settles-1",
-             "finished_thread-1", "live_thread-1", "checked_out-2"]
+    leaky = [
+        "checked_out-0",
+        "server_connection-0",
+        "settles-0",
+        "finished_thread-0",
+        "live_thread-0",
+        "checked_out-1",
+        "server_connection-1",
+        "settles-1",
+        "finished_thread-1",
+        "live_thread-1",
+        "checked_out-2",
+    ]
     out, k = [], 0
     for i in range(clean):
         # Blocks of two checked, two unchecked: the second of each pair is compared (a
         # checked test after a no_dbleak one takes a fresh baseline snapshot; after a
         # checked one it reuses that test's final snapshot, as in a normal run).
-        out += [f"clean-{i:02d}a", f"clean-{i:02d}b", f"unchecked-{i:02d}a",
-                f"unchecked-{i:02d}b"]
+        out += [f"clean-{i:02d}a", f"clean-{i:02d}b", f"unchecked-{i:02d}a", f"unchecked-{i:02d}b"]
         if i % 2 == 1 and k < len(leaky):  # a suspect after every second block
             out.append(leaky[k])
             k += 1
@@ -158,8 +167,12 @@ def cases(clean: int) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=3, help="runs of each mode (default 3)")
-    ap.add_argument("--clean", type=int, default=12,
-                    help="blocks of 2 clean + 2 no_dbleak tests per run (default 12)")
+    ap.add_argument(
+        "--clean",
+        type=int,
+        default=12,
+        help="blocks of 2 clean + 2 no_dbleak tests per run (default 12)",
+    )
     ap.add_argument("--timeout", type=float, default=300, help="per pytest run (s)")
     ap.add_argument("--budget", type=float, default=900, help="overall time budget (s)")
     args = ap.parse_args()
@@ -174,15 +187,25 @@ def main() -> int:
     (project / "test_verdicts.py").write_text(TESTS.format(cases=cases(args.clean)))
     timings, report = work.path / "timings.json", work.path / "report.json"
     env = work.env(BENCH_TIMINGS=str(timings))
-    base = [*c.PYTEST, "-q", "-p", "pytest_dbleak.plugin", "--dbleak-backend=process",
-            f"--dbleak-cache-dir={work.path / 'cache'}", "test_verdicts.py"]
+    base = [
+        *c.PYTEST,
+        "-q",
+        "-p",
+        "pytest_dbleak.plugin",
+        "--dbleak-backend=process",
+        f"--dbleak-cache-dir={work.path / 'cache'}",
+        "test_verdicts.py",
+    ]
     on = [*base[:3], "--dbleak", f"--dbleak-report={report}", *base[3:]]
     known = work.path / "baseline.json"  # recorded by the warm-up run of its mode
     modes = {
         "--dbleak (default settle)": on,
         "--dbleak --dbleak-settle-timeout=0.2": [*on[:3], "--dbleak-settle-timeout=0.2", *on[3:]],
-        "--dbleak, every leak known in a baseline": [*on[:3], f"--dbleak-baseline={known}",
-                                                     *on[3:]],
+        "--dbleak, every leak known in a baseline": [
+            *on[:3],
+            f"--dbleak-baseline={known}",
+            *on[3:],
+        ],
         "without --dbleak": base,
     }
 
@@ -229,7 +252,7 @@ def main() -> int:
     for mode in modes:  # warm-up (template, bytecode)
         one(mode, record=False)
     for i in range(args.reps):
-        order = list(modes)[i % len(modes):] + list(modes)[:i % len(modes)]
+        order = list(modes)[i % len(modes) :] + list(modes)[: i % len(modes)]
         for mode in order:
             one(mode, record=True)
         print(f"rep {i + 1}/{args.reps} done", file=sys.stderr)
@@ -246,16 +269,31 @@ def main() -> int:
                 continue
             w = waited.get(key)
             leaked = verdicts.get(key)
-            rows.append((
-                mode, label,
-                f"{sum(1 for x in leaked if x)}/{len(leaked)} leaked" if leaked else "no check",
-                c.s(c.median(w), 3) if w else "-",
-                c.ms(c.median(latency[key]), 1),
-                c.ms(c.median(protocol[key]), 1),
-                len(protocol[key]),
-            ))
-    print(c.table(("mode", "test", "verdict", "`waited` in JSON (s)",
-                   "teardown end -> verdict logged (ms)", "whole test (ms)", "tests"), rows))
+            rows.append(
+                (
+                    mode,
+                    label,
+                    f"{sum(1 for x in leaked if x)}/{len(leaked)} leaked" if leaked else "no check",
+                    c.s(c.median(w), 3) if w else "-",
+                    c.ms(c.median(latency[key]), 1),
+                    c.ms(c.median(protocol[key]), 1),
+                    len(protocol[key]),
+                )
+            )
+    print(
+        c.table(
+            (
+                "mode",
+                "test",
+                "verdict",
+                "`waited` in JSON (s)",
+                "teardown end -> verdict logged (ms)",
+                "whole test (ms)",
+                "tests",
+            ),
+            rows,
+        )
+    )
     print()
 
     print("## A clean test waits for nothing\n")
@@ -263,21 +301,42 @@ def main() -> int:
     for mode in list(modes)[:2]:
         key = (mode, "clean")
         w = waited[key]
-        clean_rows.append((
-            mode, f"{sum(1 for x in w if x == 0)}/{len(w)}", f"{max(w):.3f}" if w else "-",
-            c.ms(c.median(latency[key]), 2), c.ms(c.median(twins[mode]), 2),
-        ))
-    clean_rows.append(("without --dbleak (no check at all)", "-", "-",
-                       c.ms(c.median(latency[("without --dbleak", "clean")]), 2),
-                       c.ms(c.median(twins["without --dbleak"]), 2)))
-    print(c.table(("mode", "clean tests with waited == 0", "max waited (s)",
-                   "teardown end -> verdict (ms)",
-                   "clean test minus its no_dbleak twin, same run (ms, median of pairs)"),
-                  clean_rows))
+        clean_rows.append(
+            (
+                mode,
+                f"{sum(1 for x in w if x == 0)}/{len(w)}",
+                f"{max(w):.3f}" if w else "-",
+                c.ms(c.median(latency[key]), 2),
+                c.ms(c.median(twins[mode]), 2),
+            )
+        )
+    clean_rows.append(
+        (
+            "without --dbleak (no check at all)",
+            "-",
+            "-",
+            c.ms(c.median(latency[("without --dbleak", "clean")]), 2),
+            c.ms(c.median(twins["without --dbleak"]), 2),
+        )
+    )
+    print(
+        c.table(
+            (
+                "mode",
+                "clean tests with waited == 0",
+                "max waited (s)",
+                "teardown end -> verdict (ms)",
+                "clean test minus its no_dbleak twin, same run (ms, median of pairs)",
+            ),
+            clean_rows,
+        )
+    )
     print()
-    print("The last column is what the check adds to a clean test whatever the settle "
-          "timeout (without --dbleak it shows the noise floor of the pairing); compare with "
-          "bench/per_test_overhead.py.\n")
+    print(
+        "The last column is what the check adds to a clean test whatever the settle "
+        "timeout (without --dbleak it shows the noise floor of the pairing); compare with "
+        "bench/per_test_overhead.py.\n"
+    )
     print(c.busy_note(start_load))
     print(deadline.note())
     work.close()

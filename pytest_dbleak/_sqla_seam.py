@@ -45,6 +45,7 @@ class Tracking(Protocol):
 
     def forget_since(self, mark: int, pools: tuple[Pool, ...]) -> None: ...
 
+
 CHECKED_ON = "SQLAlchemy 2.0.58 and 2.1.9"
 # Pool events listened to on the Pool class; "connect" is listened to per pool, so that
 # the listener knows its pool without the connection record's private attribute.

@@ -106,8 +106,10 @@ def parse_mysql_url(url: str) -> Endpoint:
     if isinstance(unix_socket, tuple):
         unix_socket = unix_socket[0]
     return Endpoint(
-        host=parsed.host or "127.0.0.1", port=parsed.port or 3306,
-        user=parsed.username or "root", password=parsed.password or "",
+        host=parsed.host or "127.0.0.1",
+        port=parsed.port or 3306,
+        user=parsed.username or "root",
+        password=parsed.password or "",
         unix_socket=unix_socket,
     )
 
@@ -220,20 +222,34 @@ def ensure_template(binary: str, cache: Path) -> Path:
 
 def _initialise(binary: str, datadir: Path) -> None:
     if _is_mariadb(binary):
-        installer = shutil.which("mariadb-install-db", path=os.pathsep.join(
-            [str(Path(binary).parent), os.environ.get("PATH", ""), *_SEARCH_PATH]
-        )) or shutil.which("mysql_install_db")
+        installer = shutil.which(
+            "mariadb-install-db",
+            path=os.pathsep.join(
+                [str(Path(binary).parent), os.environ.get("PATH", ""), *_SEARCH_PATH]
+            ),
+        ) or shutil.which("mysql_install_db")
         if installer is None:
             raise DbleakError("the process backend needs mariadb-install-db next to mariadbd")
         cmd = [
-            installer, "--no-defaults", f"--datadir={datadir}", f"--tmpdir={datadir.parent}",
-            "--auth-root-authentication-method=normal", "--skip-test-db",
-            *_user_flags(), *_INNODB_FILES,
+            installer,
+            "--no-defaults",
+            f"--datadir={datadir}",
+            f"--tmpdir={datadir.parent}",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+            *_user_flags(),
+            *_INNODB_FILES,
         ]
     else:
-        cmd = [binary, "--no-defaults", "--initialize-insecure", f"--datadir={datadir}",
-               f"--tmpdir={datadir.parent}",
-               *_user_flags(), *_INNODB_FILES]
+        cmd = [
+            binary,
+            "--no-defaults",
+            "--initialize-insecure",
+            f"--datadir={datadir}",
+            f"--tmpdir={datadir.parent}",
+            *_user_flags(),
+            *_INNODB_FILES,
+        ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
@@ -285,8 +301,9 @@ class Launch:
     other work (importing SQLAlchemy) while the server boots.
     """
 
-    def __init__(self, wait: Callable[[], RunningServer],
-                 cancel: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self, wait: Callable[[], RunningServer], cancel: Callable[[], None] = lambda: None
+    ) -> None:
         self._wait = wait
         self._cancel = cancel
 
@@ -316,14 +333,25 @@ def launch_process(binary: str | None, cache: Path, timeout: float) -> Launch:
         sock = str(root / "mysqld.sock")
         port = free_port()
         cmd = [
-            binary, "--no-defaults", f"--datadir={datadir}", f"--socket={sock}",
-            f"--port={port}", "--bind-address=127.0.0.1", f"--pid-file={root / 'mysqld.pid'}",
-            f"--log-error={root / 'error.log'}", f"--tmpdir={root / 'tmp'}", *_user_flags(),
-            *_INNODB_FILES, *_FAST_FLAGS,
+            binary,
+            "--no-defaults",
+            f"--datadir={datadir}",
+            f"--socket={sock}",
+            f"--port={port}",
+            "--bind-address=127.0.0.1",
+            f"--pid-file={root / 'mysqld.pid'}",
+            f"--log-error={root / 'error.log'}",
+            f"--tmpdir={root / 'tmp'}",
+            *_user_flags(),
+            *_INNODB_FILES,
+            *_FAST_FLAGS,
         ]
         reaper = subprocess.Popen(
             ["/bin/sh", "-c", _REAPER, "dbleak-reaper", str(root), *cmd],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
         )
         keep_out_of_forks(reaper.stdin)
         assert reaper.stdout is not None
@@ -417,8 +445,14 @@ def _stop_reaper(reaper: subprocess.Popen[str] | None) -> None:
 
 # -- selection -------------------------------------------------------------------
 def launch(
-    backend: str, *, mysql_url: str | None, mysqld: str | None, image: str,
-    cache: Path, timeout: float, redactor: Redactor,
+    backend: str,
+    *,
+    mysql_url: str | None,
+    mysqld: str | None,
+    image: str,
+    cache: Path,
+    timeout: float,
+    redactor: Redactor,
 ) -> Launch:
     """Set off the server the settings ask for; DbleakError says why it cannot be had.
 
@@ -428,9 +462,7 @@ def launch(
         redactor.add(parse_mysql_url(mysql_url).password)
     if backend == "url" or (backend == "auto" and mysql_url):
         if not mysql_url:
-            raise DbleakError(
-                "the url backend needs --dbleak-mysql-url or DBLEAK_MYSQL_URL"
-            )
+            raise DbleakError("the url backend needs --dbleak-mysql-url or DBLEAK_MYSQL_URL")
         return Launch(lambda: start_url(mysql_url, timeout))
     if backend == "docker":
         return Launch(lambda: start_docker(image, timeout))
@@ -460,13 +492,24 @@ def _docker_else_process(
 
 
 def start(
-    backend: str, *, mysql_url: str | None, mysqld: str | None, image: str,
-    cache: Path, timeout: float, redactor: Redactor,
+    backend: str,
+    *,
+    mysql_url: str | None,
+    mysqld: str | None,
+    image: str,
+    cache: Path,
+    timeout: float,
+    redactor: Redactor,
 ) -> RunningServer:
     """Start (or reach) the server the settings ask for; DbleakError says why not."""
     return launch(
-        backend, mysql_url=mysql_url, mysqld=mysqld, image=image, cache=cache,
-        timeout=timeout, redactor=redactor,
+        backend,
+        mysql_url=mysql_url,
+        mysqld=mysqld,
+        image=image,
+        cache=cache,
+        timeout=timeout,
+        redactor=redactor,
     ).wait()
 
 
@@ -480,7 +523,11 @@ def describe(server: RunningServer, version: str) -> ServerInfo:
     from sqlalchemy.engine import URL
 
     admin = URL.create(
-        "mysql+pymysql", username=ep.user, password=ep.password, host=ep.host, port=ep.port,
+        "mysql+pymysql",
+        username=ep.user,
+        password=ep.password,
+        host=ep.host,
+        port=ep.port,
     ).render_as_string(hide_password=False)
     return ServerInfo(server.backend, ep.host, ep.port, ep.unix_socket, version, admin)
 
@@ -495,5 +542,3 @@ def connect_error(server: RunningServer, exc: Exception) -> DbleakError:
     else:
         why = f"failed: {_one_line(exc)}"
     return DbleakError(f"MySQL server at {server.where} {why} [{server.backend} backend]")
-
-

@@ -242,7 +242,8 @@ class Baseline:
             current = current_by_test[nodeid]
             fewer = {
                 kind: n - current.get(kind, 0)
-                for kind, n in self.tests[nodeid].items() if current.get(kind, 0) < n
+                for kind, n in self.tests[nodeid].items()
+                if current.get(kind, 0) < n
             }
             if fewer:
                 out.append(Gone(nodeid, fewer, current))
@@ -271,8 +272,6 @@ class Baseline:
         else:
             text += ", none gone"
         return text
-
-
 
 
 def load(path: str | os.PathLike[str]) -> Baseline | None:
@@ -307,5 +306,7 @@ def recorded_line(path: str | os.PathLike[str], baseline: Baseline) -> str:
     """The terminal line of a recording run."""
     n = len(baseline.tests)
     connections = sum(sum(c.values()) for c in baseline.tests.values())
-    return (f"baseline: recorded {plural(n, 'leaking test')} "
-            f"({plural(connections, 'connection')}) to {os.fspath(path)}")
+    return (
+        f"baseline: recorded {plural(n, 'leaking test')} "
+        f"({plural(connections, 'connection')}) to {os.fspath(path)}"
+    )

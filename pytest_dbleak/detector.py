@@ -57,12 +57,16 @@ class Detector:
         seq = self.tracker.mark()
         server = self._last if (reuse and self._last is not None) else self.monitor.snapshot()
         return Window(
-            seq, server, self.tracker.idle_in_transaction(), self.tracker.checked_out_count(),
+            seq,
+            server,
+            self.tracker.idle_in_transaction(),
+            self.tracker.checked_out_count(),
             server_trx=self.beyond.transactions_before(server),
         )
 
-    def finish(self, window: Window, nodeid: str, *, allow: int, settle: float,
-               patient: bool = False) -> CheckResult:
+    def finish(
+        self, window: Window, nodeid: str, *, allow: int, settle: float, patient: bool = False
+    ) -> CheckResult:
         """The verdict of `window`. `patient`: re-check every suspicion for up to `settle`
         (the test asked for its settle time), not only those that can still change."""
         started = time.monotonic()
@@ -78,8 +82,9 @@ class Detector:
         # Re-check only what can still change - a server row that lags behind a close, a
         # connection held by a thread that is still running - with backoff, for at most
         # `settle`. A leak whose holder is gone is judged at once.
-        while leaks and (patient or _started_threads_running(window)
-                         or any(_may_change(leak) for leak in leaks)):
+        while leaks and (
+            patient or _started_threads_running(window) or any(_may_change(leak) for leak in leaks)
+        ):
             left = settle - (time.monotonic() - started)
             if left <= 0:
                 break
@@ -108,8 +113,12 @@ class Detector:
         server: checked-out connections invalidated (which returns them to their pool),
         open transactions rolled back, undisposed engines disposed, and server
         connections of the session's user that no pool owns killed."""
-        kill = {i for leak in result.leaks if leak.kind == SERVER_CONNECTION
-                for i in leak.connection_ids}
+        kill = {
+            i
+            for leak in result.leaks
+            if leak.kind == SERVER_CONNECTION
+            for i in leak.connection_ids
+        }
         for ids, action in self._undo:  # the last collection: the one `result` came from
             try:
                 action()
@@ -149,15 +158,19 @@ class Detector:
             co = conn.checkout
             if co is not None:
                 if co.seq >= w.seq and not co.owned:
-                    leak = self._leak(CHECKED_OUT, 1, _conn_what(conn, "checked out"),
-                                      co.stack, co.thread)
+                    leak = self._leak(
+                        CHECKED_OUT, 1, _conn_what(conn, "checked out"), co.stack, co.thread
+                    )
                     leaks.append(self._with_conn(leak, conn, by_conn))
                     undo[id(leak)] = _invalidate(co)
             elif conn.in_trx and conn.checkin_seq >= w.seq and conn.serial not in w.trx_before:
                 last = conn.last_checkout
                 leak = self._leak(
-                    OPEN_TRANSACTION, 1, _conn_what(conn, "idle in a pool inside a transaction"),
-                    last.stack if last else conn.stack, last.thread if last else None,
+                    OPEN_TRANSACTION,
+                    1,
+                    _conn_what(conn, "idle in a pool inside a transaction"),
+                    last.stack if last else conn.stack,
+                    last.thread if last else None,
                 )
                 leaks.append(self._with_conn(leak, conn, by_conn))
                 undo[id(leak)] = _rollback(conn)
@@ -166,11 +179,15 @@ class Detector:
         for ret in tracker.gc_returns_since(w.seq):
             if not ret.checkout.owned:
                 gc_returned.add(id(ret.conn))
-                leaks.append(self._leak(
-                    GC_RETURN, 1,
-                    _conn_what(ret.conn, "was checked out here and dropped without close()"),
-                    ret.checkout.stack, ret.checkout.thread,
-                ))
+                leaks.append(
+                    self._leak(
+                        GC_RETURN,
+                        1,
+                        _conn_what(ret.conn, "was checked out here and dropped without close()"),
+                        ret.checkout.stack,
+                        ret.checkout.thread,
+                    )
+                )
 
         for pool in tracker.pools_created_since(w.seq):
             if pool.owned:
@@ -181,11 +198,13 @@ class Detector:
             # A connection the gc gave back is already one leak: count each connection once.
             counted = [c for c in held if id(c) in gc_returned]
             state = "still alive" if pool.alive else "reclaimed by the garbage collector"
-            what = (f"{pool.pool_class} {state} without dispose(), holding "
-                    f"{_connections(held)}")
+            what = f"{pool.pool_class} {state} without dispose(), holding {_connections(held)}"
             if counted:
-                what += (" (already counted as gc_return)" if len(counted) == len(held)
-                         else f" ({len(counted)} of them already counted as gc_return)")
+                what += (
+                    " (already counted as gc_return)"
+                    if len(counted) == len(held)
+                    else f" ({len(counted)} of them already counted as gc_return)"
+                )
             leak = self._leak(
                 UNDISPOSED_ENGINE, len(held) - len(counted), what, pool.stack, pool.thread
             )
@@ -226,19 +245,23 @@ class Detector:
         # Drivers that do not reveal the server's connection id: count their idle
         # connections instead, so that a surviving pool still explains its growth.
         anonymous = sum(
-            1 for c in tracker.connections()
+            1
+            for c in tracker.connections()
             if c.thread_id is None and c.created_seq >= w.seq and c.checkout is None
         )
         leaks = []
         for row in unexplained[anonymous:]:
             opened = tracker.opened_at(row.id)  # a raw driver connection of this process
-            stack, thread, owner = (opened.stack, opened.thread, "") if opened else (
-                self.beyond.child_site(row))
+            stack, thread, owner = (
+                (opened.stack, opened.thread, "") if opened else (self.beyond.child_site(row))
+            )
             leak = self._leak(
-                SERVER_CONNECTION, 1,
+                SERVER_CONNECTION,
+                1,
                 f"server connection {row.id} ({row.user}@{row.host}, {row.command}) "
                 f"opened during the test and still open; no pool of this process owns it{owner}",
-                stack, thread,
+                stack,
+                thread,
             )
             leak.connection_ids.append(row.id)
             leak.processlist.append(row.as_dict())
@@ -249,8 +272,9 @@ class Detector:
         self, kind: str, count: int, what: str, stack: tuple[Frame, ...], thread: str | None
     ) -> Leak:
         sites = user_sites(stack, self.root)
-        return Leak(kind, count, what, site=sites[-1] if sites else None, stack=sites,
-                    thread=thread)
+        return Leak(
+            kind, count, what, site=sites[-1] if sites else None, stack=sites, thread=thread
+        )
 
     @staticmethod
     def _with_conn(leak: Leak, conn: ConnState, by_conn: dict[int, Leak]) -> Leak:
@@ -279,6 +303,7 @@ def _invalidate(checkout: Checkout) -> Callable[[], None]:
         fairy = checkout.fairy() if checkout.fairy is not None else None
         if fairy is not None and fairy.dbapi_connection is not None:
             fairy.invalidate()  # closes it and gives the pool its slot back
+
     return undo
 
 
@@ -288,6 +313,7 @@ def _rollback(conn: ConnState) -> Callable[[], None]:
         if dbapi is not None and conn.checkout is None:
             dbapi.rollback()
             conn.in_trx = False
+
     return undo
 
 
@@ -296,6 +322,7 @@ def _dispose(pool: PoolState) -> Callable[[], None]:
         target = pool.ref()
         if target is not None:
             target.dispose()
+
     return undo
 
 

@@ -138,8 +138,13 @@ _TARGETS = (
 # Drivers' own pools: where a pooled connection was handed out names the line that used
 # it, e.g. for a transaction left open on it. (package, module, class, method, checked on)
 _HANDOUTS = (
-    ("mysql.connector", "mysql.connector.pooling", "MySQLConnectionPool", "get_connection",
-     "mysql-connector-python 26.10.0"),
+    (
+        "mysql.connector",
+        "mysql.connector.pooling",
+        "MySQLConnectionPool",
+        "get_connection",
+        "mysql-connector-python 26.10.0",
+    ),
 )
 
 
@@ -197,8 +202,9 @@ class DriverTracer:
                 continue
 
             @functools.wraps(original)
-            def traced_handout(pool: Any, *args: Any, _original: Any = original,
-                               **kwargs: Any) -> Any:
+            def traced_handout(
+                pool: Any, *args: Any, _original: Any = original, **kwargs: Any
+            ) -> Any:
                 conn = _original(pool, *args, **kwargs)
                 on_handout(conn, capture_stack(1))
                 return conn

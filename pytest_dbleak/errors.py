@@ -12,8 +12,18 @@ _URL_PASSWORD = re.compile(
 
 # Top-level modules that each extra of pyproject.toml brings (with their dependencies).
 EXTRA_MODULES = {
-    "stress": frozenset({"flask", "flask_socketio", "socketio", "engineio", "werkzeug",
-                         "simple_websocket", "websocket", "wsproto"}),
+    "stress": frozenset(
+        {
+            "flask",
+            "flask_socketio",
+            "socketio",
+            "engineio",
+            "werkzeug",
+            "simple_websocket",
+            "websocket",
+            "wsproto",
+        }
+    ),
 }
 
 
@@ -23,8 +33,10 @@ def missing_extra(exc: ModuleNotFoundError, extra: str, user: str) -> str | None
     top = (exc.name or "").partition(".")[0]
     if top not in EXTRA_MODULES[extra]:
         return None
-    return (f"{user} needs the {extra} extra: pip install 'pytest-dbleak[{extra}]' "
-            f"(no module named {top!r})")
+    return (
+        f"{user} needs the {extra} extra: pip install 'pytest-dbleak[{extra}]' "
+        f"(no module named {top!r})"
+    )
 
 
 class DbleakError(Exception):

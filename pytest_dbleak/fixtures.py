@@ -99,7 +99,9 @@ class DbleakHandle:
         window = self._detector.begin()
         yield
         result = self._detector.finish(
-            window, "assert_no_leaks()", allow=allow,
+            window,
+            "assert_no_leaks()",
+            allow=allow,
             settle=settings.settle_timeout if settle is None else settle,
             patient=settle is not None,
         )
@@ -168,16 +170,26 @@ class SocketChurnStress(_Stress):
 
     kind = "dbleak_socket_churn"
 
-    def run(self, app: Any, socketio: Any, *, namespace: str = "/", auth: Any = None,
-            on_connect: Any = None) -> Any:
+    def run(
+        self,
+        app: Any,
+        socketio: Any,
+        *,
+        namespace: str = "/",
+        auth: Any = None,
+        on_connect: Any = None,
+    ) -> Any:
         with _stress_extra(self.kind):
             from .stress import SocketChurnRunner
 
         s = self.settings
         runner = SocketChurnRunner(clients=s.clients, concurrency=s.concurrency, timeout=s.timeout)
-        return self._run(s.clients, lambda: runner.run(
-            app, socketio, namespace=namespace, auth=auth, on_connect=on_connect
-        ))
+        return self._run(
+            s.clients,
+            lambda: runner.run(
+                app, socketio, namespace=namespace, auth=auth, on_connect=on_connect
+            ),
+        )
 
 
 class HttpLoadStress(_Stress):
@@ -185,16 +197,23 @@ class HttpLoadStress(_Stress):
 
     kind = "dbleak_http_load"
 
-    def run(self, app: Any, path: str, *, method: str = "GET",
-            headers: dict[str, str] | None = None, body: bytes | str | None = None) -> Any:
+    def run(
+        self,
+        app: Any,
+        path: str,
+        *,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+        body: bytes | str | None = None,
+    ) -> Any:
         with _stress_extra(self.kind):
             from .stress import HttpLoadRunner
 
         s = self.settings
         runner = HttpLoadRunner(requests=s.requests, concurrency=s.concurrency, timeout=s.timeout)
-        return self._run(s.requests, lambda: runner.run(
-            app, path, method=method, headers=headers, body=body
-        ))
+        return self._run(
+            s.requests, lambda: runner.run(app, path, method=method, headers=headers, body=body)
+        )
 
 
 def _mark_settings(request: pytest.FixtureRequest, name: str) -> Any:
@@ -234,5 +253,4 @@ def dbleak_database(request: pytest.FixtureRequest, dbleak_server: ServerInfo) -
         _fail_setup(exc)
         raise
     local = dbleak_server.host in ("127.0.0.1", "localhost", "::1")
-    return Database(db.name, db.user, db.password, dbleak_server.host, dbleak_server.port,
-                    local)
+    return Database(db.name, db.user, db.password, dbleak_server.host, dbleak_server.port, local)

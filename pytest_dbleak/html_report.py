@@ -79,21 +79,28 @@ def status(result: CheckResult) -> str:
 
 
 def render(
-    results: list[CheckResult], outcomes: dict[str, str], meta: dict[str, Any],
-    redact: Callable[[str], str], leak_failed: Collection[str] | None = None,
+    results: list[CheckResult],
+    outcomes: dict[str, str],
+    meta: dict[str, Any],
+    redact: Callable[[str], str],
+    leak_failed: Collection[str] | None = None,
 ) -> str:
     """The whole report as one HTML document; results in run order (x = test index).
 
     `leak_failed`: the tests that failed because of a leak and nothing else (as in the
     JSON summary); by default, every result over its limit."""
     esc = _Escaper(redact)
-    body = "\n".join((
-        _header(results, outcomes, meta, esc, leak_failed),
-        _timeline(results, esc),
-        _leaks(results, outcomes, esc),
-    ))
+    body = "\n".join(
+        (
+            _header(results, outcomes, meta, esc, leak_failed),
+            _timeline(results, esc),
+            _leaks(results, outcomes, esc),
+        )
+    )
     page = _asset("page.html").format(
-        title=esc("pytest-dbleak report"), css=_asset("report.css"), body=body,
+        title=esc("pytest-dbleak report"),
+        css=_asset("report.css"),
+        body=body,
         script=_asset("report.js"),
     )
     # Texts were redacted one by one before escaping (a secret with '&' in it would not
@@ -102,8 +109,11 @@ def render(
 
 
 def write(
-    path: str | os.PathLike[str], results: list[CheckResult], outcomes: dict[str, str],
-    meta: dict[str, Any], redact: Callable[[str], str],
+    path: str | os.PathLike[str],
+    results: list[CheckResult],
+    outcomes: dict[str, str],
+    meta: dict[str, Any],
+    redact: Callable[[str], str],
     leak_failed: Collection[str] | None = None,
 ) -> Path:
     """Render and write the report atomically: readers never see half a file."""
@@ -125,12 +135,18 @@ class _Escaper:
 
 # -- header --------------------------------------------------------------------------------
 def _header(
-    results: list[CheckResult], outcomes: dict[str, str], meta: Mapping[str, Any], esc: _Escaper,
+    results: list[CheckResult],
+    outcomes: dict[str, str],
+    meta: Mapping[str, Any],
+    esc: _Escaper,
     leak_failed: Collection[str] | None = None,
 ) -> str:
     statuses = Counter(status(r) for r in results)
-    failed_by_leak = (statuses[FAILED] if leak_failed is None
-                      else sum(1 for r in results if r.nodeid in leak_failed))
+    failed_by_leak = (
+        statuses[FAILED]
+        if leak_failed is None
+        else sum(1 for r in results if r.nodeid in leak_failed)
+    )
     leaking = sum(statuses[s] for s in STATUSES)
     leaked = sum(r.leaked for r in results)
     peak = max(results, key=lambda r: r.after.server_connections, default=None)
@@ -161,9 +177,16 @@ def _header(
         facts.append(("server", "<em>not started</em>"))
     settings = meta.get("settings")
     if isinstance(settings, Mapping) and settings:
-        facts.append(("settings", esc(", ".join(
-            f"{k}={v}" for k, v in settings.items() if not _SECRET_KEY.search(str(k))
-        ))))
+        facts.append(
+            (
+                "settings",
+                esc(
+                    ", ".join(
+                        f"{k}={v}" for k, v in settings.items() if not _SECRET_KEY.search(str(k))
+                    )
+                ),
+            )
+        )
     for key, value in meta.items():
         if key in ("tool", "server", "settings") or _SECRET_KEY.search(str(key)):
             continue
@@ -182,8 +205,10 @@ def _header(
 def _card(label: str, value: int, tone: str = "") -> str:
     cls = f"card {tone}".strip()
     slug = label.split(" (")[0].replace(" ", "-")
-    return (f'<div class="{cls}" data-stat="{slug}"><span class="value">{value}</span>'
-            f'<span class="label">{html.escape(label)}</span></div>')
+    return (
+        f'<div class="{cls}" data-stat="{slug}"><span class="value">{value}</span>'
+        f'<span class="label">{html.escape(label)}</span></div>'
+    )
 
 
 # -- timeline ------------------------------------------------------------------------------
@@ -207,26 +232,34 @@ def _timeline(results: list[CheckResult], esc: _Escaper) -> str:
         y = _r(y_of(value))
         parts.append(f'<line class="grid" x1="{LEFT}" y1="{y}" x2="{LEFT + PLOT_W}" y2="{y}"/>')
         parts.append(f'<text class="tick y" x="{LEFT - 8}" y="{y}">{value}</text>')
-    parts.append(f'<text class="axis-title" x="14" y="{TOP + PLOT_H / 2}" '
-                 f'transform="rotate(-90 14 {TOP + PLOT_H / 2})">connections</text>')
+    parts.append(
+        f'<text class="axis-title" x="14" y="{TOP + PLOT_H / 2}" '
+        f'transform="rotate(-90 14 {TOP + PLOT_H / 2})">connections</text>'
+    )
     parts.append(f'<text class="lane-title" x="{LEFT - 8}" y="{LANE_Y}">leaks</text>')
 
     if n == 0:
-        parts.append(f'<text class="empty" x="{LEFT + PLOT_W / 2}" y="{TOP + PLOT_H / 2}">'
-                     "no tests were checked</text>")
+        parts.append(
+            f'<text class="empty" x="{LEFT + PLOT_W / 2}" y="{TOP + PLOT_H / 2}">'
+            "no tests were checked</text>"
+        )
     else:
         xstep = _nice_step(n, 8)
         for index in range(xstep, n + 1, xstep):  # 1-based test numbers
             x = _r(LEFT + (index - 0.5) * PLOT_W / n)
-            parts.append(f'<line class="xtick" x1="{x}" y1="{TOP + PLOT_H}" x2="{x}" '
-                         f'y2="{TOP + PLOT_H + 5}"/>')
+            parts.append(
+                f'<line class="xtick" x1="{x}" y1="{TOP + PLOT_H}" x2="{x}" '
+                f'y2="{TOP + PLOT_H + 5}"/>'
+            )
             # A centred label at the right edge would be cut off by the SVG's border.
             end = " end" if x > LEFT + PLOT_W - 4 * len(str(index)) else ""
             parts.append(
                 f'<text class="tick x{end}" x="{x}" y="{TOP + PLOT_H + 18}">{index}</text>'
             )
-        parts.append(f'<text class="axis-title x" x="{LEFT + PLOT_W / 2}" y="{HEIGHT - 6}">'
-                     "test # (run order)</text>")
+        parts.append(
+            f'<text class="axis-title x" x="{LEFT + PLOT_W / 2}" y="{HEIGHT - 6}">'
+            "test # (run order)</text>"
+        )
         for cls, values in (("series-server", server), ("series-checked-out", checked)):
             points = " ".join(f"{x:g},{y:g}" for x, y in _series_points(values, y_of))
             parts.append(f'<polyline class="series {cls}" points="{points}"/>')
@@ -237,13 +270,17 @@ def _timeline(results: list[CheckResult], esc: _Escaper) -> str:
         '<ul class="legend">'
         '<li><span class="swatch series-server"></span>server connections of the session</li>'
         '<li><span class="swatch series-checked-out"></span>checked-out pooled connections</li>'
-        + "".join(f'<li><span class="key {s}"></span>{html.escape(STATUS_TITLES[s])}</li>'
-                  for s in STATUSES)
+        + "".join(
+            f'<li><span class="key {s}"></span>{html.escape(STATUS_TITLES[s])}</li>'
+            for s in STATUSES
+        )
         + "</ul>"
     )
-    return (f'<section id="chart"><h2>Timeline</h2>\n{"".join(parts)}\n{legend}\n'
-            '<p class="hint">Counts after each test. Click a marker for that test\'s leak.</p>'
-            "</section>")
+    return (
+        f'<section id="chart"><h2>Timeline</h2>\n{"".join(parts)}\n{legend}\n'
+        '<p class="hint">Counts after each test. Click a marker for that test\'s leak.</p>'
+        "</section>"
+    )
 
 
 def _markers(
@@ -283,7 +320,7 @@ def _series_points(values: Sequence[int], y_of: Callable[[float], float]) -> lis
             points += [(LEFT + i * width, y), (LEFT + (i + 1) * width, y)]
     else:
         for col in range(PLOT_W):
-            chunk = values[col * n // PLOT_W:(col + 1) * n // PLOT_W]
+            chunk = values[col * n // PLOT_W : (col + 1) * n // PLOT_W]
             x0, x1 = LEFT + col, LEFT + col + 1
             for value in (chunk[0], min(chunk), max(chunk), chunk[-1]):
                 points.append((x0, y_of(value)))
@@ -338,7 +375,8 @@ def _r(value: float) -> float:
 def _leaks(results: list[CheckResult], outcomes: Mapping[str, str], esc: _Escaper) -> str:
     items = [
         _leak_details(index, result, outcomes.get(result.nodeid, "unknown"), esc)
-        for index, result in enumerate(results, start=1) if result.leaks
+        for index, result in enumerate(results, start=1)
+        if result.leaks
     ]
     if not items:
         inner = '<p class="none">No test leaked a connection.</p>'
@@ -355,7 +393,8 @@ def _leak_details(index: int, result: CheckResult, outcome: str, esc: _Escaper) 
     state = status(result)
     b, a = result.before, result.after
     facts = [
-        f"test #{index}", f"pytest outcome: {outcome}",
+        f"test #{index}",
+        f"pytest outcome: {outcome}",
         f"server connections {b.server_connections} → {a.server_connections}",
         f"Threads_connected {b.threads_connected} → {a.threads_connected}",
         f"checked out {b.checked_out} → {a.checked_out}",
@@ -387,8 +426,9 @@ def _leak_item(leak: Leak, esc: _Escaper) -> str:
     if leak.thread:
         rows.append(f"<dt>thread</dt><dd>{esc(leak.thread)}</dd>")
     if leak.connection_ids:
-        rows.append(f"<dt>connection ids</dt><dd>{esc(', '.join(map(str, leak.connection_ids)))}"
-                    "</dd>")
+        rows.append(
+            f"<dt>connection ids</dt><dd>{esc(', '.join(map(str, leak.connection_ids)))}</dd>"
+        )
     if leak.stack:
         frames = "".join(f"<li>{_site(site, esc)}</li>" for site in leak.stack)
         rows.append(f'<dt>user stack</dt><dd><ol class="stack">{frames}</ol></dd>')
@@ -396,12 +436,15 @@ def _leak_item(leak: Leak, esc: _Escaper) -> str:
         rows.append("<dt>user stack</dt><dd><em>no user code on the stack</em></dd>")
     kind_cls = leak.kind if leak.kind in KINDS else "other"
     # Grouped leaks (issue 13): the heading counts leaks; connections when they differ.
-    held = ("" if leak.count == leak.occurrences
-            else f' <span class="held">({esc(reporting.plural(leak.count, "connection"))})</span>')
+    held = (
+        ""
+        if leak.count == leak.occurrences
+        else f' <span class="held">({esc(reporting.plural(leak.count, "connection"))})</span>'
+    )
     return (
         f'<div class="leak-item kind-{kind_cls}"><h4><span class="kind">{esc(leak.kind)}</span>'
         f' &times; {leak.occurrences} <span class="kind-title">{esc(title)}</span>{held}</h4>'
-        f'<dl>{"".join(rows)}</dl>{_processlist(leak.processlist, esc)}</div>'
+        f"<dl>{''.join(rows)}</dl>{_processlist(leak.processlist, esc)}</div>"
     )
 
 
@@ -414,13 +457,17 @@ def _processlist(rows: list[dict[str, Any]], esc: _Escaper) -> str:
         return ""
     head = "".join(f"<th>{c}</th>" for c in PROCESS_COLUMNS)
     body = "".join(
-        "<tr>" + "".join(
+        "<tr>"
+        + "".join(
             f"<td>{esc(row[c]) if row.get(c) is not None else ''}</td>" for c in PROCESS_COLUMNS
-        ) + "</tr>"
+        )
+        + "</tr>"
         for row in rows
     )
-    return (f'<table class="processlist"><caption>processlist rows left behind</caption>'
-            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    return (
+        f'<table class="processlist"><caption>processlist rows left behind</caption>'
+        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    )
 
 
 # -- page ----------------------------------------------------------------------------------

@@ -58,8 +58,15 @@ class Stuck:
 
 
 class LockWatch:
-    def __init__(self, endpoint: Endpoint, where: str, users: frozenset[str] | None,
-                 tracker: Tracker, root: Path, bound: float) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        where: str,
+        users: frozenset[str] | None,
+        tracker: Tracker,
+        root: Path,
+        bound: float,
+    ) -> None:
         self.users = users
         self.tracker = tracker
         self.root = root
@@ -123,8 +130,9 @@ class LockWatch:
         frames = sys._current_frames()
         for ident, _user, seconds, state, info in waiting:
             stack, thread = self._where_running(int(ident), frames)
-            stuck = Stuck(int(ident), _shorten(info), float(seconds), str(state or ""),
-                          stack, thread)
+            stuck = Stuck(
+                int(ident), _shorten(info), float(seconds), str(state or ""), stack, thread
+            )
             for holder, _huser, started in holders:
                 stuck.holders.append((int(holder), str(started), self._checkout_site(holder)))
             with self._lock:
@@ -136,8 +144,9 @@ class LockWatch:
     def _ours(self, user: str) -> bool:
         return self.users is None or user in self.users
 
-    def _where_running(self, ident: int, frames: dict[int, FrameType]) -> tuple[
-            tuple[Frame, ...], str | None]:
+    def _where_running(
+        self, ident: int, frames: dict[int, FrameType]
+    ) -> tuple[tuple[Frame, ...], str | None]:
         """The stack of the thread whose connection runs the statement, right now."""
         conn = self.tracker.by_thread_id.get(ident)
         name = conn.checkout.thread if conn is not None and conn.checkout else None
@@ -164,11 +173,14 @@ class LockWatch:
             where = user_sites(stack, self.root)
             at = f", checked out at {where[-1]}" if where else ""
             holders.append(f"server connection {ident} (in a transaction since {started}{at})")
-        what = (f"statement on server connection {stuck.waiter} waited {stuck.waited:.0f} s "
-                f"({stuck.state or 'for a lock'}) and was interrupted: {stuck.statement}; "
-                f"idle in a transaction meanwhile: {', '.join(holders)}")
-        leak = Leak(LOCK_WAIT, 0, what, site=sites[-1] if sites else None, stack=sites,
-                    thread=stuck.thread)
+        what = (
+            f"statement on server connection {stuck.waiter} waited {stuck.waited:.0f} s "
+            f"({stuck.state or 'for a lock'}) and was interrupted: {stuck.statement}; "
+            f"idle in a transaction meanwhile: {', '.join(holders)}"
+        )
+        leak = Leak(
+            LOCK_WAIT, 0, what, site=sites[-1] if sites else None, stack=sites, thread=stuck.thread
+        )
         leak.connection_ids.append(stuck.waiter)
         return leak
 

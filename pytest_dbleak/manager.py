@@ -61,8 +61,12 @@ class DbleakManager:
         self.redact = Redactor()
         workerinput = getattr(config, "workerinput", {})
         self.runtime = Runtime(
-            settings, self.redact, worker=workerinput.get("workerid", "main"),
-            shared=workerinput.get("dbleak_server"), root=config.rootpath, note=self._note,
+            settings,
+            self.redact,
+            worker=workerinput.get("workerid", "main"),
+            shared=workerinput.get("dbleak_server"),
+            root=config.rootpath,
+            note=self._note,
         )
         self.results: dict[str, CheckResult] = {}
         self.outcomes: dict[str, str] = {}
@@ -120,8 +124,13 @@ class DbleakManager:
             ep = running.endpoint
             node.workerinput["dbleak_server"] = {
                 "backend": running.backend,
-                "endpoint": {"host": ep.host, "port": ep.port, "user": ep.user,
-                             "password": ep.password, "unix_socket": ep.unix_socket},
+                "endpoint": {
+                    "host": ep.host,
+                    "port": ep.port,
+                    "user": ep.user,
+                    "password": ep.password,
+                    "unix_socket": ep.unix_socket,
+                },
             }
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
@@ -142,13 +151,18 @@ class DbleakManager:
                 errors.setdefault(text, []).append(item.nodeid)
             item.stash[MARKS] = values
         if errors:
-            raise pytest.UsageError(*(
-                f"dbleak: {nodeids[0]}"
-                + (f" (and {reporting.plural(len(nodeids) - 1, 'more test')})"
-                   if len(nodeids) > 1 else "")
-                + f": {text}"
-                for text, nodeids in errors.items()
-            ))
+            raise pytest.UsageError(
+                *(
+                    f"dbleak: {nodeids[0]}"
+                    + (
+                        f" (and {reporting.plural(len(nodeids) - 1, 'more test')})"
+                        if len(nodeids) > 1
+                        else ""
+                    )
+                    + f": {text}"
+                    for text, nodeids in errors.items()
+                )
+            )
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         if self.settings.enabled:
@@ -168,8 +182,11 @@ class DbleakManager:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if not self.is_worker:
             self._write_reports(session)
-            if (session.exitstatus == pytest.ExitCode.TESTS_FAILED and self.leak_failures
-                    and not self.other_failures):
+            if (
+                session.exitstatus == pytest.ExitCode.TESTS_FAILED
+                and self.leak_failures
+                and not self.other_failures
+            ):
                 session.exitstatus = EXIT_LEAKS_FOUND
         self.close()
 
@@ -293,7 +310,10 @@ class DbleakManager:
             return
         try:
             check.result = detector.finish(
-                check.window, item.nodeid, allow=check.allow, settle=check.settle,
+                check.window,
+                item.nodeid,
+                allow=check.allow,
+                settle=check.settle,
                 patient=check.patient,
             )
         except ServerGoneError as exc:
@@ -324,8 +344,12 @@ class DbleakManager:
             # A rerun does not take a leak back: the code leaked in an earlier attempt.
             result, note = earlier, "dbleak: leaked in an earlier attempt of this test"
         verdict.apply(
-            report, result, own_failure=report.failed or any(r.failed for r in check.reports),
-            location=_location(item), redact=self.redact, note=note,
+            report,
+            result,
+            own_failure=report.failed or any(r.failed for r in check.reports),
+            location=_location(item),
+            redact=self.redact,
+            note=note,
         )
         detector = self.runtime.detector
         if result.failed and not note and self.settings.reclaim and detector is not None:
@@ -359,8 +383,9 @@ class DbleakManager:
         info = self.runtime.info
         if not self.settings.enabled or info is None or self.is_worker:
             return []
-        return [self.redact(reporting.header_line(info.backend, info.host, info.port,
-                                                  info.version))]
+        return [
+            self.redact(reporting.header_line(info.backend, info.host, info.port, info.version))
+        ]
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self._baseline_line:
@@ -388,23 +413,44 @@ class DbleakManager:
                 self._baseline_line = self.baseline.summary(results)
         if not (self.settings.report or self.settings.html) or not results:
             return
-        meta = {"tool": "pytest-dbleak", "server": self._server_meta(), "settings": {
-            "allow": self.settings.allow, "settle_timeout": self.settings.settle_timeout,
-            "report_only": self.settings.report_only,
-        }}
+        meta = {
+            "tool": "pytest-dbleak",
+            "server": self._server_meta(),
+            "settings": {
+                "allow": self.settings.allow,
+                "settle_timeout": self.settings.settle_timeout,
+                "report_only": self.settings.report_only,
+            },
+        }
         if self.settings.report:
-            reporting.write_json(self.settings.report, results, self.outcomes, meta, self.redact,
-                                 leak_failed=self.leak_failures)
+            reporting.write_json(
+                self.settings.report,
+                results,
+                self.outcomes,
+                meta,
+                self.redact,
+                leak_failed=self.leak_failures,
+            )
         if self.settings.html:
-            html_report.write(self.settings.html, results, self.outcomes, meta, self.redact,
-                              leak_failed=self.leak_failures)
+            html_report.write(
+                self.settings.html,
+                results,
+                self.outcomes,
+                meta,
+                self.redact,
+                leak_failed=self.leak_failures,
+            )
 
     def _server_meta(self) -> dict[str, Any]:
         info = self.runtime.info
         if info is None:
             return {}
-        return {"backend": info.backend, "host": info.host, "port": info.port,
-                "version": info.version}
+        return {
+            "backend": info.backend,
+            "host": info.host,
+            "port": info.port,
+            "version": info.version,
+        }
 
 
 def _location(item: pytest.Item) -> tuple[str, int]:

@@ -50,7 +50,8 @@ def _count(name: str, value: Any, *, minimum: int) -> int:
 
 def _seconds(name: str, value: Any, *, positive: bool = False) -> float:
     bad = (
-        isinstance(value, bool) or not isinstance(value, (int, float))
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
         or not 0 <= value < float("inf")  # also NaN: a re-check must end
     )
     if bad or (positive and value == 0):
@@ -139,8 +140,10 @@ def misspelt(names: Iterable[str]) -> list[str]:
             continue
         close = difflib.get_close_matches(name, MARKERS, n=1, cutoff=0.8)
         if close:
-            errors.append(f"@pytest.mark.{name} is not a marker of pytest-dbleak; "
-                          f"did you mean @pytest.mark.{close[0]}?")
+            errors.append(
+                f"@pytest.mark.{name} is not a marker of pytest-dbleak; "
+                f"did you mean @pytest.mark.{close[0]}?"
+            )
     return errors
 
 

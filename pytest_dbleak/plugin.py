@@ -38,13 +38,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("dbleak", "database connection leak detection")
     for spec in OPTIONS:
         if spec.is_flag:
-            group.addoption(spec.flag, action="store_true", default=None, dest=spec.dest,
-                            help=spec.help)
-            group.addoption(spec.negative, action="store_false", default=None, dest=spec.dest,
-                            help=f"switch {spec.flag} off over the ini file and environment.")
+            group.addoption(
+                spec.flag, action="store_true", default=None, dest=spec.dest, help=spec.help
+            )
+            group.addoption(
+                spec.negative,
+                action="store_false",
+                default=None,
+                dest=spec.dest,
+                help=f"switch {spec.flag} off over the ini file and environment.",
+            )
         else:
-            group.addoption(spec.flag, default=None, dest=spec.dest, metavar=spec.metavar,
-                            help=spec.help)
+            group.addoption(
+                spec.flag, default=None, dest=spec.dest, metavar=spec.metavar, help=spec.help
+            )
         parser.addini(spec.ini, spec.help, default=None)
 
 

@@ -41,9 +41,15 @@ class ProcessRow:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "user": self.user, "host": self.host, "db": self.db,
-            "command": self.command, "time": self.time, "state": self.state,
-            "info": self.info, "trx_started": self.trx_started,
+            "id": self.id,
+            "user": self.user,
+            "host": self.host,
+            "db": self.db,
+            "command": self.command,
+            "time": self.time,
+            "state": self.state,
+            "info": self.info,
+            "trx_started": self.trx_started,
         }
 
 
@@ -76,9 +82,11 @@ class TrxInfo:
     def describe(self) -> str:
         """`began 2026-12-01 20:31:02, 1 row lock, 1 table locked, 1 row modified`."""
         parts = [f"began {self.started}"]
-        for count, one, many in ((self.rows_locked, "row lock", "row locks"),
-                                 (self.tables_locked, "table locked", "tables locked"),
-                                 (self.rows_modified, "row modified", "rows modified")):
+        for count, one, many in (
+            (self.rows_locked, "row lock", "row locks"),
+            (self.tables_locked, "table locked", "tables locked"),
+            (self.rows_modified, "row modified", "rows modified"),
+        ):
             if count:
                 parts.append(f"{count} {one if count == 1 else many}")
         if self.tables:
@@ -106,8 +114,18 @@ def parse_innodb_transactions(status: str) -> list[TrxInfo]:
         row_locks, undo = (int(locks.group(2)), int(locks.group(3) or 0)) if locks else (0, 0)
         trx_id = head.split(",", 1)[0].strip()
         seconds = int(active.group(1))
-        found.append(TrxInfo(int(thread.group(1)), trx_id, f"{seconds} s ago", "RUNNING",
-                             row_locks, 0, undo, active_seconds=seconds))
+        found.append(
+            TrxInfo(
+                int(thread.group(1)),
+                trx_id,
+                f"{seconds} s ago",
+                "RUNNING",
+                row_locks,
+                0,
+                undo,
+                active_seconds=seconds,
+            )
+        )
     return found
 
 
@@ -144,9 +162,14 @@ class Endpoint:
         self, *, database: str | None = None, timeout: float = 5.0, read_timeout: float = 30
     ) -> Any:
         kwargs: dict[str, Any] = {
-            "user": self.user, "password": self.password, "database": database,
-            "autocommit": True, "connect_timeout": max(0.5, timeout),
-            "read_timeout": read_timeout, "write_timeout": 30, "charset": "utf8mb4",
+            "user": self.user,
+            "password": self.password,
+            "database": database,
+            "autocommit": True,
+            "connect_timeout": max(0.5, timeout),
+            "read_timeout": read_timeout,
+            "write_timeout": 30,
+            "charset": "utf8mb4",
             "init_command": (
                 f"SET SESSION lock_wait_timeout={LOCK_WAIT_TIMEOUT}, "
                 f"SESSION innodb_lock_wait_timeout={LOCK_WAIT_TIMEOUT}"
@@ -216,7 +239,13 @@ class Monitor:
             if command in _SYSTEM_COMMANDS:
                 continue
             rows[int(ident)] = ProcessRow(
-                int(ident), user, host or "", db, command, int(seconds or 0), state or None,
+                int(ident),
+                user,
+                host or "",
+                db,
+                command,
+                int(seconds or 0),
+                state or None,
                 _shorten(info),
             )
         # Threads_connected counts our own connections too.
@@ -237,13 +266,21 @@ class Monitor:
         if not ids:
             return {}
         rows = self.query("SHOW ENGINE INNODB STATUS")
-        found = {t.thread_id: t for t in parse_innodb_transactions(str(rows[0][2]))
-                 if t.thread_id in ids} if rows else {}
+        found = (
+            {
+                t.thread_id: t
+                for t in parse_innodb_transactions(str(rows[0][2]))
+                if t.thread_id in ids
+            }
+            if rows
+            else {}
+        )
         if not found:
             return {}
         marks = ", ".join(["%s"] * len(found))
         cached = {
-            int(r[0]): r for r in self.query(
+            int(r[0]): r
+            for r in self.query(
                 "SELECT trx_mysql_thread_id, trx_started, trx_tables_locked, trx_rows_modified "
                 f"FROM information_schema.INNODB_TRX WHERE trx_mysql_thread_id IN ({marks})",
                 tuple(sorted(found)),
@@ -275,7 +312,7 @@ class Monitor:
         import pymysql
 
         marks = ", ".join(["%s"] * len(ids))
-        for sql in ([self._mdl_query] if self._mdl_query else _MDL_QUERIES):
+        for sql in [self._mdl_query] if self._mdl_query else _MDL_QUERIES:
             try:
                 rows = self.query(sql.format(marks=marks), tuple(sorted(ids)))
             except pymysql.err.Error:
@@ -317,10 +354,14 @@ class Monitor:
         """
         import pymysql
 
-        names = {r[0] for r in self.query(
-            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE %s",
-            ("dbleak\\_%",),
-        ) if _SESSION_NAME.match(r[0])}
+        names = {
+            r[0]
+            for r in self.query(
+                "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE %s",
+                ("dbleak\\_%",),
+            )
+            if _SESSION_NAME.match(r[0])
+        }
         users: dict[str, list[str]] = {}
         try:
             for user, host in self.query(

@@ -120,8 +120,9 @@ def section_text(result: CheckResult) -> str:
 
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:
-    cells = [[str(r.get(c) if r.get(c) is not None else "") for c in _PROCESS_COLUMNS]
-             for r in rows]
+    cells = [
+        [str(r.get(c) if r.get(c) is not None else "") for c in _PROCESS_COLUMNS] for r in rows
+    ]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(_PROCESS_COLUMNS)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return ["  " + fmt.format(*_PROCESS_COLUMNS).rstrip()] + [
@@ -165,8 +166,11 @@ def summary_lines(results: Iterable[CheckResult]) -> list[str]:
 
 
 def write_json(
-    path: str | os.PathLike[str], results: list[CheckResult], outcomes: dict[str, str],
-    meta: dict[str, Any], redact: Callable[[str], str],
+    path: str | os.PathLike[str],
+    results: list[CheckResult],
+    outcomes: dict[str, str],
+    meta: dict[str, Any],
+    redact: Callable[[str], str],
     leak_failed: Collection[str] | None = None,
 ) -> None:
     """`leak_failed`: the tests that failed because of a leak and nothing else (a test that
@@ -182,8 +186,11 @@ def write_json(
         "summary": {
             "tests": len(results),
             "leaking_tests": sum(1 for r in results if r.leaks),
-            "failed_tests": (sum(1 for r in results if r.failed) if leak_failed is None
-                             else sum(1 for r in results if r.nodeid in leak_failed)),
+            "failed_tests": (
+                sum(1 for r in results if r.failed)
+                if leak_failed is None
+                else sum(1 for r in results if r.nodeid in leak_failed)
+            ),
             "leaked_connections": sum(r.leaked for r in results),
         },
         "tests": tests,

@@ -15,7 +15,12 @@ SERVER_CONNECTION = "server_connection"
 FORK_SHARED = "fork_shared"
 LOCK_WAIT = "lock_wait"  # not a connection (count 0): a statement stuck behind a leak
 KINDS = (
-    CHECKED_OUT, GC_RETURN, OPEN_TRANSACTION, UNDISPOSED_ENGINE, SERVER_CONNECTION, FORK_SHARED,
+    CHECKED_OUT,
+    GC_RETURN,
+    OPEN_TRANSACTION,
+    UNDISPOSED_ENGINE,
+    SERVER_CONNECTION,
+    FORK_SHARED,
     LOCK_WAIT,
 )
 
@@ -66,9 +71,7 @@ class Leak:
         data = dict(data)
         site = data.pop("site", None)
         stack = data.pop("stack", [])
-        return cls(
-            site=Site(**site) if site else None, stack=[Site(**s) for s in stack], **data
-        )
+        return cls(site=Site(**site) if site else None, stack=[Site(**s) for s in stack], **data)
 
 
 @dataclass

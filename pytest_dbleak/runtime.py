@@ -65,8 +65,14 @@ class Checks:
 
 class Runtime:
     def __init__(
-        self, settings: Settings, redact: Redactor, *, worker: str,
-        shared: dict[str, Any] | None, root: Path, note: Callable[[str], None],
+        self,
+        settings: Settings,
+        redact: Redactor,
+        *,
+        worker: str,
+        shared: dict[str, Any] | None,
+        root: Path,
+        note: Callable[[str], None],
     ) -> None:
         self.settings = settings
         self.redact = redact
@@ -114,8 +120,13 @@ class Runtime:
             s = self.settings
             try:
                 self._launched = backends.launch(
-                    s.backend, mysql_url=s.mysql_url, mysqld=s.mysqld, image=s.image,
-                    cache=s.template_cache, timeout=s.startup_timeout, redactor=self.redact,
+                    s.backend,
+                    mysql_url=s.mysql_url,
+                    mysqld=s.mysqld,
+                    image=s.image,
+                    cache=s.template_cache,
+                    timeout=s.startup_timeout,
+                    redactor=self.redact,
                 )
             except DbleakError as exc:
                 self._error = DbleakError(self.redact(str(exc)))
@@ -166,7 +177,11 @@ class Runtime:
                 from .lockwatch import LockWatch
 
                 lockwatch = LockWatch(
-                    server.running.endpoint, server.running.where, users, tracker, self._root,
+                    server.running.endpoint,
+                    server.running.where,
+                    users,
+                    tracker,
+                    self._root,
                     self.settings.lock_wait,
                 )
                 server.monitor.own_ids.add(lockwatch.connection_id)
@@ -216,17 +231,22 @@ class Runtime:
             self._undo_sigterm = sigterm_as_interrupt()  # so a cancelled CI job drops it
             monitor.create_database(name, name, password, "%")
         except Exception as exc:  # noqa: BLE001 - report any refusal as one line
-            raise DbleakError(self.redact(
-                f"cannot create the session database on {server.running.where}: {exc}"
-            )) from None
+            raise DbleakError(
+                self.redact(f"cannot create the session database on {server.running.where}: {exc}")
+            ) from None
         from sqlalchemy.engine import URL
 
         query = {"charset": "utf8mb4"}
         if server.running.endpoint.is_local:
             query["ssl_disabled"] = "true"  # PyMySQL >= 1.2: no SSL context per connect
         url = URL.create(
-            "mysql+pymysql", username=name, password=password, host=server.info.host,
-            port=server.info.port, database=name, query=query,
+            "mysql+pymysql",
+            username=name,
+            password=password,
+            host=server.info.host,
+            port=server.info.port,
+            database=name,
+            query=query,
         ).render_as_string(hide_password=False)
         return SessionDatabase(name, name, password, url)
 

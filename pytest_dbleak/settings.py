@@ -111,43 +111,132 @@ class OptionSpec:
 
 
 OPTIONS: tuple[OptionSpec, ...] = (
-    OptionSpec("enabled", "fail every test that leaks a database connection.", _parse_bool,
-               False, "--dbleak"),
-    OptionSpec("backend", "where the session's MySQL server comes from: auto, process, docker "
-               "or url (default: auto).", _parse_backend, "auto", "--dbleak-backend", "NAME"),
-    OptionSpec("mysql_url", "an existing server for the url backend, e.g. "
-               "mysql://root:pw@127.0.0.1:3306 (the plugin creates and drops its own database "
-               "and user there).", _parse_str, None, "--dbleak-mysql-url", "URL"),
-    OptionSpec("mysqld", "the mariadbd/mysqld binary for the process backend (default: found on "
-               "PATH).", _parse_str, None, "--dbleak-mysqld", "PATH"),
-    OptionSpec("image", "the container image for the docker backend (default: mysql:8.4).",
-               _parse_str, "mysql:8.4", "--dbleak-image", "IMAGE"),
-    OptionSpec("settle_timeout", "seconds to re-check a suspected leak before declaring it "
-               "(default: 1.0); a clean test never waits.", _parse_settle, 1.0,
-               "--dbleak-settle-timeout", "SECONDS"),
-    OptionSpec("allow", "connections a test may leak before it fails (default: 0).",
-               _parse_allow, 0, "--dbleak-allow", "N"),
-    OptionSpec("report", "write a JSON report of every test's leak check to PATH.", _parse_str,
-               None, "--dbleak-report", "PATH"),
-    OptionSpec("html", "write a self-contained HTML report (timeline of connections) to PATH.",
-               _parse_str, None, "--dbleak-html", "PATH"),
-    OptionSpec("baseline", "record leaks to PATH, or, if PATH exists, fail only on leaks that "
-               "are new or larger than recorded.", _parse_str, None, "--dbleak-baseline", "PATH"),
-    OptionSpec("report_only", "report leaks without failing tests (for adopting the gate).",
-               _parse_bool, False, "--dbleak-report-only"),
-    OptionSpec("reclaim", "take back what a failing test leaked once it is reported, so later "
-               "tests start from a healthy pool and server (default: on).",
-               _parse_bool, True, "--dbleak-reclaim"),
-    OptionSpec("lock_wait", "seconds a statement may wait on a lock while a connection sits "
-               "idle in a transaction before it is interrupted and its test failed (default: "
-               "5; 0: never).", _parse_lock_wait, 5.0, "--dbleak-lock-wait",
-               "SECONDS"),
-    OptionSpec("cache_dir", "where the process backend keeps its initialised template datadir "
-               "(default: $XDG_CACHE_HOME/pytest-dbleak).", _parse_str, None,
-               "--dbleak-cache-dir", "DIR"),
-    OptionSpec("startup_timeout", "seconds to wait for the server to accept a login "
-               "(default: 30).", _parse_startup, 30.0, "--dbleak-startup-timeout",
-               "SECONDS"),
+    OptionSpec(
+        "enabled",
+        "fail every test that leaks a database connection.",
+        _parse_bool,
+        False,
+        "--dbleak",
+    ),
+    OptionSpec(
+        "backend",
+        "where the session's MySQL server comes from: auto, process, docker "
+        "or url (default: auto).",
+        _parse_backend,
+        "auto",
+        "--dbleak-backend",
+        "NAME",
+    ),
+    OptionSpec(
+        "mysql_url",
+        "an existing server for the url backend, e.g. "
+        "mysql://root:pw@127.0.0.1:3306 (the plugin creates and drops its own database "
+        "and user there).",
+        _parse_str,
+        None,
+        "--dbleak-mysql-url",
+        "URL",
+    ),
+    OptionSpec(
+        "mysqld",
+        "the mariadbd/mysqld binary for the process backend (default: found on PATH).",
+        _parse_str,
+        None,
+        "--dbleak-mysqld",
+        "PATH",
+    ),
+    OptionSpec(
+        "image",
+        "the container image for the docker backend (default: mysql:8.4).",
+        _parse_str,
+        "mysql:8.4",
+        "--dbleak-image",
+        "IMAGE",
+    ),
+    OptionSpec(
+        "settle_timeout",
+        "seconds to re-check a suspected leak before declaring it "
+        "(default: 1.0); a clean test never waits.",
+        _parse_settle,
+        1.0,
+        "--dbleak-settle-timeout",
+        "SECONDS",
+    ),
+    OptionSpec(
+        "allow",
+        "connections a test may leak before it fails (default: 0).",
+        _parse_allow,
+        0,
+        "--dbleak-allow",
+        "N",
+    ),
+    OptionSpec(
+        "report",
+        "write a JSON report of every test's leak check to PATH.",
+        _parse_str,
+        None,
+        "--dbleak-report",
+        "PATH",
+    ),
+    OptionSpec(
+        "html",
+        "write a self-contained HTML report (timeline of connections) to PATH.",
+        _parse_str,
+        None,
+        "--dbleak-html",
+        "PATH",
+    ),
+    OptionSpec(
+        "baseline",
+        "record leaks to PATH, or, if PATH exists, fail only on leaks that "
+        "are new or larger than recorded.",
+        _parse_str,
+        None,
+        "--dbleak-baseline",
+        "PATH",
+    ),
+    OptionSpec(
+        "report_only",
+        "report leaks without failing tests (for adopting the gate).",
+        _parse_bool,
+        False,
+        "--dbleak-report-only",
+    ),
+    OptionSpec(
+        "reclaim",
+        "take back what a failing test leaked once it is reported, so later "
+        "tests start from a healthy pool and server (default: on).",
+        _parse_bool,
+        True,
+        "--dbleak-reclaim",
+    ),
+    OptionSpec(
+        "lock_wait",
+        "seconds a statement may wait on a lock while a connection sits "
+        "idle in a transaction before it is interrupted and its test failed (default: "
+        "5; 0: never).",
+        _parse_lock_wait,
+        5.0,
+        "--dbleak-lock-wait",
+        "SECONDS",
+    ),
+    OptionSpec(
+        "cache_dir",
+        "where the process backend keeps its initialised template datadir "
+        "(default: $XDG_CACHE_HOME/pytest-dbleak).",
+        _parse_str,
+        None,
+        "--dbleak-cache-dir",
+        "DIR",
+    ),
+    OptionSpec(
+        "startup_timeout",
+        "seconds to wait for the server to accept a login (default: 30).",
+        _parse_startup,
+        30.0,
+        "--dbleak-startup-timeout",
+        "SECONDS",
+    ),
 )
 
 
@@ -182,9 +271,7 @@ class Settings:
 assert {f.name for f in fields(Settings)} == {o.name for o in OPTIONS}
 
 
-def resolve(
-    cli: Mapping[str, Any], env: Mapping[str, str], ini: Mapping[str, Any]
-) -> Settings:
+def resolve(cli: Mapping[str, Any], env: Mapping[str, str], ini: Mapping[str, Any]) -> Settings:
     """Resolve each option from the first source that sets it.
 
     ``cli`` maps option dests to parsed values (None when not given), ``ini`` maps ini

@@ -28,8 +28,11 @@ _ENTRY_DIRS = tuple(
     {
         form + os.sep
         for path in (
-            *(sysconfig.get_path("scripts", scheme) for scheme in sysconfig.get_scheme_names()
-              if scheme in (sysconfig.get_default_scheme(), f"{os.name}_user")),
+            *(
+                sysconfig.get_path("scripts", scheme)
+                for scheme in sysconfig.get_scheme_names()
+                if scheme in (sysconfig.get_default_scheme(), f"{os.name}_user")
+            ),
             os.path.dirname(sys.executable),
         )
         if path
@@ -38,8 +41,21 @@ _ENTRY_DIRS = tuple(
 )
 _MACHINERY = tuple(
     f"{os.sep}{name}{os.sep}"
-    for name in ("sqlalchemy", "pymysql", "pytest_dbleak", "_pytest", "pluggy", "flask_sqlalchemy",
-                 "MySQLdb", "mysql", "mariadb", "aiomysql", "asyncmy", "greenlet", "asyncio")
+    for name in (
+        "sqlalchemy",
+        "pymysql",
+        "pytest_dbleak",
+        "_pytest",
+        "pluggy",
+        "flask_sqlalchemy",
+        "MySQLdb",
+        "mysql",
+        "mariadb",
+        "aiomysql",
+        "asyncmy",
+        "greenlet",
+        "asyncio",
+    )
 )
 
 

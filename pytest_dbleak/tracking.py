@@ -33,6 +33,7 @@ __all__ = ["ConnState", "Frame", "PoolState", "Tracker", "capture_stack", "serve
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(eq=False)
 class PoolState:
     """What the tracker knows of one pool (one engine)."""
@@ -216,8 +217,13 @@ class Tracker:
         with self._lock:
             seq = self.tick()
             state = PoolState(
-                next(self._serial), seq, self.owner_active, capture_stack(2),
-                type(pool).__name__, weakref.ref(pool), threading.current_thread().name,
+                next(self._serial),
+                seq,
+                self.owner_active,
+                capture_stack(2),
+                type(pool).__name__,
+                weakref.ref(pool),
+                threading.current_thread().name,
             )
             state.registered_seq = seq
             state.listener = _ConnectListener(self, state)
@@ -328,8 +334,13 @@ class Tracker:
         except TypeError:
             ref = None
         state = ConnState(
-            next(self._serial), pstate, server_thread_id(dbapi_connection), seq,
-            self.owner_active or pstate.created_seq < 0, stack, ref,
+            next(self._serial),
+            pstate,
+            server_thread_id(dbapi_connection),
+            seq,
+            self.owner_active or pstate.created_seq < 0,
+            stack,
+            ref,
         )
         self.open[id(dbapi_connection)] = state
         pstate.open[state.serial] = state
@@ -351,7 +362,11 @@ class Tracker:
     def _unknown(self) -> PoolState:
         if self._unknown_pool is None:
             self._unknown_pool = PoolState(
-                next(self._serial), -1, True, (), "a pool created before the session",
+                next(self._serial),
+                -1,
+                True,
+                (),
+                "a pool created before the session",
                 lambda: None,
             )
         return self._unknown_pool
@@ -461,9 +476,7 @@ class Tracker:
 
     def idle_in_transaction(self) -> set[int]:
         with self._lock:
-            return {
-                s.serial for s in self.open.values() if s.checkout is None and s.in_trx
-            }
+            return {s.serial for s in self.open.values() if s.checkout is None and s.in_trx}
 
     def gc_returns_since(self, seq: int) -> list[GcReturn]:
         with self._lock:

@@ -96,8 +96,11 @@ class DeferredStatus:
             return None  # our own question to the other implementations
         if report.when == "call":
             self._held.pop(report.nodeid, None)
-            if (getattr(report, "dbleak_checked", False) and report.outcome == "passed"
-                    and not hasattr(report, "wasxfail")):
+            if (
+                getattr(report, "dbleak_checked", False)
+                and report.outcome == "passed"
+                and not hasattr(report, "wasxfail")
+            ):
                 self._held[report.nodeid] = self._default(report, config)
                 return HIDDEN_STATUS
             return None

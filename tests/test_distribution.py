@@ -60,5 +60,12 @@ def test_the_metadata_has_a_license_python_versions_and_only_user_extras(
     assert versions == {f"Programming Language :: Python :: 3.{minor}" for minor in range(10, 14)}
     assert meta["Requires-Python"] == [">=3.10"]
     assert set(meta["Provides-Extra"]) == {
-        "docker", "stress", "async", "mysqlclient", "mysql-connector", "mariadb", "drivers"}
+        "docker",
+        "stress",
+        "async",
+        "mysqlclient",
+        "mysql-connector",
+        "mariadb",
+        "drivers",
+    }
     assert [ep for ep in wheel.namelist() if ep.endswith("entry_points.txt")]

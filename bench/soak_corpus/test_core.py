@@ -32,8 +32,14 @@ def test_pool_grows_under_threads(engine):
 
 def test_raw_dbapi_connection_closed(dbleak_mysql_url):
     u = sa.engine.make_url(dbleak_mysql_url)
-    conn = pymysql.connect(host=u.host, port=u.port, user=u.username, password=u.password,
-                           database=u.database, ssl_disabled=True)
+    conn = pymysql.connect(
+        host=u.host,
+        port=u.port,
+        user=u.username,
+        password=u.password,
+        database=u.database,
+        ssl_disabled=True,
+    )
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT 1")

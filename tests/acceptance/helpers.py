@@ -25,15 +25,19 @@ FAST = "--dbleak-settle-timeout=0.2"
 # other plugins installed here (importing them costs ~1.5 s per run), nor the cache.
 _OTHER_PLUGINS = sorted({ep.name for ep in entry_points(group="pytest11")} - {"dbleak"})
 ONLY_DBLEAK: tuple[str, ...] = (
-    "-p", "no:cacheprovider", *(arg for name in _OTHER_PLUGINS for arg in ("-p", f"no:{name}"))
+    "-p",
+    "no:cacheprovider",
+    *(arg for name in _OTHER_PLUGINS for arg in ("-p", f"no:{name}")),
 )
-
 
 
 def only_dbleak_and(*names: str) -> tuple[str, ...]:
     """ONLY_DBLEAK, with the named plugins (and pytest's cache, if named) left on."""
-    blocked = [n for n in ("cacheprovider", *_OTHER_PLUGINS)
-               if not any(n == name or n.startswith(name + ".") for name in names)]
+    blocked = [
+        n
+        for n in ("cacheprovider", *_OTHER_PLUGINS)
+        if not any(n == name or n.startswith(name + ".") for name in names)
+    ]
     return tuple(arg for name in blocked for arg in ("-p", f"no:{name}"))
 
 
@@ -103,17 +107,25 @@ def all_output(result: pytest.RunResult) -> str:
 def run_pytest_in(path: Path, *args: str) -> pytest.RunResult:
     """What ``pytester.runpytest_subprocess`` does, for one run that several tests read
     (pytester is function-scoped)."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in BEHAVIOUR_SETTINGS and k != "PYTEST_ADDOPTS"}
+    env = {
+        k: v for k, v in os.environ.items() if k not in BEHAVIOUR_SETTINGS and k != "PYTEST_ADDOPTS"
+    }
     env["PYTEST_ADDOPTS"] = "-p no:randomly"  # as the root conftest sets for pytester
     env.setdefault("DBLEAK_CACHE_DIR", TEMPLATE_CACHE)
     env["PY_COLORS"] = "0"
     start = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "pytest", f"--basetemp={path / 'basetemp'}", *args],
-        cwd=path, env=env, capture_output=True, text=True, timeout=300, check=False,
+        cwd=path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     return pytest.RunResult(
-        done.returncode, done.stdout.splitlines(), done.stderr.splitlines(),
+        done.returncode,
+        done.stdout.splitlines(),
+        done.stderr.splitlines(),
         time.monotonic() - start,
     )

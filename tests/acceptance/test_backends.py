@@ -13,7 +13,7 @@ import pytest
 from pytest_dbleak.backends import parse_mysql_url
 from tests.acceptance.helpers import FAST, ONLY_DBLEAK, PREAMBLE
 
-FIXTURES = '''
+FIXTURES = """
 from pytest_dbleak import PoolStatus
 
 
@@ -90,7 +90,7 @@ def test_snapshot_shows_the_sessions_server_connections(dbleak, dbleak_mysql_url
     assert len(after.server_connections) == len(before.server_connections) + 1
     assert after.threads_connected == before.threads_connected + 1
     conn.close()
-'''
+"""
 
 
 def test_the_fixtures_work_without_the_leak_check(pytester: pytest.Pytester) -> None:
@@ -100,7 +100,7 @@ def test_the_fixtures_work_without_the_leak_check(pytester: pytest.Pytester) -> 
     result.stdout.no_fnmatch_line("*dbleak: * leaked*")  # no check around the tests
 
 
-DESCRIBE = '''
+DESCRIBE = """
 import json
 import pathlib
 
@@ -118,7 +118,7 @@ def test_describe(dbleak_server, dbleak_mysql_url):
 
 def test_leaky(dbleak_mysql_url):
     KEEP.append(pymysql.connect(**connect_args(dbleak_mysql_url)))
-'''
+"""
 
 
 def test_the_url_backend_uses_the_given_server_and_leaves_nothing_behind_on_it(
@@ -126,7 +126,10 @@ def test_the_url_backend_uses_the_given_server_and_leaves_nothing_behind_on_it(
 ) -> None:
     pytester.makepyfile(test_describe=PREAMBLE + DESCRIBE)
     result = pytester.runpytest_subprocess(
-        "--dbleak", "--dbleak-backend=url", f"--dbleak-mysql-url={local_mysql_url}", FAST,
+        "--dbleak",
+        "--dbleak-backend=url",
+        f"--dbleak-mysql-url={local_mysql_url}",
+        FAST,
         *ONLY_DBLEAK,
     )
     result.assert_outcomes(passed=1, failed=1)
@@ -144,8 +147,10 @@ def test_the_url_backend_uses_the_given_server_and_leaves_nothing_behind_on_it(
             assert cursor.fetchall() == ()
             cursor.execute("SELECT COUNT(*) FROM mysql.user WHERE user = %s", (seen["user"],))
             assert cursor.fetchone() == (0,)
-            cursor.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE user = %s",
-                           (seen["user"],))
+            cursor.execute(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE user = %s",
+                (seen["user"],),
+            )
             assert cursor.fetchone() == (0,)
     finally:
         conn.close()

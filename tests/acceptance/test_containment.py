@@ -9,7 +9,9 @@ import pytest
 
 from tests.acceptance.helpers import FAST, ONLY_DBLEAK, PREAMBLE
 
-SMALL_POOL = PREAMBLE + '''
+SMALL_POOL = (
+    PREAMBLE
+    + """
 
 @pytest.fixture(scope="session")
 def engine(dbleak_mysql_url):
@@ -27,13 +29,17 @@ def test_a_leaky(engine, n):
 def test_b_clean(engine, n):
     with engine.connect() as conn:
         conn.execute(sa.text("SELECT 1"))
-'''
+"""
+)
 
 
 def clean_test_times(path: str) -> dict[str, float]:
     root = ET.parse(path).getroot()
-    return {case.get("name", ""): float(case.get("time", "0"))
-            for case in root.iter("testcase") if "test_b_clean" in case.get("name", "")}
+    return {
+        case.get("name", ""): float(case.get("time", "0"))
+        for case in root.iter("testcase")
+        if "test_b_clean" in case.get("name", "")
+    }
 
 
 def test_leaks_that_exhaust_a_small_pool_are_reclaimed_and_later_tests_pass_at_once(
@@ -61,7 +67,9 @@ def test_without_reclaiming_the_same_leaks_make_innocent_tests_time_out(
     result.stdout.fnmatch_lines(["FAILED test_pool.py::test_b_clean[[]0[]] - *TimeoutError*"])
 
 
-EACH_KIND = PREAMBLE + '''
+EACH_KIND = (
+    PREAMBLE
+    + """
 
 @pytest.fixture(scope="session")
 def lazy(dbleak_mysql_url):
@@ -111,7 +119,8 @@ def test_7_a_tolerated_leak(lazy):
 
 def test_8_a_tolerated_leak_is_left_alone(lazy, dbleak):
     assert dbleak.pool_status(lazy).checked_out == 1
-'''
+"""
+)
 
 
 def test_every_kind_of_leak_is_taken_back_and_a_tolerated_one_is_left(
@@ -122,12 +131,17 @@ def test_every_kind_of_leak_is_taken_back_and_a_tolerated_one_is_left(
         "--dbleak", "--dbleak-backend=process", FAST, *ONLY_DBLEAK
     )
     result.assert_outcomes(failed=3, passed=5)
-    for name in ("test_1_leaves_a_raw_connection", "test_3_leaves_a_transaction_open",
-                 "test_5_leaves_an_engine"):
+    for name in (
+        "test_1_leaves_a_raw_connection",
+        "test_3_leaves_a_transaction_open",
+        "test_5_leaves_an_engine",
+    ):
         result.stdout.fnmatch_lines([f"FAILED test_kinds.py::{name} - dbleak: *"])
 
 
-STUCK = PREAMBLE + '''
+STUCK = (
+    PREAMBLE
+    + """
 from sqlalchemy.orm import Session
 
 
@@ -156,7 +170,8 @@ def test_leaves_a_session_open(engine, todo):
 def test_after_it(engine):
     with engine.connect() as conn:
         conn.execute(sa.text("SELECT 1"))
-'''
+"""
+)
 
 
 def test_a_statement_stuck_behind_a_leaked_transaction_is_interrupted_and_named(
@@ -166,20 +181,26 @@ def test_a_statement_stuck_behind_a_leaked_transaction_is_interrupted_and_named(
 
     pytester.makepyfile(test_stuck=STUCK)
     result = pytester.runpytest_subprocess(
-        "--dbleak", *backend_args, FAST, "--dbleak-lock-wait=1", *ONLY_DBLEAK,
+        "--dbleak",
+        *backend_args,
+        FAST,
+        "--dbleak-lock-wait=1",
+        *ONLY_DBLEAK,
         timeout=120,
     )
     result.assert_outcomes(passed=1, errors=1)
     assert result.duration < 60
     waits = line_of(STUCK, "# WAITS")
     block = failure_of(result, "test_leaves_a_session_open")
-    block.fnmatch_lines([
-        "E * (1317, 'Query execution was interrupted')",
-        "*- dbleak -*",
-        "dbleak: 1 connection leaked (1 checked_out, lock_wait) at test_stuck.py:*",
-        "*statement stuck behind a lock*: statement on server connection * waited * s "
-        "(Waiting for table metadata lock) and was interrupted: DROP TABLE todo; idle in a "
-        "transaction meanwhile: server connection * (in a transaction since *, checked out "
-        f"at test_stuck.py:{line_of(STUCK, '# HOLDS')} in test_leaves_a_session_open)",
-        f"    test_stuck.py:{waits} in todo",
-    ])
+    block.fnmatch_lines(
+        [
+            "E * (1317, 'Query execution was interrupted')",
+            "*- dbleak -*",
+            "dbleak: 1 connection leaked (1 checked_out, lock_wait) at test_stuck.py:*",
+            "*statement stuck behind a lock*: statement on server connection * waited * s "
+            "(Waiting for table metadata lock) and was interrupted: DROP TABLE todo; idle in a "
+            "transaction meanwhile: server connection * (in a transaction since *, checked out "
+            f"at test_stuck.py:{line_of(STUCK, '# HOLDS')} in test_leaves_a_session_open)",
+            f"    test_stuck.py:{waits} in todo",
+        ]
+    )

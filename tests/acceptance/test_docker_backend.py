@@ -19,7 +19,9 @@ from tests.acceptance.test_must_not_fail import EARLIER_LEAK, WIDER_FIXTURES
 ROOT = Path(__file__).resolve().parents[2]
 NO_DAEMON = "unix:///nonexistent/dbleak-no-docker.sock"
 
-LEAKY_AND_CLEAN = PREAMBLE + '''
+LEAKY_AND_CLEAN = (
+    PREAMBLE
+    + """
 
 def test_clean(dbleak_mysql_url):
     engine = sa.create_engine(dbleak_mysql_url)
@@ -30,13 +32,19 @@ def test_clean(dbleak_mysql_url):
 
 def test_leaky(dbleak_mysql_url):
     KEEP.append(pymysql.connect(**connect_args(dbleak_mysql_url)))
-'''
+"""
+)
 
 
 def _docker(pytester: pytest.Pytester, image: str, *args: str) -> pytest.RunResult:
     return pytester.runpytest_subprocess(
-        "--dbleak", "--dbleak-backend=docker", f"--dbleak-image={image}", FAST, *ONLY_DBLEAK,
-        *args, timeout=300,
+        "--dbleak",
+        "--dbleak-backend=docker",
+        f"--dbleak-image={image}",
+        FAST,
+        *ONLY_DBLEAK,
+        *args,
+        timeout=300,
     )
 
 
@@ -58,8 +66,9 @@ def test_auto_falls_back_to_the_process_backend_when_no_daemon_answers(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DOCKER_HOST", NO_DAEMON)
-    pytester.makepyfile(test_it="def test_backend(dbleak_server):\n"
-                                "    assert dbleak_server.backend == 'process'\n")
+    pytester.makepyfile(
+        test_it="def test_backend(dbleak_server):\n    assert dbleak_server.backend == 'process'\n"
+    )
     pytester.runpytest_subprocess("--dbleak-backend=auto").assert_outcomes(passed=1)
 
 
@@ -102,13 +111,17 @@ def test_on_docker_a_leak_made_by_an_earlier_test_fails_only_that_test(
     pytester.makepyfile(test_earlier=PREAMBLE + EARLIER_LEAK)
     result = _docker(pytester, docker_test_image, "-rA")
     result.assert_outcomes(failed=1, passed=2)
-    failure_of(result, "test_leaky").fnmatch_lines([
-        "dbleak: 3 connections leaked (1 checked_out, 1 undisposed_engine, "
-        "1 server_connection) at test_earlier.py:*",
-    ])
+    failure_of(result, "test_leaky").fnmatch_lines(
+        [
+            "dbleak: 3 connections leaked (1 checked_out, 1 undisposed_engine, "
+            "1 server_connection) at test_earlier.py:*",
+        ]
+    )
 
 
-PER_WORKER = PREAMBLE + '''
+PER_WORKER = (
+    PREAMBLE
+    + """
 import os
 
 
@@ -125,7 +138,8 @@ def test_records_where_it_ran(dbleak_server, dbleak_mysql_url, n):
 
 def test_leaky(dbleak_mysql_url):
     KEEP.append(pymysql.connect(**connect_args(dbleak_mysql_url)))
-'''
+"""
+)
 
 
 def test_xdist_on_docker_shares_one_container_with_a_database_and_user_per_worker(
@@ -133,8 +147,15 @@ def test_xdist_on_docker_shares_one_container_with_a_database_and_user_per_worke
 ) -> None:
     pytester.makepyfile(test_workers="import json\n" + PER_WORKER)
     result = pytester.runpytest_subprocess(
-        "--dbleak", "--dbleak-backend=docker", f"--dbleak-image={docker_test_image}", FAST,
-        "-p", "no:cacheprovider", "-n", "2", timeout=300,
+        "--dbleak",
+        "--dbleak-backend=docker",
+        f"--dbleak-image={docker_test_image}",
+        FAST,
+        "-p",
+        "no:cacheprovider",
+        "-n",
+        "2",
+        timeout=300,
     )
     result.assert_outcomes(passed=4, failed=1)
     result.stdout.fnmatch_lines(["FAILED test_workers.py::test_leaky*dbleak: 1 connection*"])
@@ -159,24 +180,27 @@ def test_an_image_that_is_not_here_and_cannot_be_pulled_is_one_usage_error(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     errors = [line for line in result.stderr.lines if line.strip()]
     assert len(errors) == 1, errors
-    assert errors[0].startswith(f"ERROR: dbleak: the image {MISSING_IMAGE} is not on this "
-                                "machine and cannot be pulled")
+    assert errors[0].startswith(
+        f"ERROR: dbleak: the image {MISSING_IMAGE} is not on this machine and cannot be pulled"
+    )
     assert "Traceback" not in all_output(result)
 
 
 def test_auto_with_a_daemon_that_cannot_provide_the_image_uses_the_process_backend(
     pytester: pytest.Pytester, docker_test_image: str
 ) -> None:
-    pytester.makepyfile(test_it="def test_backend(dbleak_server):\n"
-                                "    assert dbleak_server.backend == 'process'\n")
+    pytester.makepyfile(
+        test_it="def test_backend(dbleak_server):\n    assert dbleak_server.backend == 'process'\n"
+    )
     result = pytester.runpytest_subprocess(
         "--dbleak", "--dbleak-backend=auto", f"--dbleak-image={MISSING_IMAGE}", *ONLY_DBLEAK
     )
     result.assert_outcomes(passed=1)
     notes = [line for line in result.stdout.lines if "docker backend unavailable" in line]
     assert len(notes) == 1, result.stdout.str()
-    assert notes[0].startswith("dbleak: docker backend unavailable (the image "
-                               f"{MISSING_IMAGE} is not on this machine")
+    assert notes[0].startswith(
+        f"dbleak: docker backend unavailable (the image {MISSING_IMAGE} is not on this machine"
+    )
     assert notes[0].endswith("; using the process backend")
 
 
@@ -186,7 +210,7 @@ def test_a_container_that_is_not_ready_within_the_startup_timeout_is_one_usage_e
     pytester.makepyfile(test_it=LEAKY_AND_CLEAN)
     result = _docker(pytester, docker_test_image, "--dbleak-startup-timeout=0.3")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([
-        f"ERROR: dbleak: the {docker_test_image} container did not accept a login within 0.3 s*"
-    ])
+    result.stderr.fnmatch_lines(
+        [f"ERROR: dbleak: the {docker_test_image} container did not accept a login within 0.3 s*"]
+    )
     assert "Traceback" not in all_output(result)

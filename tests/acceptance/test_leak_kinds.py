@@ -28,7 +28,7 @@ def assert_leak_reported(
     block.fnmatch_lines([*details, "*- dbleak -*", "server connections of the session: *"])
 
 
-CHECKED_OUT = '''
+CHECKED_OUT = """
 POOLS = {"QueuePool": sa.pool.QueuePool, "NullPool": sa.pool.NullPool,
          "StaticPool": sa.pool.StaticPool, "SingletonThreadPool": sa.pool.SingletonThreadPool}
 
@@ -56,7 +56,7 @@ def test_clean_checkout_in_a_thread(dbleak_mysql_url):
     engine = sa.create_engine(dbleak_mysql_url)
     in_thread(lambda: engine.connect().close())
     engine.dispose()
-'''
+"""
 
 
 def test_a_connection_checked_out_and_never_returned_fails_the_test_for_every_pool_class(
@@ -69,14 +69,16 @@ def test_a_connection_checked_out_and_never_returned_fails_the_test_for_every_po
     line = line_of(source, "# LEAK-checkout")
     for pool in ("QueuePool", "NullPool", "StaticPool", "SingletonThreadPool"):
         assert_leak_reported(
-            result, f"test_leaky_checkout[{pool}]",
+            result,
+            f"test_leaky_checkout[{pool}]",
             f"dbleak: 1 connection leaked (1 checked_out) at test_checkout.py:{line}",
             f"checked-out connection never returned: server connection * of {pool} checked out",
             f"    test_checkout.py:{line} in test_leaky_checkout",
         )
     line = line_of(source, "# LEAK-thread")
     assert_leak_reported(
-        result, "test_leaky_checkout_in_a_thread",
+        result,
+        "test_leaky_checkout_in_a_thread",
         f"dbleak: 1 connection leaked (1 checked_out) at test_checkout.py:{line}",
         "checked-out connection never returned: * of QueuePool checked out",
         "    in thread worker",
@@ -85,7 +87,7 @@ def test_a_connection_checked_out_and_never_returned_fails_the_test_for_every_po
     result.stdout.no_fnmatch_line("FAILED *test_clean_*")
 
 
-SERVER_CONNECTION = '''
+SERVER_CONNECTION = """
 def test_leaky_raw_connection(dbleak_mysql_url):
     KEEP.append(pymysql.connect(**connect_args(dbleak_mysql_url)))  # LEAK-raw
 
@@ -100,7 +102,7 @@ def test_leaky_raw_connection_in_a_thread(dbleak_mysql_url):
 
 def test_clean_raw_connection_in_a_thread(dbleak_mysql_url):
     in_thread(lambda: pymysql.connect(**connect_args(dbleak_mysql_url)).close())
-'''
+"""
 
 
 def test_a_server_connection_no_pool_explains_fails_the_test_and_names_where_it_was_opened(
@@ -112,7 +114,8 @@ def test_a_server_connection_no_pool_explains_fails_the_test_and_names_where_it_
     source = PREAMBLE + SERVER_CONNECTION
     line = line_of(source, "# LEAK-raw")
     assert_leak_reported(
-        result, "test_leaky_raw_connection",
+        result,
+        "test_leaky_raw_connection",
         f"dbleak: 1 connection leaked (1 server_connection) at test_raw.py:{line}",
         "server connection left open: server connection * opened during the test and still "
         "open; no pool of this process owns it",
@@ -120,7 +123,8 @@ def test_a_server_connection_no_pool_explains_fails_the_test_and_names_where_it_
     )
     line = line_of(source, "# LEAK-th")
     assert_leak_reported(
-        result, "test_leaky_raw_connection_in_a_thread",
+        result,
+        "test_leaky_raw_connection_in_a_thread",
         f"dbleak: 1 connection leaked (1 server_connection) at test_raw.py:{line}",
         "server connection left open: *",
         "    in thread worker",
@@ -187,7 +191,8 @@ def test_an_open_transaction_on_a_connection_idle_in_a_pool_fails_the_test(
     line = line_of(PREAMBLE + OPEN_TRANSACTION, "# LEAK-trx")
     for name in ("test_leaky_read_transaction", "test_leaky_write_transaction"):
         assert_leak_reported(
-            result, name,
+            result,
+            name,
             f"dbleak: 1 connection leaked (1 open_transaction) at test_trx.py:{line}",
             "open transaction on a connection idle in a pool: server connection * of "
             "QueuePool idle in a pool inside a transaction",
@@ -196,7 +201,7 @@ def test_an_open_transaction_on_a_connection_idle_in_a_pool_fails_the_test(
         )
 
 
-UNDISPOSED_ENGINE = '''
+UNDISPOSED_ENGINE = """
 def use(engine):
     with engine.connect() as conn:
         conn.execute(sa.text("SELECT 1"))
@@ -232,7 +237,7 @@ def test_clean_engine_disposed_then_reclaimed(dbleak_mysql_url):
 
 def test_an_engine_that_never_connected_is_not_a_leak(dbleak_mysql_url):
     KEEP.append(sa.create_engine(dbleak_mysql_url))
-'''
+"""
 
 
 def test_an_engine_created_during_the_test_and_never_disposed_fails_the_test(
@@ -244,14 +249,16 @@ def test_an_engine_created_during_the_test_and_never_disposed_fails_the_test(
     source = PREAMBLE + UNDISPOSED_ENGINE
     line = line_of(source, "# LEAK-alive")
     assert_leak_reported(
-        result, "test_leaky_engine_kept_alive",
+        result,
+        "test_leaky_engine_kept_alive",
         f"dbleak: 1 connection leaked (1 undisposed_engine) at test_engines.py:{line}",
         "engine created and never disposed: QueuePool still alive without dispose(), "
         "holding 1 server connection",
     )
     line = line_of(source, "# LEAK-gc")
     assert_leak_reported(
-        result, "test_leaky_engine_reclaimed_by_the_garbage_collector",
+        result,
+        "test_leaky_engine_reclaimed_by_the_garbage_collector",
         f"dbleak: 1 connection leaked (1 undisposed_engine) at test_engines.py:{line}",
         "engine created and never disposed: QueuePool reclaimed by the garbage collector "
         "without dispose(), holding 1 server connection",
@@ -303,13 +310,14 @@ def test_an_undisposed_engine_is_found_even_when_the_test_disposes_an_older_engi
         ("test_leaky_engine_then_disposing_an_engine_from_before_the_test", "# LEAK-then-dispose"),
     ):
         assert_leak_reported(
-            result, name,
+            result,
+            name,
             "dbleak: 1 connection leaked (1 undisposed_engine) at "
             f"test_dispose.py:{line_of(source, marker)}",
         )
 
 
-GC_RETURN = '''
+GC_RETURN = """
 def test_leaky_connection_given_back_by_the_garbage_collector(dbleak_mysql_url):
     engine = sa.create_engine(dbleak_mysql_url)
     conn = engine.connect()  # LEAK-gc-return
@@ -327,7 +335,7 @@ def test_clean_connection_closed(dbleak_mysql_url):
     del conn
     gc.collect()
     engine.dispose()
-'''
+"""
 
 
 def test_a_connection_given_back_only_by_the_garbage_collector_fails_the_test(
@@ -338,7 +346,8 @@ def test_a_connection_given_back_only_by_the_garbage_collector_fails_the_test(
     result.assert_outcomes(failed=1, passed=1)
     line = line_of(PREAMBLE + GC_RETURN, "# LEAK-gc-return")
     assert_leak_reported(
-        result, "test_leaky_connection_given_back_by_the_garbage_collector",
+        result,
+        "test_leaky_connection_given_back_by_the_garbage_collector",
         f"dbleak: 1 connection leaked (1 gc_return) at test_gc.py:{line}",
         "connection returned only by the garbage collector, never by close(): server "
         "connection * of QueuePool was checked out here and dropped without close()",

@@ -74,13 +74,15 @@ def test_markers_skip_the_check_tolerate_leaks_and_set_the_settle_time(
         "--dbleak", PROCESS, FAST, *ONLY_DBLEAK, "-rA", "--dbleak-report=r.json"
     )
     result.assert_outcomes(passed=3, failed=2)
-    result.stdout.fnmatch_lines([
-        "PASSED test_marks.py::test_one_leak_allowed_one_made",
-        "PASSED test_marks.py::test_a_long_settle_waits_for_a_late_return",
-        "PASSED test_marks.py::test_not_checked",
-        "FAILED test_marks.py::test_one_leak_allowed_two_made - *",
-        "FAILED test_marks.py::test_no_settle_does_not_wait_for_a_late_return - *",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "PASSED test_marks.py::test_one_leak_allowed_one_made",
+            "PASSED test_marks.py::test_a_long_settle_waits_for_a_late_return",
+            "PASSED test_marks.py::test_not_checked",
+            "FAILED test_marks.py::test_one_leak_allowed_two_made - *",
+            "FAILED test_marks.py::test_no_settle_does_not_wait_for_a_late_return - *",
+        ]
+    )
     failure_of(result, "test_one_leak_allowed_two_made").fnmatch_lines(
         ["dbleak: 2 connections leaked, 1 allowed (2 server_connection) at test_marks.py:*"]
     )
@@ -91,13 +93,17 @@ def test_markers_skip_the_check_tolerate_leaks_and_set_the_settle_time(
     failure_of(result, "test_one_leak_allowed_one_made").fnmatch_lines(
         ["*- dbleak -*", "dbleak: 1 connection leaked, 1 allowed (1 server_connection)*"]
     )
-    result.stdout.fnmatch_lines([
-        "test_marks.py::test_one_leak_allowed_one_made: 1 connection leaked "
-        "(1 server_connection) at test_marks.py:* [[]within allow=1]",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "test_marks.py::test_one_leak_allowed_one_made: 1 connection leaked "
+            "(1 server_connection) at test_marks.py:* [[]within allow=1]",
+        ]
+    )
 
-    tests = {t["nodeid"].split("::")[1]: t for t in json.loads(
-        (pytester.path / "r.json").read_text())["tests"]}
+    tests = {
+        t["nodeid"].split("::")[1]: t
+        for t in json.loads((pytester.path / "r.json").read_text())["tests"]
+    }
     assert "test_not_checked" not in tests  # no check, no entry
     late = tests["test_a_long_settle_waits_for_a_late_return"]
     assert late["leaks"] == []
@@ -105,7 +111,7 @@ def test_markers_skip_the_check_tolerate_leaks_and_set_the_settle_time(
     assert tests["test_no_settle_does_not_wait_for_a_late_return"]["waited"] == 0
 
 
-AFTER_UNCHECKED = '''
+AFTER_UNCHECKED = """
 @pytest.mark.no_dbleak
 def test_not_checked_and_leaky(dbleak_mysql_url):
     KEEP.append(pymysql.connect(**connect_args(dbleak_mysql_url)))
@@ -113,7 +119,7 @@ def test_not_checked_and_leaky(dbleak_mysql_url):
 
 def test_clean_after_an_unchecked_leak(dbleak_mysql_url):
     pass
-'''
+"""
 
 
 def test_a_leak_in_a_test_marked_no_dbleak_is_not_blamed_on_the_next_test(
@@ -150,39 +156,47 @@ USAGE_ERRORS = {
         "whole number >= 0, got -1",
     ),
     "unknown_backend": (
-        "", ["--dbleak-backend=bogus"],
+        "",
+        ["--dbleak-backend=bogus"],
         "ERROR: dbleak: --dbleak-backend: unknown backend 'bogus'; choose one of *",
     ),
     "negative_settle_timeout": (
-        "", [PROCESS, "--dbleak-settle-timeout=-1"],
+        "",
+        [PROCESS, "--dbleak-settle-timeout=-1"],
         "ERROR: dbleak: --dbleak-settle-timeout: expected a number of seconds >= 0, got '-1'",
     ),
     "allow_not_a_number": (
-        "", [PROCESS, "--dbleak-allow=abc"],
+        "",
+        [PROCESS, "--dbleak-allow=abc"],
         "ERROR: dbleak: --dbleak-allow: expected a whole number >= 0, got 'abc'",
     ),
     "zero_startup_timeout": (
-        "", [PROCESS, "--dbleak-startup-timeout=0"],
+        "",
+        [PROCESS, "--dbleak-startup-timeout=0"],
         "ERROR: dbleak: --dbleak-startup-timeout: expected a number of seconds > 0, got '0'",
     ),
     "cache_dir_is_a_file": (
-        "", [PROCESS, "--dbleak-cache-dir={file}"],
+        "",
+        [PROCESS, "--dbleak-cache-dir={file}"],
         "ERROR: dbleak: the template cache folder {file} cannot be used: it is a file, not a "
         "folder; choose another with --dbleak-cache-dir",
     ),
     "cache_dir_under_proc": (
-        "", [PROCESS, "--dbleak-cache-dir=/proc/dbleak-cache"],
+        "",
+        [PROCESS, "--dbleak-cache-dir=/proc/dbleak-cache"],
         "ERROR: dbleak: the template cache folder /proc/dbleak-cache cannot be used: cannot "
         "create it under /proc (No such file or directory); choose another with "
         "--dbleak-cache-dir",
     ),
     "postgresql_url": (
-        "", ["--dbleak-backend=url", "--dbleak-mysql-url=postgresql://u:pw@127.0.0.1/db"],
+        "",
+        ["--dbleak-backend=url", "--dbleak-mysql-url=postgresql://u:pw@127.0.0.1/db"],
         "ERROR: dbleak: --dbleak-mysql-url: a mysql:// or mariadb:// URL is needed, got "
         "postgresql://",
     ),
     "unreachable_url": (
-        "", ["--dbleak-backend=url", "--dbleak-mysql-url=mysql://root@127.0.0.1:{free_port}"],
+        "",
+        ["--dbleak-backend=url", "--dbleak-mysql-url=mysql://root@127.0.0.1:{free_port}"],
         "ERROR: dbleak: MySQL server at 127.0.0.1:{free_port} cannot be reached [url backend]",
     ),
 }
@@ -242,12 +256,13 @@ def test_a_read_only_cache_folder_is_a_one_line_usage_error(
         "--dbleak", PROCESS, f"--dbleak-cache-dir={read_only_folder}", *ONLY_DBLEAK
     )
     assert_one_usage_error(
-        result, f"ERROR: dbleak: the template cache folder {read_only_folder} cannot be used: "
+        result,
+        f"ERROR: dbleak: the template cache folder {read_only_folder} cannot be used: "
         "cannot write in it (*); choose another with --dbleak-cache-dir",
     )
 
 
-BAD_MARKERS = '''
+BAD_MARKERS = """
 import pytest
 
 
@@ -278,7 +293,7 @@ class TestJobs:
 @pytest.mark.dbleak(allow=1)
 def test_fine():
     pass
-'''
+"""
 
 
 def test_every_bad_marker_of_a_run_is_listed_at_once_one_line_each(
@@ -316,38 +331,59 @@ def test_a_wrong_password_is_a_usage_error_that_never_shows_the_password(
     )
 
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([
-        "ERROR: dbleak: MySQL server at *:* refused the login (wrong user or password) "
-        "[[]url backend]",
-    ])
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: dbleak: MySQL server at *:* refused the login (wrong user or password) "
+            "[[]url backend]",
+        ]
+    )
     assert password not in all_output(result)
     assert "Traceback" not in all_output(result)
 
 
-PRECEDENCE = '''
+PRECEDENCE = """
 def test_leaks_one(dbleak_mysql_url):
     KEEP.append(pymysql.connect(**connect_args(dbleak_mysql_url)))
-'''
+"""
 
 
 @pytest.mark.parametrize(
     ("ini", "env", "cli", "outcome", "report"),
     [
         pytest.param({}, {}, {}, "failed", None, id="default"),
-        pytest.param({"allow": "1", "report": "ini.json"}, {}, {}, "passed", "ini.json",
-                     id="ini_over_default"),
-        pytest.param({"allow": "1", "report": "ini.json"},
-                     {"DBLEAK_ALLOW": "0", "DBLEAK_REPORT": "env.json"}, {},
-                     "failed", "env.json", id="env_over_ini"),
-        pytest.param({"allow": "1", "report": "ini.json"},
-                     {"DBLEAK_ALLOW": "0", "DBLEAK_REPORT": "env.json"},
-                     {"allow": "1", "report": "cli.json"}, "passed", "cli.json",
-                     id="cli_over_env"),
+        pytest.param(
+            {"allow": "1", "report": "ini.json"},
+            {},
+            {},
+            "passed",
+            "ini.json",
+            id="ini_over_default",
+        ),
+        pytest.param(
+            {"allow": "1", "report": "ini.json"},
+            {"DBLEAK_ALLOW": "0", "DBLEAK_REPORT": "env.json"},
+            {},
+            "failed",
+            "env.json",
+            id="env_over_ini",
+        ),
+        pytest.param(
+            {"allow": "1", "report": "ini.json"},
+            {"DBLEAK_ALLOW": "0", "DBLEAK_REPORT": "env.json"},
+            {"allow": "1", "report": "cli.json"},
+            "passed",
+            "cli.json",
+            id="cli_over_env",
+        ),
     ],
 )
 def test_settings_come_from_the_cli_then_the_environment_then_the_ini_file(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
-    ini: dict[str, str], env: dict[str, str], cli: dict[str, str], outcome: str,
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    ini: dict[str, str],
+    env: dict[str, str],
+    cli: dict[str, str],
+    outcome: str,
     report: str | None,
 ) -> None:
     pytester.makeini("[pytest]\n" + "".join(f"dbleak_{k} = {v}\n" for k, v in ini.items()))
@@ -356,7 +392,10 @@ def test_settings_come_from_the_cli_then_the_environment_then_the_ini_file(
     pytester.makepyfile(test_precedence=PREAMBLE + PRECEDENCE)
 
     result = pytester.runpytest_subprocess(
-        "--dbleak", PROCESS, FAST, *ONLY_DBLEAK,
+        "--dbleak",
+        PROCESS,
+        FAST,
+        *ONLY_DBLEAK,
         *(f"--dbleak-{k}={v}" for k, v in cli.items()),
     )
 
@@ -385,7 +424,7 @@ def test_no_dbleak_on_the_command_line_switches_off_an_ini_dbleak_enabled(
     on.assert_outcomes(failed=1)
 
 
-STRESS_WITHOUT_ITS_EXTRA = '''
+STRESS_WITHOUT_ITS_EXTRA = """
 import sys
 
 import pytest
@@ -401,7 +440,7 @@ def app(environ, start_response):
 @pytest.mark.dbleak_http_load(requests=2, concurrency=1)
 def test_load(dbleak_http_load):
     dbleak_http_load.run(app, "/")
-'''
+"""
 
 
 def test_a_stress_fixture_without_its_extra_names_the_extra_in_one_line(
@@ -410,16 +449,19 @@ def test_a_stress_fixture_without_its_extra_names_the_extra_in_one_line(
     pytester.makepyfile(test_stress=STRESS_WITHOUT_ITS_EXTRA)
     result = pytester.runpytest_subprocess(*ONLY_DBLEAK)
     assert result.ret == pytest.ExitCode.USAGE_ERROR, all_output(result)
-    lines = [line for line in all_output(result).splitlines()
-             if "needs the stress extra" in line]
+    lines = [line for line in all_output(result).splitlines() if "needs the stress extra" in line]
     assert lines, all_output(result)
-    pytest.LineMatcher(lines).fnmatch_lines([
-        "*dbleak: dbleak_http_load needs the stress extra: pip install 'pytest-dbleak[[]stress]' "
-        "(no module named 'werkzeug')*",
-    ])
+    pytest.LineMatcher(lines).fnmatch_lines(
+        [
+            "*dbleak: dbleak_http_load needs the stress extra: "
+            "pip install 'pytest-dbleak[[]stress]' "
+            "(no module named 'werkzeug')*",
+        ]
+    )
     assert "Traceback" not in all_output(result)
     assert "ModuleNotFoundError" not in all_output(result)
     # The same test, with Werkzeug importable, runs its load.
-    pytester.makepyfile(test_stress=STRESS_WITHOUT_ITS_EXTRA.replace(
-        'sys.modules["werkzeug"] = None', "pass"))
+    pytester.makepyfile(
+        test_stress=STRESS_WITHOUT_ITS_EXTRA.replace('sys.modules["werkzeug"] = None', "pass")
+    )
     pytester.runpytest_subprocess(*ONLY_DBLEAK).assert_outcomes(passed=1)

@@ -17,7 +17,7 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     )
 
 
-GROWTH_CONFTEST = '''
+GROWTH_CONFTEST = """
 import pymysql
 import pytest
 import sqlalchemy as sa
@@ -41,7 +41,7 @@ def target(dbleak_mysql_url):
     TARGET["url"] = dbleak_mysql_url
     yield
     IMPORT_TIME_ENGINE.dispose()
-'''
+"""
 
 GROWTH = '''
 from conftest import IMPORT_TIME_ENGINE, connect
@@ -208,7 +208,7 @@ def test_connections_owned_by_wider_fixtures_first_set_up_during_a_test_do_not_f
     result.assert_outcomes(passed=5)
 
 
-EARLIER_LEAK = '''
+EARLIER_LEAK = """
 def test_leaky(dbleak_mysql_url):
     KEEP.append(pymysql.connect(**connect_args(dbleak_mysql_url)))
     engine = sa.create_engine(dbleak_mysql_url)
@@ -228,22 +228,28 @@ def test_next_clean_test(dbleak_mysql_url):
 
 def test_one_after_that():
     pass
-'''
+"""
 
 
 def test_a_leak_made_by_an_earlier_test_fails_only_that_test(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_earlier=PREAMBLE + EARLIER_LEAK)
     result = run(pytester)
     result.assert_outcomes(failed=1, passed=2)
-    failure_of(result, "test_leaky").fnmatch_lines([
-        "dbleak: 3 connections leaked (1 checked_out, 1 undisposed_engine, "
-        "1 server_connection) at test_earlier.py:*",
-    ])
-    result.stdout.fnmatch_lines(["PASSED test_earlier.py::test_next_clean_test",
-                                 "PASSED test_earlier.py::test_one_after_that"])
+    failure_of(result, "test_leaky").fnmatch_lines(
+        [
+            "dbleak: 3 connections leaked (1 checked_out, 1 undisposed_engine, "
+            "1 server_connection) at test_earlier.py:*",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "PASSED test_earlier.py::test_next_clean_test",
+            "PASSED test_earlier.py::test_one_after_that",
+        ]
+    )
 
 
-ORDINARY = '''
+ORDINARY = """
 @pytest.fixture
 def engine(dbleak_mysql_url):
     engine = sa.create_engine(dbleak_mysql_url)
@@ -288,7 +294,7 @@ def test_an_ordinary_failure_keeps_its_own_error(engine):
 def test_an_ordinary_failure_that_also_leaked(engine, dbleak_mysql_url):
     KEEP.append(pymysql.connect(**connect_args(dbleak_mysql_url)))
     assert 1 + 1 == 3, "failure with a leak"
-'''
+"""
 
 
 def test_ordinary_engine_use_passes_and_an_ordinary_failure_keeps_its_own_error(
@@ -305,18 +311,22 @@ def test_ordinary_engine_use_passes_and_an_ordinary_failure_keeps_its_own_error(
     plain.no_fnmatch_line("dbleak: *")
 
     leaked = failure_of(result, "test_an_ordinary_failure_that_also_leaked")
-    leaked.fnmatch_lines([
-        "E * AssertionError: failure with a leak",
-        "*- dbleak -*",
-        "dbleak: 1 connection leaked (1 server_connection) at test_ordinary.py:*",
-    ])
-    result.stdout.fnmatch_lines([
-        "FAILED test_ordinary.py::test_an_ordinary_failure_keeps_its_own_error - Asser*",
-        "FAILED test_ordinary.py::test_an_ordinary_failure_that_also_leaked - Asser*",
-    ])
+    leaked.fnmatch_lines(
+        [
+            "E * AssertionError: failure with a leak",
+            "*- dbleak -*",
+            "dbleak: 1 connection leaked (1 server_connection) at test_ordinary.py:*",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "FAILED test_ordinary.py::test_an_ordinary_failure_keeps_its_own_error - Asser*",
+            "FAILED test_ordinary.py::test_an_ordinary_failure_that_also_leaked - Asser*",
+        ]
+    )
 
 
-SETUP_ERROR = '''
+SETUP_ERROR = """
 @pytest.fixture
 def broken(dbleak_mysql_url):
     KEEP.append(pymysql.connect(**connect_args(dbleak_mysql_url)))
@@ -325,7 +335,7 @@ def broken(dbleak_mysql_url):
 
 def test_uses_a_fixture_that_leaks_then_raises(broken):
     pass
-'''
+"""
 
 
 def test_a_fixture_that_leaks_and_raises_is_one_error_that_carries_the_leak_section(
@@ -334,7 +344,10 @@ def test_a_fixture_that_leaks_and_raises_is_one_error_that_carries_the_leak_sect
     pytester.makepyfile(test_setup=PREAMBLE + SETUP_ERROR)
     result = run(pytester)
     result.assert_outcomes(errors=1)
-    failure_of(result, "test_uses_a_fixture_that_leaks_then_raises").fnmatch_lines([
-        "E * RuntimeError: fixture broke", "*- dbleak -*",
-    ])
+    failure_of(result, "test_uses_a_fixture_that_leaks_then_raises").fnmatch_lines(
+        [
+            "E * RuntimeError: fixture broke",
+            "*- dbleak -*",
+        ]
+    )
     result.stdout.no_fnmatch_line("*ERROR at teardown of test_uses_a_fixture_that_leaks_*")

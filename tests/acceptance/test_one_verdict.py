@@ -31,8 +31,7 @@ KINDS = {
         "engine.dispose()",
     ),
     "undisposed_engine": (
-        "ENGINES.append(sa.create_engine(dbleak_mysql_url)); "
-        "ENGINES[-1].connect().close()",
+        "ENGINES.append(sa.create_engine(dbleak_mysql_url)); ENGINES[-1].connect().close()",
         "for other in ENGINES: other.dispose()",
     ),
     "open_transaction": (
@@ -42,7 +41,7 @@ KINDS = {
     ),
 }
 
-MODULE = '''
+MODULE = """
 HELD = []
 ENGINES = []
 
@@ -79,7 +78,7 @@ def test_clean_{kind}(engine, lazy, dbleak_mysql_url):
 
 def test_leaky_{kind}(engine, lazy, dbleak_mysql_url):
     {leak}  # LEAK
-'''
+"""
 
 
 def write_corpus(pytester: pytest.Pytester, scope: str) -> list[str]:
@@ -107,8 +106,13 @@ def verdicts(report: Path) -> dict[str, tuple[str, tuple[tuple[str, int], ...], 
     return out
 
 
-def run(pytester: pytest.Pytester, args: list[str], *more: str, report: str,
-        plugins: tuple[str, ...] = ONLY_DBLEAK) -> Path:
+def run(
+    pytester: pytest.Pytester,
+    args: list[str],
+    *more: str,
+    report: str,
+    plugins: tuple[str, ...] = ONLY_DBLEAK,
+) -> Path:
     pytester.runpytest_subprocess(
         "--dbleak", *args, FAST, f"--dbleak-report={report}", *plugins, *more
     )
@@ -152,17 +156,27 @@ def test_xdist_distributions_and_last_failed_give_the_full_run_verdicts(
     failed = {n: v for n, v in full.items() if v[0] == "failed"}
     with_xdist = only_dbleak_and("xdist")
     for dist in ("load", "loadscope", "loadfile", "worksteal"):
-        got = verdicts(run(pytester, backend_args, "-n", "2", "--dist", dist,
-                           report=f"{dist}.json", plugins=with_xdist))
+        got = verdicts(
+            run(
+                pytester,
+                backend_args,
+                "-n",
+                "2",
+                "--dist",
+                dist,
+                report=f"{dist}.json",
+                plugins=with_xdist,
+            )
+        )
         assert got == full, dist
 
     with_cache = only_dbleak_and("cacheprovider")
     run(pytester, backend_args, report="record.json", plugins=with_cache)
-    last_failed = verdicts(run(pytester, backend_args, "--lf", report="lf.json",
-                               plugins=with_cache))
+    last_failed = verdicts(
+        run(pytester, backend_args, "--lf", report="lf.json", plugins=with_cache)
+    )
     assert last_failed == failed
-    stepwise = verdicts(run(pytester, backend_args, "--sw", report="sw.json",
-                            plugins=with_cache))
+    stepwise = verdicts(run(pytester, backend_args, "--sw", report="sw.json", plugins=with_cache))
     first = min(failed)  # --sw stops at the first failure, in collection order
     assert stepwise[first] == full[first]
 
@@ -175,13 +189,23 @@ def test_verdicts_do_not_depend_on_the_order_pytest_randomly_picks(
     write_corpus(pytester, "module")
     args = ["--dbleak-backend=process"]
     full = verdicts(run(pytester, args, report="full.json"))
-    shuffled = verdicts(run(pytester, args, "-p", "randomly", f"--randomly-seed={seed}",
-                            report="r.json",
-                            plugins=only_dbleak_and("randomly")))
+    shuffled = verdicts(
+        run(
+            pytester,
+            args,
+            "-p",
+            "randomly",
+            f"--randomly-seed={seed}",
+            report="r.json",
+            plugins=only_dbleak_and("randomly"),
+        )
+    )
     assert shuffled == full
 
 
-XUNIT = PREAMBLE + '''
+XUNIT = (
+    PREAMBLE
+    + """
 import unittest
 
 HELD = []
@@ -238,9 +262,10 @@ class UnitTests(unittest.TestCase):
 
 def test_leaky_closed_by_teardown_module(dbleak_mysql_url):
     HELD.append(pymysql.connect(**connect_args(dbleak_mysql_url)))  # LEAK
-'''
+"""
+)
 
-XUNIT_CONFTEST = '''
+XUNIT_CONFTEST = """
 import pytest
 
 import test_xunit
@@ -249,7 +274,7 @@ import test_xunit
 @pytest.fixture(scope="session", autouse=True)
 def url(dbleak_mysql_url):
     test_xunit.URL.append(dbleak_mysql_url)
-'''
+"""
 
 
 def test_the_window_holds_xunit_and_unittest_teardowns_and_leaves_out_wider_ones(
@@ -260,30 +285,32 @@ def test_the_window_holds_xunit_and_unittest_teardowns_and_leaves_out_wider_ones
     args = ["--dbleak-backend=process"]
     full = verdicts(run(pytester, args, report="full.json"))
     failed = sorted(n.rsplit("::", 1)[1] for n, v in full.items() if v[0] == "failed")
-    assert failed == ["test_leaky_closed_by_tear_down_class",
-                      "test_leaky_closed_by_teardown_class",
-                      "test_leaky_closed_by_teardown_module"]
+    assert failed == [
+        "test_leaky_closed_by_tear_down_class",
+        "test_leaky_closed_by_teardown_class",
+        "test_leaky_closed_by_teardown_module",
+    ]
     assert all(v == ("passed", (), None) for n, v in full.items() if "clean" in n), full
     for nodeid in full:
-        assert verdicts(run(pytester, args, nodeid, report="one.json")) == {
-            nodeid: full[nodeid]}, nodeid
+        assert verdicts(run(pytester, args, nodeid, report="one.json")) == {nodeid: full[nodeid]}, (
+            nodeid
+        )
 
 
 def test_a_pytest_whose_setup_state_does_not_fit_stops_the_run_with_one_line(
     pytester: pytest.Pytester,
 ) -> None:
     # Stands in for a future pytest: the setup stack the window relies on is gone.
-    pytester.makeconftest('''
+    pytester.makeconftest("""
 import pytest
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionstart(session):
     session._setupstate.stack = []  # empty, but no longer a node -> finalizers map
-''')
+""")
     pytester.makepyfile(test_any="def test_any(dbleak_mysql_url):\n    pass\n")
-    result = pytester.runpytest_subprocess("--dbleak", "--dbleak-backend=process",
-                                           *ONLY_DBLEAK)
+    result = pytester.runpytest_subprocess("--dbleak", "--dbleak-backend=process", *ONLY_DBLEAK)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert [line for line in result.stderr.lines if line.strip()] == [
         f"ERROR: dbleak: pytest {pytest.__version__}: Session._setupstate.stack is not a "

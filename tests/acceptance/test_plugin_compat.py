@@ -17,7 +17,9 @@ import pytest
 
 from tests.acceptance.helpers import FAST, PREAMBLE, failure_of, only_dbleak_and
 
-CORPUS = PREAMBLE + '''
+CORPUS = (
+    PREAMBLE
+    + """
 
 @pytest.fixture(scope="module")
 def engine(dbleak_mysql_url):
@@ -33,9 +35,12 @@ def test_clean(engine):
 
 def test_leaky(engine):
     KEEP.append(engine.connect())
-'''
+"""
+)
 
-ASYNC_CORPUS = PREAMBLE + '''
+ASYNC_CORPUS = (
+    PREAMBLE
+    + """
 import asyncio
 
 
@@ -57,10 +62,13 @@ async def test_clean_async(engine):
 async def test_leaky_async(engine):
     await asyncio.sleep(0)
     KEEP.append(engine.connect())
-'''
+"""
+)
 
 # Each test misbehaves on its first attempt only; a file per test counts its attempts.
-FLAKY = PREAMBLE + '''
+FLAKY = (
+    PREAMBLE
+    + """
 import pathlib
 
 
@@ -78,7 +86,8 @@ def test_fails_once_then_passes(dbleak_mysql_url):
 def test_leaks_once_then_is_clean(dbleak_mysql_url):
     if attempt("leaks") == 1:
         KEEP.append(pymysql.connect(**connect_args(dbleak_mysql_url)))
-'''
+"""
+)
 
 
 def outcomes(report: Path) -> dict[str, tuple[str, int]]:
@@ -88,22 +97,30 @@ def outcomes(report: Path) -> dict[str, tuple[str, int]]:
 
 def run(pytester: pytest.Pytester, plugin: str, *args: str) -> pytest.RunResult:
     return pytester.runpytest_subprocess(
-        "--dbleak", "--dbleak-backend=process", FAST, "--dbleak-report=r.json", "-rA",
-        *only_dbleak_and(*NEEDS.get(plugin, (plugin,))), *args,
+        "--dbleak",
+        "--dbleak-backend=process",
+        FAST,
+        "--dbleak-report=r.json",
+        "-rA",
+        *only_dbleak_and(*NEEDS.get(plugin, (plugin,))),
+        *args,
     )
 
 
 NEEDS = {"html": ("html", "metadata")}  # pytest-html needs pytest-metadata
-EXPECTED = {"test_corpus.py::test_clean": ("passed", 0),
-            "test_corpus.py::test_leaky": ("failed", 1)}
+EXPECTED = {
+    "test_corpus.py::test_clean": ("passed", 0),
+    "test_corpus.py::test_leaky": ("failed", 1),
+}
 
 
 @pytest.mark.parametrize(
     ("plugin", "args"),
     [
         pytest.param("timeout", ("--timeout=60",), id="pytest-timeout"),
-        pytest.param("timeout", ("--timeout=60", "--timeout-method=thread"),
-                     id="pytest-timeout-thread"),
+        pytest.param(
+            "timeout", ("--timeout=60", "--timeout-method=thread"), id="pytest-timeout-thread"
+        ),
         pytest.param("pytest_cov", ("--cov=.", "--cov-report=term"), id="pytest-cov"),
         pytest.param("html", ("--html=report.html",), id="pytest-html"),
         pytest.param("rerunfailures", ("--reruns=0",), id="pytest-rerunfailures"),
@@ -113,8 +130,11 @@ EXPECTED = {"test_corpus.py::test_clean": ("passed", 0),
 def test_the_leaky_test_fails_and_its_twin_passes_beside_another_plugin(
     pytester: pytest.Pytester, plugin: str, args: tuple[str, ...]
 ) -> None:
-    pytest.importorskip({"pytest_cov": "pytest_cov", "html": "pytest_html"}.get(
-        plugin, f"pytest_{plugin}" if plugin != "flaky" else "flaky"))
+    pytest.importorskip(
+        {"pytest_cov": "pytest_cov", "html": "pytest_html"}.get(
+            plugin, f"pytest_{plugin}" if plugin != "flaky" else "flaky"
+        )
+    )
     pytester.makepyfile(test_corpus=CORPUS)
     result = run(pytester, plugin, *args)
     result.assert_outcomes(passed=1, failed=1)
@@ -156,10 +176,15 @@ def test_reruns_rerun_a_flaky_test_and_do_not_take_a_leak_back(
     result = run(pytester, "rerunfailures", "--reruns=1", "-k", "leaks_once")
     assert result.parseoutcomes() == {"failed": 1, "rerun": 1, "deselected": 1}
     block = failure_of(result, "test_leaks_once_then_is_clean")
-    block.fnmatch_lines(["dbleak: leaked in an earlier attempt of this test",
-                         "dbleak: 1 connection leaked (1 server_connection) at test_flaky.py:*"])
+    block.fnmatch_lines(
+        [
+            "dbleak: leaked in an earlier attempt of this test",
+            "dbleak: 1 connection leaked (1 server_connection) at test_flaky.py:*",
+        ]
+    )
     assert outcomes(pytester.path / "r.json") == {
-        "test_flaky.py::test_leaks_once_then_is_clean": ("failed", 1)}
+        "test_flaky.py::test_leaks_once_then_is_clean": ("failed", 1)
+    }
 
 
 def test_only_rerun_reruns_its_errors_and_never_a_leak(pytester: pytest.Pytester) -> None:
@@ -168,8 +193,9 @@ def test_only_rerun_reruns_its_errors_and_never_a_leak(pytester: pytest.Pytester
     result = run(pytester, "rerunfailures", "--reruns=2", "--only-rerun=AssertionError")
     # The assertion is rerun and passes; the leak has no exception to match: not rerun.
     assert result.parseoutcomes() == {"passed": 1, "failed": 1, "rerun": 1}
-    assert re.search(r"FAILED test_flaky.py::test_leaks_once_then_is_clean - dbleak",
-                     result.stdout.str())
+    assert re.search(
+        r"FAILED test_flaky.py::test_leaks_once_then_is_clean - dbleak", result.stdout.str()
+    )
 
 
 def test_flaky_reruns_a_failing_test_and_a_leak_still_fails(pytester: pytest.Pytester) -> None:
@@ -178,4 +204,5 @@ def test_flaky_reruns_a_failing_test_and_a_leak_still_fails(pytester: pytest.Pyt
     result = run(pytester, "flaky", "--force-flaky", "--max-runs=2")
     result.assert_outcomes(passed=1, failed=1)
     failure_of(result, "test_leaks_once_then_is_clean").fnmatch_lines(
-        ["dbleak: 1 connection leaked (1 server_connection)*"])
+        ["dbleak: 1 connection leaked (1 server_connection)*"]
+    )

@@ -76,10 +76,18 @@ def test_leaky_raw_connection(dbleak_mysql_url):
     KEEP.append(pymysql.connect(**connect_args(dbleak_mysql_url)))  # LEAK-raw
 '''
 
-CLEAN = ("test_clean_checkout", "test_clean_null_pool", "test_clean_raw_connection",
-         "test_clean_raw_connection_in_a_thread", "test_clean_transaction", "test_clean_engine")
-LEAKY = {"test_leaky_checkout": ("checked_out", "# LEAK-checkout"),
-         "test_leaky_raw_connection": ("server_connection", "# LEAK-raw")}
+CLEAN = (
+    "test_clean_checkout",
+    "test_clean_null_pool",
+    "test_clean_raw_connection",
+    "test_clean_raw_connection_in_a_thread",
+    "test_clean_transaction",
+    "test_clean_engine",
+)
+LEAKY = {
+    "test_leaky_checkout": ("checked_out", "# LEAK-checkout"),
+    "test_leaky_raw_connection": ("server_connection", "# LEAK-raw"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +97,12 @@ def reported(tmp_path_factory: pytest.TempPathFactory) -> tuple[pytest.RunResult
     (path / "test_reported.py").write_text(PREAMBLE + REPORTED)
     # The default settle time (1 s): a clean test must not spend any of it.
     result = run_pytest_in(
-        path, "--dbleak", "--dbleak-backend=process", *ONLY_DBLEAK,
-        "--dbleak-report=reports/leaks.json", "--junitxml=junit.xml",
+        path,
+        "--dbleak",
+        "--dbleak-backend=process",
+        *ONLY_DBLEAK,
+        "--dbleak-report=reports/leaks.json",
+        "--junitxml=junit.xml",
     )
     return result, path
 
@@ -121,8 +133,12 @@ def test_the_json_report_has_one_entry_per_test_with_its_leaks_and_counts(
 
     assert report["tool"] == "pytest-dbleak"
     assert report["server"]["backend"] == "process"
-    assert report["summary"] == {"tests": len(CLEAN) + len(LEAKY), "leaking_tests": 2,
-                                 "failed_tests": 2, "leaked_connections": 2}
+    assert report["summary"] == {
+        "tests": len(CLEAN) + len(LEAKY),
+        "leaking_tests": 2,
+        "failed_tests": 2,
+        "leaked_connections": 2,
+    }
     tests = {entry["nodeid"]: entry for entry in report["tests"]}
     assert sorted(tests) == sorted(f"test_reported.py::{n}" for n in (*CLEAN, *LEAKY))
     for entry in tests.values():
@@ -135,8 +151,11 @@ def test_the_json_report_has_one_entry_per_test_with_its_leaks_and_counts(
         assert (entry["outcome"], entry["leaked"], entry["failed"]) == ("failed", 1, True)
         [leak] = entry["leaks"]
         assert (leak["kind"], leak["count"]) == (kind, 1)
-        assert leak["site"] == {"file": "test_reported.py", "line": line_of(source, marker),
-                                "function": name}
+        assert leak["site"] == {
+            "file": "test_reported.py",
+            "line": line_of(source, marker),
+            "function": name,
+        }
         assert len(leak["processlist"]) == 1
     # The checkout reuses an idle connection of the module's engine: one more checked out.
     checkout = tests["test_reported.py::test_leaky_checkout"]
@@ -148,7 +167,11 @@ def test_the_json_report_has_one_entry_per_test_with_its_leaks_and_counts(
     for name in CLEAN:
         entry = tests[f"test_reported.py::{name}"]
         assert (entry["outcome"], entry["leaked"], entry["failed"], entry["leaks"]) == (
-            "passed", 0, False, [])
+            "passed",
+            0,
+            False,
+            [],
+        )
 
 
 def test_a_clean_test_does_not_wait_and_a_leak_whose_holder_is_gone_is_judged_at_once(
@@ -164,14 +187,18 @@ def test_a_clean_test_does_not_wait_and_a_leak_whose_holder_is_gone_is_judged_at
 
 def test_the_terminal_summary_lists_the_leaking_tests(reported_run: pytest.RunResult) -> None:
     source = PREAMBLE + REPORTED
-    reported_run.stdout.fnmatch_lines([
-        "*= dbleak: 2 tests leaked connections =*",
-        "test_reported.py::test_leaky_checkout: 1 connection leaked (1 checked_out) at "
-        f"test_reported.py:{line_of(source, '# LEAK-checkout')}",
-        "test_reported.py::test_leaky_raw_connection: 1 connection leaked (1 server_connection) "
-        f"at test_reported.py:{line_of(source, '# LEAK-raw')}",
-        "*= short test summary info =*",
-    ], consecutive=False)
+    reported_run.stdout.fnmatch_lines(
+        [
+            "*= dbleak: 2 tests leaked connections =*",
+            "test_reported.py::test_leaky_checkout: 1 connection leaked (1 checked_out) at "
+            f"test_reported.py:{line_of(source, '# LEAK-checkout')}",
+            "test_reported.py::test_leaky_raw_connection: 1 connection leaked "
+            "(1 server_connection) "
+            f"at test_reported.py:{line_of(source, '# LEAK-raw')}",
+            "*= short test summary info =*",
+        ],
+        consecutive=False,
+    )
     for name in CLEAN:
         reported_run.stdout.no_fnmatch_line(f"test_reported.py::{name}: *")
 
@@ -201,7 +228,7 @@ def test_no_output_or_report_contains_the_session_password(
     assert password not in (run_dir / "junit.xml").read_text()
 
 
-MANY = '''
+MANY = """
 @pytest.fixture(scope="module")
 def engine(dbleak_mysql_url):
     engine = sa.create_engine(dbleak_mysql_url, poolclass=sa.pool.NullPool)
@@ -221,7 +248,7 @@ def test_leaks_48_connections_at_one_line(engine):
 def test_returns_48_connections_opened_at_one_line(engine):
     for _ in range(48):
         open_one(engine).close()
-'''
+"""
 
 
 def test_48_identical_leaks_are_one_entry_a_few_dozen_lines_long_and_the_json_keeps_them_all(
@@ -229,29 +256,37 @@ def test_48_identical_leaks_are_one_entry_a_few_dozen_lines_long_and_the_json_ke
 ) -> None:
     pytester.makepyfile(test_many=PREAMBLE + MANY)
     result = pytester.runpytest_subprocess(
-        "--dbleak", "--dbleak-backend=process", "--dbleak-settle-timeout=0.2", *ONLY_DBLEAK,
-        "--dbleak-report=r.json", "--dbleak-html=r.html",
+        "--dbleak",
+        "--dbleak-backend=process",
+        "--dbleak-settle-timeout=0.2",
+        *ONLY_DBLEAK,
+        "--dbleak-report=r.json",
+        "--dbleak-html=r.html",
     )
     result.assert_outcomes(passed=1, failed=1)
     line = line_of(PREAMBLE + MANY, "# LEAK-many")
 
     failure = failure_of(result, "test_leaks_48_connections_at_one_line")
     assert len(failure.lines) <= 36, "\n".join(failure.lines)
-    failure.fnmatch_lines([
-        f"dbleak: 48 connections leaked (48 checked_out) at test_many.py:{line}",
-        f"48 {TIMES} checked-out connection never returned: server connections of NullPool "
-        "checked out",
-        "    connection ids: *, *, *, *, * and 43 more",
-        "    test_many.py:* in test_leaks_48_connections_at_one_line",
-        f"    test_many.py:{line} in open_one",
-        "processlist rows left behind:",
-        "  id  user*",
-        "  * and 43 more rows (all in the JSON report)",
-    ])
+    failure.fnmatch_lines(
+        [
+            f"dbleak: 48 connections leaked (48 checked_out) at test_many.py:{line}",
+            f"48 {TIMES} checked-out connection never returned: server connections of NullPool "
+            "checked out",
+            "    connection ids: *, *, *, *, * and 43 more",
+            "    test_many.py:* in test_leaks_48_connections_at_one_line",
+            f"    test_many.py:{line} in open_one",
+            "processlist rows left behind:",
+            "  id  user*",
+            "  * and 43 more rows (all in the JSON report)",
+        ]
+    )
     assert sum("checked-out connection never returned" in x for x in failure.lines) == 1
 
-    tests = {t["nodeid"].split("::")[1]: t for t in json.loads(
-        (pytester.path / "r.json").read_text())["tests"]}
+    tests = {
+        t["nodeid"].split("::")[1]: t
+        for t in json.loads((pytester.path / "r.json").read_text())["tests"]
+    }
     [leak] = tests["test_leaks_48_connections_at_one_line"]["leaks"]
     assert (leak["kind"], leak["count"], leak["occurrences"]) == ("checked_out", 48, 48)
     assert len(set(leak["connection_ids"])) == 48
@@ -279,17 +314,24 @@ def test_a_run_started_through_the_pytest_console_script_shows_no_launcher_frame
         pytest.skip(f"no pytest console script at {script}")
     pytester.makepyfile(test_launched=PREAMBLE + LAUNCHED)
     result = pytester.run(
-        str(script), "--dbleak", "--dbleak-backend=process", "--dbleak-settle-timeout=0.2",
-        *ONLY_DBLEAK, "--dbleak-report=r.json",
+        str(script),
+        "--dbleak",
+        "--dbleak-backend=process",
+        "--dbleak-settle-timeout=0.2",
+        *ONLY_DBLEAK,
+        "--dbleak-report=r.json",
     )
     assert result.ret == 6, result.stdout.str()
     line = line_of(PREAMBLE + LAUNCHED, "# LEAK-launched")
     failure = failure_of(result, "test_leaks_a_checkout")
-    failure.fnmatch_lines([
-        "checked-out connection never returned: *",
-        f"    test_launched.py:{line} in test_leaks_a_checkout",
-        "-* dbleak -*",
-    ], consecutive=True)
+    failure.fnmatch_lines(
+        [
+            "checked-out connection never returned: *",
+            f"    test_launched.py:{line} in test_leaks_a_checkout",
+            "-* dbleak -*",
+        ],
+        consecutive=True,
+    )
     assert str(script) not in result.stdout.str()
     [entry] = json.loads((pytester.path / "r.json").read_text())["tests"]
     stacks = [leak["stack"] for leak in entry["leaks"]]
@@ -298,7 +340,7 @@ def test_a_run_started_through_the_pytest_console_script_shows_no_launcher_frame
     assert all(stack == [site] for stack in stacks), stacks
 
 
-COUNTED_ONCE = '''
+COUNTED_ONCE = """
 def test_drops_a_connection_of_an_engine_it_never_disposes(dbleak_mysql_url):
     engine = sa.create_engine(dbleak_mysql_url)
     KEEP.append(engine)
@@ -321,7 +363,7 @@ def test_leaves_a_sqlite_engine_undisposed(tmp_path):
     KEEP.append(engine)
     with engine.connect() as conn:
         conn.execute(sa.text("SELECT 1"))
-'''
+"""
 
 
 def test_a_connection_dropped_into_an_undisposed_engine_is_counted_once_and_sqlite_holds_no_server_connection(  # noqa: E501
@@ -329,30 +371,39 @@ def test_a_connection_dropped_into_an_undisposed_engine_is_counted_once_and_sqli
 ) -> None:
     pytester.makepyfile(test_once=PREAMBLE + COUNTED_ONCE)
     result = pytester.runpytest_subprocess(
-        "--dbleak", "--dbleak-backend=process", "--dbleak-settle-timeout=0.2", *ONLY_DBLEAK,
+        "--dbleak",
+        "--dbleak-backend=process",
+        "--dbleak-settle-timeout=0.2",
+        *ONLY_DBLEAK,
         "--dbleak-report=r.json",
     )
     result.assert_outcomes(passed=1, failed=2)
     source = PREAMBLE + COUNTED_ONCE
-    failure_of(result, "test_drops_a_connection_of_an_engine_it_never_disposes").fnmatch_lines([
-        "dbleak: 1 connection leaked (1 gc_return) at "
-        f"test_once.py:{line_of(source, '# LEAK-dropped')}",
-        "connection returned only by the garbage collector*",
-        "engine created and never disposed: QueuePool still alive without dispose(), holding "
-        "1 server connection (already counted as gc_return)",
-        "server connections of the session: * before, * after",
-    ])
-    tests = {t["nodeid"].split("::")[1]: t for t in json.loads(
-        (pytester.path / "r.json").read_text())["tests"]}
+    failure_of(result, "test_drops_a_connection_of_an_engine_it_never_disposes").fnmatch_lines(
+        [
+            "dbleak: 1 connection leaked (1 gc_return) at "
+            f"test_once.py:{line_of(source, '# LEAK-dropped')}",
+            "connection returned only by the garbage collector*",
+            "engine created and never disposed: QueuePool still alive without dispose(), holding "
+            "1 server connection (already counted as gc_return)",
+            "server connections of the session: * before, * after",
+        ]
+    )
+    tests = {
+        t["nodeid"].split("::")[1]: t
+        for t in json.loads((pytester.path / "r.json").read_text())["tests"]
+    }
     dropped = tests["test_drops_a_connection_of_an_engine_it_never_disposes"]
     gained = dropped["after"]["server_connections"] - dropped["before"]["server_connections"]
     assert dropped["leaked"] == gained == 1
-    failure_of(result, "test_leaves_a_sqlite_engine_undisposed").fnmatch_lines([
-        "dbleak: 1 connection leaked (1 undisposed_engine) at "
-        f"test_once.py:{line_of(source, '# LEAK-sqlite')}",
-        "engine created and never disposed: QueuePool still alive without dispose(), holding "
-        "1 connection",
-    ])
+    failure_of(result, "test_leaves_a_sqlite_engine_undisposed").fnmatch_lines(
+        [
+            "dbleak: 1 connection leaked (1 undisposed_engine) at "
+            f"test_once.py:{line_of(source, '# LEAK-sqlite')}",
+            "engine created and never disposed: QueuePool still alive without dispose(), holding "
+            "1 connection",
+        ]
+    )
     assert tests["test_closes_the_connection_and_disposes_the_engine"]["leaks"] == []
 
 
@@ -367,7 +418,7 @@ def test_the_header_names_the_backend_and_the_server_version_without_the_protoco
     assert version[0].isdigit()
 
 
-COUNTED = '''
+COUNTED = """
 def test_passes(dbleak_mysql_url):
     pass
 
@@ -388,7 +439,7 @@ def test_fails_on_its_own_and_leaks(dbleak_mysql_url):
 
 def test_only_leaks(dbleak_mysql_url):
     KEEP.append(pymysql.connect(**connect_args(dbleak_mysql_url)))
-'''
+"""
 
 
 def test_the_summary_counts_checked_tests_and_the_json_counts_leak_failures_only(
@@ -401,10 +452,12 @@ def test_the_summary_counts_checked_tests_and_the_json_counts_leak_failures_only
         "--dbleak", *url_args, "--dbleak-settle-timeout=0.2", *ONLY_DBLEAK, "-k", "pass or skip"
     )
     clean.assert_outcomes(passed=1, skipped=2)
-    clean.stdout.fnmatch_lines([
-        "dbleak: url backend, server * at 127.0.0.1:3306",
-        "*- dbleak: no leaks in 1 checked test -*",
-    ])
+    clean.stdout.fnmatch_lines(
+        [
+            "dbleak: url backend, server * at 127.0.0.1:3306",
+            "*- dbleak: no leaks in 1 checked test -*",
+        ]
+    )
 
     mixed = pytester.runpytest_subprocess(
         "--dbleak", *url_args, "--dbleak-settle-timeout=0.2", *ONLY_DBLEAK, "--dbleak-report=r.json"
@@ -412,5 +465,4 @@ def test_the_summary_counts_checked_tests_and_the_json_counts_leak_failures_only
     mixed.assert_outcomes(passed=1, skipped=2, failed=2)
     assert mixed.ret == 1  # one test is broken on its own: not the leaks-only exit code
     summary = json.loads((pytester.path / "r.json").read_text())["summary"]
-    assert summary == {"tests": 5, "leaking_tests": 2, "failed_tests": 1,
-                       "leaked_connections": 2}
+    assert summary == {"tests": 5, "leaking_tests": 2, "failed_tests": 1, "leaked_connections": 2}

@@ -112,8 +112,10 @@ def test_a_job_that_leaks_once_in_25_calls_passes_alone_but_fails_under_dbleak_j
 
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(
-        ["PASSED test_jobs.py::test_leaky_job_called_once",
-         "PASSED test_jobs.py::test_clean_job_under_stress"]
+        [
+            "PASSED test_jobs.py::test_leaky_job_called_once",
+            "PASSED test_jobs.py::test_clean_job_under_stress",
+        ]
     )
     line = line_of(JOBS, "# LEAK-job")
     assert headline_of(result, "test_leaky_job_under_stress") == (
@@ -205,7 +207,7 @@ def test_dbleak_jobs_run_reraises_the_first_exception_a_job_raised(
 
 
 # -- Socket.IO churn: a disconnect handler's task that never gives its connection back -
-SOCKET = '''\
+SOCKET = """\
 import pytest
 import sqlalchemy as sa
 from flask import Flask
@@ -279,7 +281,7 @@ def test_fixed_task(make_app, dbleak_socket_churn):
     result = dbleak_socket_churn.run(*make_app(record_visit_fixed))
     assert (result.kind, result.runs, result.disconnects) == ("socketio", 20, 20)
     assert result.server_tasks >= 20
-'''
+"""
 
 
 def test_a_disconnect_task_without_session_cleanup_fails_under_dbleak_socket_churn_and_the_fix_passes(  # noqa: E501
@@ -295,8 +297,7 @@ def test_a_disconnect_task_without_session_cleanup_fails_under_dbleak_socket_chu
     line = line_of(SOCKET, "# LEAK-session")
     failure_of(result, "test_leaky_task_session_never_closed").fnmatch_lines(
         [
-            "dbleak: 20 connections leaked over 20 runs (1 in 1) (*) "
-            f"at test_socket.py:{line}",
+            f"dbleak: 20 connections leaked over 20 runs (1 in 1) (*) at test_socket.py:{line}",
             f"    test_socket.py:{line} in record_visit_in_a_session_never_closed",
         ]
     )
@@ -306,11 +307,9 @@ def test_a_disconnect_task_without_session_cleanup_fails_under_dbleak_socket_chu
     line = line_of(SOCKET, "# LEAK-context")
     failure_of(result, "test_leaky_task_context_never_popped").fnmatch_lines(
         [
-            "dbleak: * leaked over 20 runs (1 in *) (* checked_out) at test_socket.py:"
-            f"{line}",
+            f"dbleak: * leaked over 20 runs (1 in *) (* checked_out) at test_socket.py:{line}",
             # One entry for the leaks of one stack (issue 13), however many there are.
-            "*checked-out connection never returned: server connection* of QueuePool "
-            "checked out",
+            "*checked-out connection never returned: server connection* of QueuePool checked out",
             "    in thread* *(record_visit_in_a_context_never_popped)*",
             f"    test_socket.py:{line} in record_visit_in_a_context_never_popped",
         ]
@@ -404,8 +403,10 @@ def test_a_view_that_leaks_only_on_overlapping_requests_passes_one_request_but_f
 
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(
-        ["PASSED test_http.py::test_leaky_view_single_request",
-         "PASSED test_http.py::test_clean_view_under_load"]
+        [
+            "PASSED test_http.py::test_leaky_view_single_request",
+            "PASSED test_http.py::test_clean_view_under_load",
+        ]
     )
     # 200 requests make 100 overlapping pairs; each pair's leader leaks one connection.
     line = line_of(HTTP, "# LEAK-batch")
@@ -420,7 +421,7 @@ def test_a_view_that_leaks_only_on_overlapping_requests_passes_one_request_but_f
 
 
 # -- without --dbleak the fixtures just run the load -----------------------------------
-WITHOUT_DBLEAK = '''\
+WITHOUT_DBLEAK = """\
 import threading
 
 import pytest
@@ -485,7 +486,7 @@ def test_socket_churn_with_marker_settings(dbleak_socket_churn):
     assert (result.kind, result.runs, result.concurrency) == ("socketio", 5, 2)
     assert (result.disconnects, len(left)) == (5, 5)
     assert result.server_tasks >= 5
-'''
+"""
 
 
 def test_the_stress_fixtures_run_the_load_and_return_results_without_dbleak(
@@ -502,7 +503,10 @@ def test_the_stress_fixtures_run_the_load_and_return_results_without_dbleak(
 def test_a_misspelt_stress_marker_keyword_is_a_one_line_usage_error(
     pytester: pytest.Pytester, args: list[str]
 ) -> None:
-    result = run(pytester, *args, test_typo='''
+    result = run(
+        pytester,
+        *args,
+        test_typo="""
 import pytest
 
 
@@ -513,7 +517,8 @@ def test_typo(dbleak_jobs):
 
 def test_fine():
     pass
-''')
+""",
+    )
 
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert [line for line in result.stderr.lines if line.strip()] == [

@@ -19,7 +19,9 @@ import pytest
 from pytest_dbleak.backends import parse_mysql_url
 from tests.acceptance.helpers import FAST, PREAMBLE, all_output
 
-SCENARIOS = PREAMBLE + '''
+SCENARIOS = (
+    PREAMBLE
+    + """
 
 @pytest.fixture(scope="session")
 def engine(dbleak_mysql_url):
@@ -57,7 +59,8 @@ def test_engine_never_disposed(dbleak_mysql_url):
 def test_clean_many(engine, n):
     with engine.connect() as conn:
         conn.execute(sa.text("SELECT 1"))
-'''
+"""
+)
 
 
 def _verdicts(report: Path) -> dict[str, tuple[str, int]]:
@@ -87,7 +90,7 @@ def test_xdist_with_two_workers_gives_the_same_verdicts_as_a_serial_run(
 
 
 # -- no orphaned servers ---------------------------------------------------------------
-WAIT_FOR_SIGNAL = '''
+WAIT_FOR_SIGNAL = """
 import json, os, time
 
 def test_waits_to_be_killed(dbleak_server, dbleak_mysql_url):
@@ -96,7 +99,7 @@ def test_waits_to_be_killed(dbleak_server, dbleak_mysql_url):
         json.dump({"socket": dbleak_server.socket}, f)
     os.replace(os.environ["DBLEAK_TEST_HANDSHAKE"] + ".tmp", os.environ["DBLEAK_TEST_HANDSHAKE"])
     time.sleep(120)
-'''
+"""
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -132,9 +135,20 @@ def running_inner_session(
     handshake = pytester.path / "handshake.json"
     env = dict(os.environ, DBLEAK_TEST_HANDSHAKE=str(handshake))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--dbleak",
-         "--dbleak-backend=process", "test_wait.py"],
-        cwd=pytester.path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "--dbleak",
+            "--dbleak-backend=process",
+            "test_wait.py",
+        ],
+        cwd=pytester.path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         _wait_for(handshake.exists, 60, "the inner test to start")
@@ -147,9 +161,7 @@ def running_inner_session(
             proc.wait()
 
 
-@pytest.mark.parametrize(
-    ("sig", "how"), [(signal.SIGKILL, "SIGKILL"), (signal.SIGINT, "Ctrl-C")]
-)
+@pytest.mark.parametrize(("sig", "how"), [(signal.SIGKILL, "SIGKILL"), (signal.SIGINT, "Ctrl-C")])
 def test_a_killed_or_interrupted_pytest_leaves_no_server_and_no_datadir_behind(
     running_inner_session: tuple[subprocess.Popen[bytes], str], sig: int, how: str
 ) -> None:
@@ -160,7 +172,7 @@ def test_a_killed_or_interrupted_pytest_leaves_no_server_and_no_datadir_behind(
     _wait_for(lambda: not os.path.exists(root), 30, f"the datadir to go after {how}")
 
 
-SERVER_DIES = '''
+SERVER_DIES = """
 import os, signal
 import pytest
 import sqlalchemy as sa
@@ -180,7 +192,7 @@ def test_after_the_server_died(dbleak_mysql_url):
 
 def test_much_later(dbleak_mysql_url):
     pass
-'''
+"""
 
 
 def test_a_server_that_dies_mid_run_ends_the_run_with_a_clear_message_and_no_hang(
@@ -196,7 +208,9 @@ def test_a_server_that_dies_mid_run_ends_the_run_with_a_clear_message_and_no_han
     assert "test_much_later PASSED" not in result.stdout.str()
 
 
-LEAKED_LOCK = PREAMBLE + '''
+LEAKED_LOCK = (
+    PREAMBLE
+    + """
 
 def test_holds_a_metadata_lock_forever(dbleak_mysql_url):
     conn = pymysql.connect(**connect_args(dbleak_mysql_url))
@@ -206,7 +220,8 @@ def test_holds_a_metadata_lock_forever(dbleak_mysql_url):
     conn.commit()
     cur.execute("SELECT * FROM t")  # autocommit off: the transaction holds the table's lock
     KEEP.append(conn)
-'''
+"""
+)
 
 
 def test_a_leaked_lock_never_makes_the_plugins_teardown_hang(
@@ -215,13 +230,18 @@ def test_a_leaked_lock_never_makes_the_plugins_teardown_hang(
     pytester.makepyfile(test_lock=LEAKED_LOCK)
     started = time.monotonic()
     result = pytester.runpytest_subprocess(
-        "--dbleak", "--dbleak-backend=url", f"--dbleak-mysql-url={local_mysql_url}", FAST,
-        "--dbleak-report=r.json", timeout=120,
+        "--dbleak",
+        "--dbleak-backend=url",
+        f"--dbleak-mysql-url={local_mysql_url}",
+        FAST,
+        "--dbleak-report=r.json",
+        timeout=120,
     )
     result.assert_outcomes(failed=1)
     assert time.monotonic() - started < 60
     database = json.loads((pytester.path / "r.json").read_text())["tests"][0]["leaks"][0][
-        "processlist"][0]["db"]
+        "processlist"
+    ][0]["db"]
     admin = parse_mysql_url(local_mysql_url).connect()
     try:
         with admin.cursor() as cur:
@@ -256,8 +276,14 @@ def test_the_password_is_masked_in_messages_summary_json_html_and_junit(
     url, password = admin_with_password
     pytester.makepyfile(test_scenarios=SCENARIOS)
     result = pytester.runpytest_subprocess(
-        "--dbleak", "--dbleak-backend=url", f"--dbleak-mysql-url={url}", FAST,
-        "--dbleak-report=r.json", "--dbleak-html=r.html", "--junitxml=j.xml", "-rA",
+        "--dbleak",
+        "--dbleak-backend=url",
+        f"--dbleak-mysql-url={url}",
+        FAST,
+        "--dbleak-report=r.json",
+        "--dbleak-html=r.html",
+        "--junitxml=j.xml",
+        "-rA",
     )
     result.assert_outcomes(passed=8, failed=3)
     texts = {"output": all_output(result)}
@@ -267,8 +293,9 @@ def test_the_password_is_masked_in_messages_summary_json_html_and_junit(
         assert password not in text, f"the password appears in {where}"
 
     wrong = url.replace(password, password[:-1] + "x")
-    refused = pytester.runpytest_subprocess("--dbleak", "--dbleak-backend=url",
-                                            f"--dbleak-mysql-url={wrong}")
+    refused = pytester.runpytest_subprocess(
+        "--dbleak", "--dbleak-backend=url", f"--dbleak-mysql-url={wrong}"
+    )
     assert refused.ret == pytest.ExitCode.USAGE_ERROR
     refused.stderr.fnmatch_lines(["ERROR: dbleak: MySQL server at * refused the login*"])
     assert password[:-1] not in all_output(refused)
@@ -330,7 +357,10 @@ def test_the_server_of_a_url_run_keeps_nothing_of_the_session(
 ) -> None:
     pytester.makepyfile(test_scenarios=SCENARIOS)
     pytester.runpytest_subprocess(
-        "--dbleak", "--dbleak-backend=url", f"--dbleak-mysql-url={local_mysql_url}", FAST,
+        "--dbleak",
+        "--dbleak-backend=url",
+        f"--dbleak-mysql-url={local_mysql_url}",
+        FAST,
         "--dbleak-report=r.json",
     ).assert_outcomes(passed=8, failed=3)
     report = json.loads((pytester.path / "r.json").read_text())

@@ -36,10 +36,18 @@ log = logging.getLogger(__name__)
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser")
 FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
     # Containers often have a tiny /dev/shm; Debian's launcher check for it is unreliable.
-    "--disable-dev-shm-usage", "--hide-scrollbars", "--no-default-browser-check",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--no-default-browser-check",
 )
 PASSWORD = "hunter2-not-for-eyes"
 SERVER_BLUE = (0x25, 0x63, 0xEB)  # --server in the report's CSS
@@ -52,8 +60,10 @@ def chromium() -> str:
         found = shutil.which(name)
         if found:
             return found
-    pytest.skip("Chromium not found: no 'chromium' or 'chromium-browser' on PATH "
-                "(Debian: apt-get install chromium)")
+    pytest.skip(
+        "Chromium not found: no 'chromium' or 'chromium-browser' on PATH "
+        "(Debian: apt-get install chromium)"
+    )
 
 
 class Browser:
@@ -87,11 +97,25 @@ def browser(chromium: str, tmp_path: Path) -> Browser:
 def leak(kind: str, count: int, line: int, what: str) -> Leak:
     site = Site("app/db.py", line, "get_connection")
     return Leak(
-        kind, count, what, site, [Site("tests/test_app.py", line + 100, "test_it"), site],
-        "MainThread", [900 + line],
-        [{"id": 900 + line, "user": "dbleak_main_1a2b3c", "host": "localhost:40122",
-          "db": "dbleak_main_1a2b3c", "command": "Sleep", "time": 2, "state": "",
-          "trx_started": "2025-11-25 13:00:00" if kind == OPEN_TRANSACTION else None}],
+        kind,
+        count,
+        what,
+        site,
+        [Site("tests/test_app.py", line + 100, "test_it"), site],
+        "MainThread",
+        [900 + line],
+        [
+            {
+                "id": 900 + line,
+                "user": "dbleak_main_1a2b3c",
+                "host": "localhost:40122",
+                "db": "dbleak_main_1a2b3c",
+                "command": "Sleep",
+                "time": 2,
+                "state": "",
+                "trx_started": "2025-11-25 13:00:00" if kind == OPEN_TRANSACTION else None,
+            }
+        ],
     )
 
 
@@ -100,14 +124,21 @@ def sample_run(n: int = 40) -> list[CheckResult]:
     results = []
     server = checked = 2
     for i in range(n):
-        result = CheckResult(f"tests/test_app.py::test_case_{i:02d}",
-                             before=Counts(server, server + 4, checked))
+        result = CheckResult(
+            f"tests/test_app.py::test_case_{i:02d}", before=Counts(server, server + 4, checked)
+        )
         if i == 7:
             result.leaks = [leak(CHECKED_OUT, 1, 42, "QueuePool connection never returned")]
             server, checked = server + 1, checked + 1
         elif i == 19:
-            result.leaks = [leak(SERVER_CONNECTION, 2, 88,
-                                 f"2 connections of mysql://app:{PASSWORD}@db left open")]
+            result.leaks = [
+                leak(
+                    SERVER_CONNECTION,
+                    2,
+                    88,
+                    f"2 connections of mysql://app:{PASSWORD}@db left open",
+                )
+            ]
             result.report_only = True
             server += 2
         elif i == 26:
@@ -123,8 +154,12 @@ def sample_run(n: int = 40) -> list[CheckResult]:
 
 META = {
     "tool": "pytest-dbleak",
-    "server": {"backend": "process", "host": "127.0.0.1", "port": 40122,
-               "version": "11.8.3-MariaDB"},
+    "server": {
+        "backend": "process",
+        "host": "127.0.0.1",
+        "port": 40122,
+        "version": "11.8.3-MariaDB",
+    },
     "settings": {"allow": 0, "settle_timeout": 1.0, "report_only": False},
 }
 
@@ -157,26 +192,34 @@ def test_chart_and_leaks_render_in_chromium(browser: Browser, tmp_path: Path) ->
 
     assert re.search(r'<html[^>]*\sdata-js="ready"', dom), "the inline script did not run"
     assert '<svg id="timeline"' in dom
-    for series, field in (("series-server", "server_connections"),
-                          ("series-checked-out", "checked_out")):
+    for series, field in (
+        ("series-server", "server_connections"),
+        ("series-checked-out", "checked_out"),
+    ):
         [polyline] = elements(dom, "polyline", series)
         values = [getattr(r.after, field) for r in results]
         changes = sum(1 for a, b in itertools.pairwise(values) if a != b)
         assert len(attr(polyline, "points").split()) == 2 + 2 * changes  # a step per change
     markers = elements(dom, "a", "leak-marker")
     assert [attr(m, "data-nodeid") for m in markers] == [
-        "tests/test_app.py::test_case_07", "tests/test_app.py::test_case_19",
-        "tests/test_app.py::test_case_26", "tests/test_app.py::test_case_33",
+        "tests/test_app.py::test_case_07",
+        "tests/test_app.py::test_case_19",
+        "tests/test_app.py::test_case_26",
+        "tests/test_app.py::test_case_33",
     ]
     assert [set(attr(m, "class").split()) - {"leak-marker"} for m in markers] == [
-        {"failed"}, {"report-only"}, {"known"}, {"failed"},
+        {"failed"},
+        {"report-only"},
+        {"known"},
+        {"failed"},
     ]
     assert '<section id="leaks">' in dom
     details = elements(dom, "details", "leak")
     assert len(details) == 4
     failing = [d for d in details if "failed" in attr(d, "class").split()]
     assert [attr(d, "data-nodeid") for d in failing] == [
-        "tests/test_app.py::test_case_07", "tests/test_app.py::test_case_33",
+        "tests/test_app.py::test_case_07",
+        "tests/test_app.py::test_case_33",
     ]
     assert "app/db.py:42" in dom
     assert PASSWORD not in dom
@@ -185,8 +228,11 @@ def test_chart_and_leaks_render_in_chromium(browser: Browser, tmp_path: Path) ->
 def test_a_marker_target_opens_its_details(browser: Browser, tmp_path: Path) -> None:
     results = sample_run()
     report = write_report(tmp_path / "report.html", results)
-    [marker] = [m for m in elements(browser.dump_dom(report.as_uri()), "a", "leak-marker")
-                if "test_case_33" in m]
+    [marker] = [
+        m
+        for m in elements(browser.dump_dom(report.as_uri()), "a", "leak-marker")
+        if "test_case_33" in m
+    ]
     dom = browser.dump_dom(report.as_uri() + attr(marker, "href"))
     opened = [d for d in elements(dom, "details", "leak") if re.search(r"\sopen(=|\s|>)", d)]
     assert [attr(d, "data-nodeid") for d in opened] == ["tests/test_app.py::test_case_33"]
@@ -194,8 +240,9 @@ def test_a_marker_target_opens_its_details(browser: Browser, tmp_path: Path) -> 
 
 @pytest.mark.parametrize("n", [0, 1, 20_000])
 def test_sizes_render(browser: Browser, tmp_path: Path, n: int) -> None:
-    results = [CheckResult(f"tests/t.py::test_{i}", after=Counts(3 + i % 4, 0, i % 2))
-               for i in range(n)]
+    results = [
+        CheckResult(f"tests/t.py::test_{i}", after=Counts(3 + i % 4, 0, i % 2)) for i in range(n)
+    ]
     for i in range(0, n, 997):  # a few leaking tests spread over the run
         results[i].leaks = [leak(CHECKED_OUT, 1, 42, "never returned")]
     report = write_report(tmp_path / "report.html", results)
@@ -229,8 +276,8 @@ def read_png(data: bytes) -> tuple[int, int, Counter[tuple[int, int, int]]]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
     pos, idat, header = 8, b"", b""
     while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
         pos += 12 + length
         if kind == b"IHDR":
             header = body
@@ -245,7 +292,7 @@ def read_png(data: bytes) -> tuple[int, int, Counter[tuple[int, int, int]]]:
     prev = bytearray(stride)
     for y in range(height):
         start = y * (stride + 1)
-        kind, line = raw[start], bytearray(raw[start + 1:start + 1 + stride])
+        kind, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
         for i in range(stride):
             left = line[i - bpp] if i >= bpp else 0
             up, corner = prev[i], prev[i - bpp] if i >= bpp else 0
@@ -267,5 +314,6 @@ def read_png(data: bytes) -> tuple[int, int, Counter[tuple[int, int, int]]]:
 
 def count_near(colours: Counter[tuple[int, int, int]], rgb: tuple[int, int, int]) -> int:
     """Pixels within a small distance of rgb: anti-aliasing blends edges."""
-    return sum(n for c, n in colours.items()
-               if all(abs(a - b) <= 24 for a, b in zip(c, rgb, strict=True)))
+    return sum(
+        n for c, n in colours.items() if all(abs(a - b) <= 24 for a, b in zip(c, rgb, strict=True))
+    )

@@ -21,20 +21,24 @@ def result(nodeid: str, *leaks: tuple[str, int], **kwargs: Any) -> CheckResult:
 
 @pytest.fixture
 def base() -> bl.Baseline:
-    return bl.Baseline({
-        "tests/a.py::test_pool": {CHECKED_OUT: 2},
-        "tests/a.py::test_mixed": {CHECKED_OUT: 1, GC_RETURN: 1},
-        "tests/b.py::test_not_run": {SERVER_CONNECTION: 3},
-    })
+    return bl.Baseline(
+        {
+            "tests/a.py::test_pool": {CHECKED_OUT: 2},
+            "tests/a.py::test_mixed": {CHECKED_OUT: 1, GC_RETURN: 1},
+            "tests/b.py::test_not_run": {SERVER_CONNECTION: 3},
+        }
+    )
 
 
 # -- recording ---------------------------------------------------------------------------
 def test_from_results_sums_per_kind_and_skips_clean_tests() -> None:
-    recorded = bl.Baseline.from_results([
-        result("t.py::clean"),
-        result("t.py::two_leaks_same_kind", (CHECKED_OUT, 1), (CHECKED_OUT, 2)),
-        result("t.py::mixed", (GC_RETURN, 1), (SERVER_CONNECTION, 2)),
-    ])
+    recorded = bl.Baseline.from_results(
+        [
+            result("t.py::clean"),
+            result("t.py::two_leaks_same_kind", (CHECKED_OUT, 1), (CHECKED_OUT, 2)),
+            result("t.py::mixed", (GC_RETURN, 1), (SERVER_CONNECTION, 2)),
+        ]
+    )
     assert recorded.tests == {
         "t.py::two_leaks_same_kind": {CHECKED_OUT: 3},
         "t.py::mixed": {GC_RETURN: 1, SERVER_CONNECTION: 2},
@@ -43,10 +47,12 @@ def test_from_results_sums_per_kind_and_skips_clean_tests() -> None:
 
 def test_from_results_records_raw_counts_whatever_the_options() -> None:
     # Allowed, report-only or known: the baseline describes the code, not the run's options.
-    recorded = bl.Baseline.from_results([
-        result("t.py::allowed", (CHECKED_OUT, 1), allowed=1),
-        result("t.py::report_only", (CHECKED_OUT, 1), report_only=True),
-    ])
+    recorded = bl.Baseline.from_results(
+        [
+            result("t.py::allowed", (CHECKED_OUT, 1), allowed=1),
+            result("t.py::report_only", (CHECKED_OUT, 1), report_only=True),
+        ]
+    )
     assert set(recorded.tests) == {"t.py::allowed", "t.py::report_only"}
 
 
@@ -125,17 +131,20 @@ def test_load_of_a_missing_file_is_none(tmp_path: Path) -> None:
     assert bl.load(tmp_path / "nope.json") is None
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("{not json", "not valid JSON"),
-    ("[]", "expected a JSON object"),
-    ('{"tests": {}}', "unsupported baseline version None"),
-    ('{"version": 2, "tests": {}}', "newer pytest-dbleak"),
-    ('{"version": 1}', "'tests' must be an object"),
-    ('{"version": 1, "tests": {"t::x": {"checked_out": -1}}}', "non-negative integer"),
-    ('{"version": 1, "tests": {"t::x": {"checked_out": 1.5}}}', "non-negative integer"),
-    ('{"version": 1, "tests": {"t::x": {"checked_out": true}}}', "non-negative integer"),
-    ('{"version": 1, "tests": {"t::x": 3}}', "non-negative integer"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[]", "expected a JSON object"),
+        ('{"tests": {}}', "unsupported baseline version None"),
+        ('{"version": 2, "tests": {}}', "newer pytest-dbleak"),
+        ('{"version": 1}', "'tests' must be an object"),
+        ('{"version": 1, "tests": {"t::x": {"checked_out": -1}}}', "non-negative integer"),
+        ('{"version": 1, "tests": {"t::x": {"checked_out": 1.5}}}', "non-negative integer"),
+        ('{"version": 1, "tests": {"t::x": {"checked_out": true}}}', "non-negative integer"),
+        ('{"version": 1, "tests": {"t::x": 3}}', "non-negative integer"),
+    ],
+)
 def test_load_of_a_broken_file_raises_a_one_line_error(
     tmp_path: Path, text: str, message: str
 ) -> None:
@@ -238,12 +247,14 @@ def test_judging_ignores_the_allowance(base: bl.Baseline) -> None:
 
 # -- gone --------------------------------------------------------------------------------
 def test_gone_lists_shrunk_and_fixed_leaks_of_tests_that_ran(base: bl.Baseline) -> None:
-    gone = base.gone([
-        result("tests/a.py::test_pool", (CHECKED_OUT, 1)),  # 2 -> 1
-        result("tests/a.py::test_mixed"),  # fixed
-        result("tests/c.py::test_new", (CHECKED_OUT, 4)),  # not in the baseline
-        # tests/b.py::test_not_run did not run: not gone, just unknown
-    ])
+    gone = base.gone(
+        [
+            result("tests/a.py::test_pool", (CHECKED_OUT, 1)),  # 2 -> 1
+            result("tests/a.py::test_mixed"),  # fixed
+            result("tests/c.py::test_new", (CHECKED_OUT, 4)),  # not in the baseline
+            # tests/b.py::test_not_run did not run: not gone, just unknown
+        ]
+    )
     assert [(g.nodeid, g.fewer, g.fixed) for g in gone] == [
         ("tests/a.py::test_mixed", {CHECKED_OUT: 1, GC_RETURN: 1}, True),
         ("tests/a.py::test_pool", {CHECKED_OUT: 1}, False),
@@ -266,10 +277,12 @@ def test_nothing_is_gone_when_every_leak_is_still_there(base: bl.Baseline) -> No
 
 # -- summary -----------------------------------------------------------------------------
 def test_summary_line_as_in_the_docs() -> None:
-    base = bl.Baseline({
-        "tests/x.py::test_y": {CHECKED_OUT: 2},
-        **{f"tests/k.py::test_{i}": {CHECKED_OUT: 1} for i in range(3)},
-    })
+    base = bl.Baseline(
+        {
+            "tests/x.py::test_y": {CHECKED_OUT: 2},
+            **{f"tests/k.py::test_{i}": {CHECKED_OUT: 1} for i in range(3)},
+        }
+    )
     results = [result(f"tests/k.py::test_{i}", (CHECKED_OUT, 1)) for i in range(3)]
     results.append(result("tests/x.py::test_y"))
     assert base.summary(results) == (

@@ -32,11 +32,25 @@ def identity(text: str) -> str:
 
 def leak(kind: str = CHECKED_OUT, count: int = 1, what: str = "QueuePool connection") -> Leak:
     return Leak(
-        kind, count, what, Site("app/db.py", 42, "get_conn"),
+        kind,
+        count,
+        what,
+        Site("app/db.py", 42, "get_conn"),
         [Site("tests/test_app.py", 10, "test_x"), Site("app/db.py", 42, "get_conn")],
-        "Worker-1", [1234],
-        [{"id": 1234, "user": "dbleak_main", "host": "localhost:5555", "db": "dbleak_main",
-          "command": "Sleep", "time": 7, "state": "", "trx_started": "2025-01-02 03:04:05"}],
+        "Worker-1",
+        [1234],
+        [
+            {
+                "id": 1234,
+                "user": "dbleak_main",
+                "host": "localhost:5555",
+                "db": "dbleak_main",
+                "command": "Sleep",
+                "time": 7,
+                "state": "",
+                "trx_started": "2025-01-02 03:04:05",
+            }
+        ],
     )
 
 
@@ -115,8 +129,7 @@ def y_to_value(y: float, top: int) -> float:
 def mixed() -> list[CheckResult]:
     failed = CheckResult("tests/t.py::test_1", [leak()])
     known = CheckResult("tests/t.py::test_3", [leak(GC_RETURN)], known=True)
-    report_only = CheckResult("tests/t.py::test_5", [leak(SERVER_CONNECTION, 2)],
-                              report_only=True)
+    report_only = CheckResult("tests/t.py::test_5", [leak(SERVER_CONNECTION, 2)], report_only=True)
     allowed = CheckResult("tests/t.py::test_7", [leak()], allowed=1)
     return run(10, {1: failed, 3: known, 5: report_only, 7: allowed})
 
@@ -139,8 +152,16 @@ def test_report_is_one_self_contained_document(mixed: list[CheckResult]) -> None
 
 def test_every_text_is_escaped() -> None:
     evil = '<img src=x onerror="alert(1)">&"'
-    bad = Leak(CHECKED_OUT, 1, evil, Site(evil, 1, evil), [Site(evil, 2, evil)], evil, [],
-               [{"id": 1, "user": evil, "host": evil, "command": evil, "state": evil}])
+    bad = Leak(
+        CHECKED_OUT,
+        1,
+        evil,
+        Site(evil, 1, evil),
+        [Site(evil, 2, evil)],
+        evil,
+        [],
+        [{"id": 1, "user": evil, "host": evil, "command": evil, "state": evil}],
+    )
     results = [CheckResult(f"tests/t.py::test[{evil}]", [bad])]
     text = hr.render(results, {results[0].nodeid: evil}, {"note": evil}, identity)
     assert "<img" not in text
@@ -159,8 +180,10 @@ def test_secrets_are_redacted_even_with_html_special_characters(
     mixed[1].leaks[0].what = f"engine for mysql+pymysql://u:{SECRET}@db/x"
     mixed[1].leaks[0].processlist[0]["host"] = f"host-{SECRET}"
     mixed[1].nodeid = f"tests/t.py::test_url[{SECRET}]"
-    meta = {"server": {"backend": "url", "host": "db", "port": 3306, "version": "8.4"},
-            "url": f"mysql://root:{SECRET}@db:3306"}
+    meta = {
+        "server": {"backend": "url", "host": "db", "port": 3306, "version": "8.4"},
+        "url": f"mysql://root:{SECRET}@db:3306",
+    }
     text = hr.render(mixed, {}, meta, Redactor([SECRET]))
     assert SECRET not in text
     assert "s3cr3t" not in text  # not even the escaped form s3cr3t&amp;&lt;pw&gt;
@@ -180,8 +203,12 @@ def test_the_whole_output_goes_through_redact(mixed: list[CheckResult]) -> None:
 
 
 def test_password_keys_in_meta_never_reach_the_page() -> None:
-    meta = {"password": "plain-pw", "server": {"host": "h", "password": "srv-pw"},
-            "settings": {"allow": 0, "db_passwd": "set-pw"}, "secret_token": "tok-pw"}
+    meta = {
+        "password": "plain-pw",
+        "server": {"host": "h", "password": "srv-pw"},
+        "settings": {"allow": 0, "db_passwd": "set-pw"},
+        "secret_token": "tok-pw",
+    }
     text = hr.render([], {}, meta, identity)
     for secret in ("plain-pw", "srv-pw", "set-pw", "tok-pw"):
         assert secret not in text
@@ -189,23 +216,39 @@ def test_password_keys_in_meta_never_reach_the_page() -> None:
 
 # -- header --------------------------------------------------------------------------------
 def test_summary_header_totals_and_server(mixed: list[CheckResult]) -> None:
-    meta = {"tool": "pytest-dbleak",
-            "server": {"backend": "process", "host": "127.0.0.1", "port": 33061,
-                       "version": "11.8.3-MariaDB"},
-            "settings": {"allow": 0, "report_only": False}}
+    meta = {
+        "tool": "pytest-dbleak",
+        "server": {
+            "backend": "process",
+            "host": "127.0.0.1",
+            "port": 33061,
+            "version": "11.8.3-MariaDB",
+        },
+        "settings": {"allow": 0, "report_only": False},
+    }
     outcomes = {r.nodeid: "passed" for r in mixed} | {"tests/t.py::test_1": "failed"}
     doc = parse(hr.render(mixed, outcomes, meta, identity))
-    stats = {e.attrs["data-stat"]: "".join(doc.elements[doc.elements.index(e) + 1].text)
-             for e in doc.find("div", "card")}
+    stats = {
+        e.attrs["data-stat"]: "".join(doc.elements[doc.elements.index(e) + 1].text)
+        for e in doc.find("div", "card")
+    }
     assert stats == {
-        "tests-checked": "10", "leaking-tests": "4", "failed-by-a-leak": "1", "known": "1",
-        "reported-only": "1", "within-allowance": "1", "connections-leaked": "5",
+        "tests-checked": "10",
+        "leaking-tests": "4",
+        "failed-by-a-leak": "1",
+        "known": "1",
+        "reported-only": "1",
+        "within-allowance": "1",
+        "connections-leaked": "5",
         "peak-server-connections": "4",
     }
-    facts = dict(zip(
-        ("".join(e.text) for e in doc.find("dt")), ("".join(e.text) for e in doc.find("dd")),
-        strict=False,
-    ))
+    facts = dict(
+        zip(
+            ("".join(e.text) for e in doc.find("dt")),
+            ("".join(e.text) for e in doc.find("dd")),
+            strict=False,
+        )
+    )
     assert facts["server"] == "process · 127.0.0.1:33061 · 11.8.3-MariaDB"
     assert facts["pytest outcomes"] == "1 failed, 9 passed"
     assert facts["settings"] == "allow=0, report_only=False"
@@ -243,7 +286,10 @@ def test_leaking_tests_are_marked_by_status(mixed: list[CheckResult]) -> None:
     doc = parse(hr.render(mixed, {}, {}, identity))
     markers = doc.find("a", "leak-marker")
     assert [(m.attrs["data-index"], m.classes - {"leak-marker"}) for m in markers] == [
-        ("2", {"failed"}), ("4", {"known"}), ("6", {"report-only"}), ("8", {"allowed"}),
+        ("2", {"failed"}),
+        ("4", {"known"}),
+        ("6", {"report-only"}),
+        ("8", {"allowed"}),
     ]
     titles = [e for e in doc.find("title") if "test_1" in "".join(e.text)]
     assert "failed the test: 1 connection leaked (1 checked_out) at app/db.py:42" in (
@@ -267,11 +313,21 @@ def test_details_hold_the_whole_attribution(mixed: list[CheckResult]) -> None:
     outcomes = {"tests/t.py::test_1": "failed"}
     text = hr.render(mixed, outcomes, {}, identity)
     doc = parse(text)
-    body = text[text.index('id="leak-2"'):text.index('id="leak-4"')]
+    body = text[text.index('id="leak-2"') : text.index('id="leak-4"')]
     for expected in (
-        "checked_out</span> &times; 1", "QueuePool connection", "app/db.py:42", "get_conn",
-        "tests/test_app.py:10", "Worker-1", "1234", "dbleak_main", "localhost:5555", "Sleep",
-        "2025-01-02 03:04:05", "pytest outcome: failed", "server connections 0 → 4",
+        "checked_out</span> &times; 1",
+        "QueuePool connection",
+        "app/db.py:42",
+        "get_conn",
+        "tests/test_app.py:10",
+        "Worker-1",
+        "1234",
+        "dbleak_main",
+        "localhost:5555",
+        "Sleep",
+        "2025-01-02 03:04:05",
+        "pytest outcome: failed",
+        "server connections 0 → 4",
     ):
         assert expected in body, expected
     headers = ["".join(th.text) for th in doc.find("th")[:8]]
@@ -279,23 +335,30 @@ def test_details_hold_the_whole_attribution(mixed: list[CheckResult]) -> None:
 
 
 def test_headline_counts_connections_not_leak_entries() -> None:
-    r = CheckResult("t::x", [leak(SERVER_CONNECTION, 2), leak(CHECKED_OUT, 1),
-                             leak(CHECKED_OUT, 3)], runs=100, stress="dbleak_http_load")
+    r = CheckResult(
+        "t::x",
+        [leak(SERVER_CONNECTION, 2), leak(CHECKED_OUT, 1), leak(CHECKED_OUT, 3)],
+        runs=100,
+        stress="dbleak_http_load",
+    )
     assert hr._headline(r) == (
         "6 connections leaked over 100 runs (1 in 17) (4 checked_out, 2 server_connection) "
         "at app/db.py:42"
     )
 
 
-@pytest.mark.parametrize(("result", "expected"), [
-    (CheckResult("t"), hr.CLEAN),
-    (CheckResult("t", [leak()]), hr.FAILED),
-    (CheckResult("t", [leak()], known=True), hr.KNOWN),
-    (CheckResult("t", [leak()], report_only=True), hr.REPORT_ONLY),
-    (CheckResult("t", [leak()], known=True, report_only=True), hr.KNOWN),
-    (CheckResult("t", [leak()], allowed=1), hr.ALLOWED),
-    (CheckResult("t", [leak(count=2)], allowed=1), hr.FAILED),
-])
+@pytest.mark.parametrize(
+    ("result", "expected"),
+    [
+        (CheckResult("t"), hr.CLEAN),
+        (CheckResult("t", [leak()]), hr.FAILED),
+        (CheckResult("t", [leak()], known=True), hr.KNOWN),
+        (CheckResult("t", [leak()], report_only=True), hr.REPORT_ONLY),
+        (CheckResult("t", [leak()], known=True, report_only=True), hr.KNOWN),
+        (CheckResult("t", [leak()], allowed=1), hr.ALLOWED),
+        (CheckResult("t", [leak(count=2)], allowed=1), hr.FAILED),
+    ],
+)
 def test_status(result: CheckResult, expected: str) -> None:
     assert hr.status(result) == expected
 
@@ -314,15 +377,18 @@ def test_one_test_spans_the_whole_axis() -> None:
     r = CheckResult("t::only", [leak()], after=Counts(2, 2, 1))
     doc = parse(hr.render([r], {}, {}, identity))
     [server] = doc.find("polyline", "series-server")
-    assert points(server) == [(hr.LEFT, pytest.approx(hr.TOP + 0.0)),
-                              (hr.LEFT + hr.PLOT_W, pytest.approx(hr.TOP + 0.0))]
+    assert points(server) == [
+        (hr.LEFT, pytest.approx(hr.TOP + 0.0)),
+        (hr.LEFT + hr.PLOT_W, pytest.approx(hr.TOP + 0.0)),
+    ]
     [marker] = doc.find("a", "leak-marker")
     assert marker.attrs["href"] == "#leak-1"
 
 
 def test_twenty_thousand_tests_stay_small_and_keep_spikes() -> None:
-    results = [CheckResult(f"tests/t.py::test_{i}", after=Counts(3 + i % 3, 0, 0))
-               for i in range(20_000)]
+    results = [
+        CheckResult(f"tests/t.py::test_{i}", after=Counts(3 + i % 3, 0, 0)) for i in range(20_000)
+    ]
     results[12_345].after.server_connections = 40  # a one-test spike among 16 per column
     results[12_345].leaks = [leak()]
     results[19_999].leaks = [leak()]
@@ -341,21 +407,32 @@ def test_twenty_thousand_tests_stay_small_and_keep_spikes() -> None:
 
 def test_simplify_drops_only_points_inside_straight_runs() -> None:
     assert hr._simplify([(0, 5), (1, 5), (2, 5), (2, 5), (2, 9), (2, 1), (2, 7), (3, 7)]) == [
-        (0, 5), (2, 5), (2, 9), (2, 1), (2, 7), (3, 7),
+        (0, 5),
+        (2, 5),
+        (2, 9),
+        (2, 1),
+        (2, 7),
+        (3, 7),
     ]
 
 
-@pytest.mark.parametrize(("span", "ticks", "step"), [
-    (1, 5, 1), (5, 5, 1), (6, 5, 2), (11, 5, 5), (40, 8, 5), (20_000, 8, 5_000),
-])
+@pytest.mark.parametrize(
+    ("span", "ticks", "step"),
+    [
+        (1, 5, 1),
+        (5, 5, 1),
+        (6, 5, 2),
+        (11, 5, 5),
+        (40, 8, 5),
+        (20_000, 8, 5_000),
+    ],
+)
 def test_nice_step(span: int, ticks: int, step: int) -> None:
     assert hr._nice_step(span, ticks) == step
 
 
 # -- write ---------------------------------------------------------------------------------
-def test_write_is_atomic_and_creates_directories(
-    tmp_path: Path, mixed: list[CheckResult]
-) -> None:
+def test_write_is_atomic_and_creates_directories(tmp_path: Path, mixed: list[CheckResult]) -> None:
     path = tmp_path / "out" / "report.html"
     written = hr.write(path, mixed, {}, {}, identity)
     assert written == path
@@ -393,7 +470,9 @@ def test_the_header_counts_checked_tests_and_only_leak_failures(mixed: list[Chec
     over_limit = [r.nodeid for r in mixed if hr.status(r) == hr.FAILED]
     outcomes = {r.nodeid: "passed" for r in mixed} | {mixed[0].nodeid: "skipped"}
     doc = parse(hr.render(mixed, outcomes, {}, identity, leak_failed=over_limit[1:]))
-    stats = {e.attrs["data-stat"]: "".join(doc.elements[doc.elements.index(e) + 1].text)
-             for e in doc.find("div", "card")}
+    stats = {
+        e.attrs["data-stat"]: "".join(doc.elements[doc.elements.index(e) + 1].text)
+        for e in doc.find("div", "card")
+    }
     assert stats["tests-checked"] == str(len(mixed) - 1)
     assert stats["failed-by-a-leak"] == str(len(over_limit) - 1)

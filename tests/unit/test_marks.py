@@ -23,29 +23,54 @@ def test_dbleak_takes_allow_and_settle() -> None:
 @pytest.mark.parametrize(
     ("args", "kwargs", "message"),
     [
-        pytest.param((), {"alow": 1},
-                     "@pytest.mark.dbleak: got an unexpected keyword argument 'alow'; did you "
-                     "mean 'allow'?", id="typo"),
-        pytest.param((1,), {}, "@pytest.mark.dbleak: takes 0 positional arguments but 1 was given",
-                     id="positional"),
-        pytest.param((), {"allow": -1},
-                     "@pytest.mark.dbleak: allow must be a whole number >= 0, got -1",
-                     id="negative_allow"),
-        pytest.param((), {"allow": 1.5},
-                     "@pytest.mark.dbleak: allow must be a whole number >= 0, got 1.5",
-                     id="fractional_allow"),
-        pytest.param((), {"allow": True},
-                     "@pytest.mark.dbleak: allow must be a whole number >= 0, got True",
-                     id="boolean_allow"),
-        pytest.param((), {"allow": "1"},
-                     "@pytest.mark.dbleak: allow must be a whole number >= 0, got '1'",
-                     id="string_allow"),
-        pytest.param((), {"settle": -0.1},
-                     "@pytest.mark.dbleak: settle must be a number of seconds >= 0, got -0.1",
-                     id="negative_settle"),
-        pytest.param((), {"settle": float("nan")},
-                     "@pytest.mark.dbleak: settle must be a number of seconds >= 0, got nan",
-                     id="nan_settle"),
+        pytest.param(
+            (),
+            {"alow": 1},
+            "@pytest.mark.dbleak: got an unexpected keyword argument 'alow'; did you mean 'allow'?",
+            id="typo",
+        ),
+        pytest.param(
+            (1,),
+            {},
+            "@pytest.mark.dbleak: takes 0 positional arguments but 1 was given",
+            id="positional",
+        ),
+        pytest.param(
+            (),
+            {"allow": -1},
+            "@pytest.mark.dbleak: allow must be a whole number >= 0, got -1",
+            id="negative_allow",
+        ),
+        pytest.param(
+            (),
+            {"allow": 1.5},
+            "@pytest.mark.dbleak: allow must be a whole number >= 0, got 1.5",
+            id="fractional_allow",
+        ),
+        pytest.param(
+            (),
+            {"allow": True},
+            "@pytest.mark.dbleak: allow must be a whole number >= 0, got True",
+            id="boolean_allow",
+        ),
+        pytest.param(
+            (),
+            {"allow": "1"},
+            "@pytest.mark.dbleak: allow must be a whole number >= 0, got '1'",
+            id="string_allow",
+        ),
+        pytest.param(
+            (),
+            {"settle": -0.1},
+            "@pytest.mark.dbleak: settle must be a number of seconds >= 0, got -0.1",
+            id="negative_settle",
+        ),
+        pytest.param(
+            (),
+            {"settle": float("nan")},
+            "@pytest.mark.dbleak: settle must be a number of seconds >= 0, got nan",
+            id="nan_settle",
+        ),
     ],
 )
 def test_a_mistake_in_the_dbleak_marker_is_one_line_that_names_it(args, kwargs, message) -> None:
@@ -64,14 +89,22 @@ def test_no_dbleak_takes_no_arguments() -> None:
 @pytest.mark.parametrize("name", sorted(marks.MARKERS))
 def test_every_marker_can_be_used_without_arguments_and_refuses_a_typo(name: str) -> None:
     marks.validate(name, (), {})
-    with pytest.raises(DbleakError, match=rf"^@pytest.mark.{name}: got an unexpected keyword "
-                                          r"argument 'typo'$"):
+    with pytest.raises(
+        DbleakError,
+        match=rf"^@pytest.mark.{name}: got an unexpected keyword "
+        r"argument 'typo'$",
+    ):
         marks.validate(name, (), {"typo": 1})
 
 
 def test_every_marker_is_documented_with_its_signature() -> None:
-    assert set(marks.MARKERS) == {"dbleak", "no_dbleak", "dbleak_jobs", "dbleak_socket_churn",
-                                  "dbleak_http_load"}
+    assert set(marks.MARKERS) == {
+        "dbleak",
+        "no_dbleak",
+        "dbleak_jobs",
+        "dbleak_socket_churn",
+        "dbleak_http_load",
+    }
     assert marks.marker_line("dbleak").startswith("dbleak(allow=None, settle=None): Tune ")
     assert marks.marker_line("no_dbleak") == "no_dbleak(): Skip the leak check for this test."
 
@@ -81,12 +114,15 @@ def test_an_infinite_settle_in_the_marker_is_refused() -> None:
         marks.validate("dbleak", (), {"settle": float("inf")})
 
 
-@pytest.mark.parametrize(("marker", "kwargs", "suggestion"), [
-    ("dbleak", {"setle": 1}, "settle"),
-    ("dbleak_jobs", {"thread": 2}, "threads"),
-    ("dbleak_socket_churn", {"concurency": 2}, "concurrency"),
-    ("dbleak_http_load", {"request": 2}, "requests"),
-])
+@pytest.mark.parametrize(
+    ("marker", "kwargs", "suggestion"),
+    [
+        ("dbleak", {"setle": 1}, "settle"),
+        ("dbleak_jobs", {"thread": 2}, "threads"),
+        ("dbleak_socket_churn", {"concurency": 2}, "concurrency"),
+        ("dbleak_http_load", {"request": 2}, "requests"),
+    ],
+)
 def test_a_near_miss_keyword_gets_a_suggestion(marker, kwargs, suggestion) -> None:
     with pytest.raises(DbleakError) as error:
         marks.validate(marker, (), kwargs)

@@ -13,8 +13,10 @@ from pytest_dbleak.probe import Endpoint
     ("url", "masked"),
     [
         ("mysql://root:hunter22@127.0.0.1:3306", "mysql://root:***@127.0.0.1:3306"),
-        ("mysql+pymysql://u:p4ss:word@h/db?charset=utf8mb4",
-         "mysql+pymysql://u:***@h/db?charset=utf8mb4"),
+        (
+            "mysql+pymysql://u:p4ss:word@h/db?charset=utf8mb4",
+            "mysql+pymysql://u:***@h/db?charset=utf8mb4",
+        ),
         ("mariadb://:only-a-password@h", "mariadb://:***@h"),
         ("MYSQL://Admin:Secret@Host", "MYSQL://Admin:***@Host"),
     ],
@@ -25,8 +27,12 @@ def test_a_url_password_is_masked(url: str, masked: str) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["mysql://root@127.0.0.1:3306", "mysql://127.0.0.1:3306/db", "see host:3306 @ noon",
-     "user@example.org"],
+    [
+        "mysql://root@127.0.0.1:3306",
+        "mysql://127.0.0.1:3306/db",
+        "see host:3306 @ noon",
+        "user@example.org",
+    ],
 )
 def test_text_without_a_url_password_is_left_alone(text: str) -> None:
     assert mask_url(text) == text
@@ -44,7 +50,8 @@ def test_known_secrets_are_masked_wherever_they_appear() -> None:
     redact.add(None)
     redact.add("")
     assert redact("password 0123456789abcdef, again:0123456789abcdef") == (
-        "password ***, again:***")
+        "password ***, again:***"
+    )
 
 
 def test_a_longer_secret_is_masked_before_a_shorter_one_inside_it() -> None:
@@ -61,21 +68,29 @@ def test_a_very_short_secret_is_not_masked_so_ordinary_words_survive() -> None:
 
 
 def test_server_info_repr_hides_the_admin_url() -> None:
-    info = ServerInfo("url", "127.0.0.1", 3306, None, "10.11.19-MariaDB",
-                      admin_url="mysql+pymysql://root:topsecret99@127.0.0.1:3306")
+    info = ServerInfo(
+        "url",
+        "127.0.0.1",
+        3306,
+        None,
+        "10.11.19-MariaDB",
+        admin_url="mysql+pymysql://root:topsecret99@127.0.0.1:3306",
+    )
     assert "topsecret99" not in repr(info)
     assert "admin_url" not in repr(info)
-    assert repr(info) == ("ServerInfo(backend='url', host='127.0.0.1', port=3306, "
-                          "socket=None, version='10.11.19-MariaDB')")
+    assert repr(info) == (
+        "ServerInfo(backend='url', host='127.0.0.1', port=3306, "
+        "socket=None, version='10.11.19-MariaDB')"
+    )
     assert info.is_mariadb
 
 
 def test_a_refused_login_names_host_and_port_but_not_the_password() -> None:
-    server = RunningServer("url", Endpoint("db.example", 3307, "root", "topsecret99"),
-                           owned=False)
+    server = RunningServer("url", Endpoint("db.example", 3307, "root", "topsecret99"), owned=False)
     message = str(connect_error(server, Exception(1045, "Access denied for user 'root'")))
-    assert message == ("MySQL server at db.example:3307 refused the login (wrong user or "
-                       "password) [url backend]")
+    assert message == (
+        "MySQL server at db.example:3307 refused the login (wrong user or password) [url backend]"
+    )
     unreachable = str(connect_error(server, Exception(2003, "Can't connect")))
     assert unreachable == "MySQL server at db.example:3307 cannot be reached [url backend]"
 
@@ -100,7 +115,8 @@ def test_a_missing_module_of_an_extra_names_the_extra_and_the_top_level_module()
     exc = ModuleNotFoundError("No module named 'werkzeug.serving'", name="werkzeug.serving")
     assert missing_extra(exc, "stress", "dbleak_http_load") == (
         "dbleak_http_load needs the stress extra: pip install 'pytest-dbleak[stress]' "
-        "(no module named 'werkzeug')")
+        "(no module named 'werkzeug')"
+    )
     # Anything else stays the error it is.
     other = ModuleNotFoundError("No module named 'myapp'", name="myapp")
     assert missing_extra(other, "stress", "dbleak_http_load") is None

@@ -18,15 +18,21 @@ def test_nothing_given_yields_the_documented_defaults() -> None:
     s = settings()
     assert s == Settings()
     assert (s.enabled, s.backend, s.settle_timeout, s.allow, s.report) == (
-        False, "auto", 1.0, 0, None)
+        False,
+        "auto",
+        1.0,
+        0,
+        None,
+    )
     assert s.startup_timeout == 30.0
     assert s.image == "mysql:8.4"
 
 
 def test_every_option_has_a_flag_an_ini_key_and_an_environment_variable() -> None:
     for spec in OPTIONS:
-        assert spec.flag == "--" + ("dbleak" if spec.name == "enabled"
-                                    else "dbleak-" + spec.name.replace("_", "-"))
+        assert spec.flag == "--" + (
+            "dbleak" if spec.name == "enabled" else "dbleak-" + spec.name.replace("_", "-")
+        )
         assert spec.ini == f"dbleak_{spec.name}"
         assert spec.env == f"DBLEAK_{spec.name.upper()}"
 
@@ -37,10 +43,14 @@ def test_every_option_has_a_flag_an_ini_key_and_an_environment_variable() -> Non
         pytest.param({}, {}, {}, 0, id="default"),
         pytest.param({}, {}, {"dbleak_allow": "3"}, 3, id="ini"),
         pytest.param({}, {"DBLEAK_ALLOW": "2"}, {"dbleak_allow": "3"}, 2, id="env_over_ini"),
-        pytest.param({"dbleak_allow": "1"}, {"DBLEAK_ALLOW": "2"}, {"dbleak_allow": "3"}, 1,
-                     id="cli_over_env"),
-        pytest.param({"dbleak_allow": "0"}, {"DBLEAK_ALLOW": "2"}, {}, 0,
-                     id="cli_zero_still_wins"),
+        pytest.param(
+            {"dbleak_allow": "1"},
+            {"DBLEAK_ALLOW": "2"},
+            {"dbleak_allow": "3"},
+            1,
+            id="cli_over_env",
+        ),
+        pytest.param({"dbleak_allow": "0"}, {"DBLEAK_ALLOW": "2"}, {}, 0, id="cli_zero_still_wins"),
     ],
 )
 def test_each_setting_comes_from_the_first_source_that_sets_it(cli, env, ini, expected) -> None:
@@ -48,8 +58,10 @@ def test_each_setting_comes_from_the_first_source_that_sets_it(cli, env, ini, ex
 
 
 def test_an_empty_environment_variable_or_ini_value_falls_through() -> None:
-    s = settings(env={"DBLEAK_ALLOW": "", "DBLEAK_REPORT": ""},
-                 ini={"dbleak_allow": "", "dbleak_report": None})
+    s = settings(
+        env={"DBLEAK_ALLOW": "", "DBLEAK_REPORT": ""},
+        ini={"dbleak_allow": "", "dbleak_report": None},
+    )
     assert (s.allow, s.report) == (0, None)
     assert settings(env={"DBLEAK_ALLOW": ""}, ini={"dbleak_allow": "4"}).allow == 4
 
@@ -74,8 +86,14 @@ def test_the_cli_flag_is_a_boolean() -> None:
 
 
 def test_values_are_parsed_to_their_types() -> None:
-    s = settings(env={"DBLEAK_SETTLE_TIMEOUT": "0.25", "DBLEAK_BACKEND": " URL ",
-                      "DBLEAK_MYSQL_URL": " mysql://root@h:1 ", "DBLEAK_STARTUP_TIMEOUT": "0.5"})
+    s = settings(
+        env={
+            "DBLEAK_SETTLE_TIMEOUT": "0.25",
+            "DBLEAK_BACKEND": " URL ",
+            "DBLEAK_MYSQL_URL": " mysql://root@h:1 ",
+            "DBLEAK_STARTUP_TIMEOUT": "0.5",
+        }
+    )
     assert s.settle_timeout == 0.25
     assert isinstance(s.settle_timeout, float)
     assert s.backend == "url"
@@ -86,16 +104,21 @@ def test_values_are_parsed_to_their_types() -> None:
 @pytest.mark.parametrize(
     ("source", "value", "message"),
     [
-        ("cli", "bogus", "--dbleak-backend: unknown backend 'bogus'; choose one of auto, "
-                         "process, docker, url"),
+        (
+            "cli",
+            "bogus",
+            "--dbleak-backend: unknown backend 'bogus'; choose one of auto, process, docker, url",
+        ),
         ("env", "bogus", "environment variable DBLEAK_BACKEND: unknown backend 'bogus'"),
         ("ini", "bogus", "ini option dbleak_backend: unknown backend 'bogus'"),
     ],
 )
 def test_a_bad_value_names_the_source_that_gave_it(source: str, value: str, message: str) -> None:
-    given = {"cli": ({"dbleak_backend": value}, {}, {}),
-             "env": ({}, {"DBLEAK_BACKEND": value}, {}),
-             "ini": ({}, {}, {"dbleak_backend": value})}[source]
+    given = {
+        "cli": ({"dbleak_backend": value}, {}, {}),
+        "env": ({}, {"DBLEAK_BACKEND": value}, {}),
+        "ini": ({}, {}, {"dbleak_backend": value}),
+    }[source]
     with pytest.raises(DbleakError) as error:
         settings(*given)
     assert str(error.value).startswith(message)
@@ -126,8 +149,11 @@ def test_a_value_out_of_range_or_of_the_wrong_type_is_refused_with_its_valid_ran
 
 def test_every_numeric_option_is_refused_the_same_way_from_the_command_line() -> None:
     for spec in OPTIONS:
-        if spec.default is not None and isinstance(spec.default, (int, float)) and not (
-                spec.is_flag):
+        if (
+            spec.default is not None
+            and isinstance(spec.default, (int, float))
+            and not (spec.is_flag)
+        ):
             with pytest.raises(DbleakError) as err:
                 settings(cli={spec.dest: "abc"})
             assert str(err.value).startswith(f"{spec.flag}: expected a ")
@@ -136,11 +162,18 @@ def test_every_numeric_option_is_refused_the_same_way_from_the_command_line() ->
 
 def test_a_cli_false_switches_the_check_off_over_the_environment_and_the_ini_file() -> None:
     # What --no-dbleak stores.
-    assert settings(cli={"dbleak": False}, env={"DBLEAK_ENABLED": "1"},
-                    ini={"dbleak_enabled": "true"}).enabled is False
+    assert (
+        settings(
+            cli={"dbleak": False}, env={"DBLEAK_ENABLED": "1"}, ini={"dbleak_enabled": "true"}
+        ).enabled
+        is False
+    )
     flags = [spec for spec in OPTIONS if spec.is_flag]
     assert [spec.negative for spec in flags] == [
-        "--no-dbleak", "--no-dbleak-report-only", "--no-dbleak-reclaim"]
+        "--no-dbleak",
+        "--no-dbleak-report-only",
+        "--no-dbleak-reclaim",
+    ]
 
 
 def test_the_template_cache_follows_the_cache_dir_then_xdg(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,8 +18,13 @@ def report(when: str, outcome: str = "passed", **extra: Any) -> pytest.TestRepor
 
 
 def leaky(allowed: int = 0, **flags: Any) -> CheckResult:
-    leak = Leak(CHECKED_OUT, 1, "server connection 7 of QueuePool checked out",
-                site=Site("t.py", 9, "test_x"), stack=[Site("t.py", 9, "test_x")])
+    leak = Leak(
+        CHECKED_OUT,
+        1,
+        "server connection 7 of QueuePool checked out",
+        site=Site("t.py", 9, "test_x"),
+        stack=[Site("t.py", 9, "test_x")],
+    )
     return CheckResult("t.py::test_x", [leak], allowed=allowed, **flags)
 
 
@@ -76,8 +81,9 @@ def test_a_note_leads_the_failure_text() -> None:
 class TestDeferredStatus:
     """A passing call of a checked test is shown by its teardown report."""
 
-    def status(self, deferred: verdict.DeferredStatus, rep: pytest.TestReport,
-               pytestconfig: pytest.Config) -> Any:
+    def status(
+        self, deferred: verdict.DeferredStatus, rep: pytest.TestReport, pytestconfig: pytest.Config
+    ) -> Any:
         return deferred.status(rep, pytestconfig)
 
     def test_a_passing_call_is_hidden_and_its_status_shown_at_teardown(
