@@ -5,7 +5,7 @@
 Measures, on this machine, interleaved (docker, process, then process, docker, ...):
 
 * in-process: ``backends.start_docker`` (image check, container create + start through
-  testcontainers, a real login on 127.0.0.1) and ``backends.start_process`` (copy the
+  testcontainers, a real login on 127.0.0.1) and ``embedded.start_process`` (copy the
   template, start mariadbd, a real login), each followed by ``stop()``; for docker the
   time from ``docker start`` returning to the first login is split out by wrapping the
   login wait (bench only);
@@ -57,12 +57,12 @@ def main() -> int:
     os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "true"
 
     sys.path.insert(0, str(c.REPO))
-    from pytest_dbleak import backends, containers
+    from pytest_dbleak import backends, containers, embedded
 
     if not containers.docker_available():
         print("no Docker daemon answers (set DOCKER_HOST or --docker-host)", file=sys.stderr)
         return 2
-    binary = backends.find_mysqld(None)
+    binary = embedded.find_mysqld(None)
     if binary is None:
         print("mariadbd not found", file=sys.stderr)
         return 2
@@ -71,7 +71,7 @@ def main() -> int:
     deadline = c.Deadline(args.budget)
     work = c.Workdir("container-start")
     cache = work.path / "cache"
-    backends.ensure_template(binary, cache)
+    embedded.ensure_template(binary, cache)
     project = work.path / "project"
     project.mkdir()
     (project / "pytest.ini").write_text("[pytest]\n")
@@ -93,7 +93,7 @@ def main() -> int:
         return backends.start_docker(args.image, args.timeout)
 
     def start_process() -> backends.RunningServer:
-        return backends.start_process(binary, cache, args.timeout)
+        return embedded.start_process(binary, cache, args.timeout)
 
     starts = {"docker": start_docker, "process": start_process}
     sessions = {

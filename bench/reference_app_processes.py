@@ -279,7 +279,7 @@ def main() -> int:
         print("needs mariadbd and ab (apt-get install apache2-utils)", file=sys.stderr)
         return 2
 
-    from pytest_dbleak.backends import start_process
+    from pytest_dbleak.embedded import start_process
     from pytest_dbleak.settings import Settings
     from reference_app import shutdown_app
 

@@ -8,7 +8,7 @@ Measures, on this machine:
   ``SELECT 1``: through ``dbleak_mysql_url`` (``--dbleak --dbleak-backend=process``, warm
   template cache) and through pytest-mysql's ``mysql_proc``/``mysql`` fixtures (MariaDB
   via its ini options), plus a no-database baseline; N runs each, interleaved; medians;
-* the server's share for our plugin: ``pytest_dbleak.backends.start_process`` called
+* the server's share for our plugin: ``pytest_dbleak.embedded.start_process`` called
   in-process N times (copy the template, start mariadbd, wait for a real login), and the
   same with two candidate fixes applied by monkeypatching (labelled "what-if");
 * the template's one-time cost: sessions with an empty ``--dbleak-cache-dir`` (one per
@@ -136,12 +136,12 @@ import types
 
 import pymysql
 
-from pytest_dbleak import backends
+from pytest_dbleak import embedded
 
-backends.pymysql = types.SimpleNamespace(
+embedded.pymysql = types.SimpleNamespace(
     connect=functools.partial(pymysql.connect, ssl_disabled=True), err=pymysql.err
 )
-backends._FAST_FLAGS = (*backends._FAST_FLAGS, "--innodb-temp-data-file-path=ibtmp1:1M:autoextend")
+embedded._FAST_FLAGS = (*embedded._FAST_FLAGS, "--innodb-temp-data-file-path=ibtmp1:1M:autoextend")
 """
 SMALL_IBTMP = "--innodb-temp-data-file-path=ibtmp1:1M:autoextend"
 
@@ -478,9 +478,9 @@ def server_share(
 ) -> list[tuple[str, str, str, int]]:
     import pymysql
 
-    from pytest_dbleak import backends
+    from pytest_dbleak import embedded
 
-    binary = backends.find_mysqld(None)
+    binary = embedded.find_mysqld(None)
     shm = None
     if what_if and Path("/dev/shm").is_dir():
         shm = work.extra_root("/dev/shm", "server-start")
@@ -492,21 +492,21 @@ def server_share(
     def patched(tmp: Path, ssl_off: bool | str):
         # The plugin now imports PyMySQL inside the function and disables SSL on the
         # readiness login itself: the ssl what-if is kept only for older versions.
-        old_tmp, old_flags = tempfile.tempdir, backends._FAST_FLAGS
-        old_mod = getattr(backends, "pymysql", None)
+        old_tmp, old_flags = tempfile.tempdir, embedded._FAST_FLAGS
+        old_mod = getattr(embedded, "pymysql", None)
         old_env = os.environ["TMPDIR"]
         tempfile.tempdir = os.environ["TMPDIR"] = str(tmp)
         if ssl_off and old_mod is not None:
-            backends.pymysql = no_ssl  # type: ignore[attr-defined]
+            embedded.pymysql = no_ssl  # type: ignore[attr-defined]
         if ssl_off == "ibtmp":
-            backends._FAST_FLAGS = (*old_flags, SMALL_IBTMP)
+            embedded._FAST_FLAGS = (*old_flags, SMALL_IBTMP)
         try:
             yield
         finally:
             tempfile.tempdir = old_tmp
             if old_mod is not None:
-                backends.pymysql = old_mod  # type: ignore[attr-defined]
-            backends._FAST_FLAGS, os.environ["TMPDIR"] = old_flags, old_env
+                embedded.pymysql = old_mod  # type: ignore[attr-defined]
+            embedded._FAST_FLAGS, os.environ["TMPDIR"] = old_flags, old_env
 
     variants = {
         "start_process (shipped): copy template + start + first login + secure": (work.tmp, False)
@@ -524,8 +524,8 @@ def server_share(
             with patched(tmp, ssl_off):
                 t0 = time.perf_counter()
                 try:
-                    server = backends.start_process(binary, cache, 60)
-                except backends.DbleakError as exc:
+                    server = embedded.start_process(binary, cache, 60)
+                except embedded.DbleakError as exc:
                     failures.setdefault(name, []).append(str(exc)[:200])
                     continue
                 t1 = time.perf_counter()
@@ -559,17 +559,17 @@ def template_cost(
     work: c.Workdir, runs: int, deadline: c.Deadline, failures: dict[str, list[str]]
 ) -> list[tuple[str, str, int]]:
 
-    from pytest_dbleak import backends
+    from pytest_dbleak import embedded
 
-    binary = backends.find_mysqld(None)
+    binary = embedded.find_mysqld(None)
     times = []
     for i in range(runs):
         cache = work.path / f"cache-template-{i}"
         t0 = time.perf_counter()
         try:
-            backends.ensure_template(binary, cache)
+            embedded.ensure_template(binary, cache)
             times.append(time.perf_counter() - t0)
-        except backends.DbleakError as exc:
+        except embedded.DbleakError as exc:
             failures.setdefault("ensure_template (in-process)", []).append(str(exc)[:200])
         shutil.rmtree(cache, ignore_errors=True)
         c.sample_load()

@@ -1,0 +1,330 @@
+"""The process backend: mariadbd (or mysqld) started from a cached template datadir.
+
+No pytest import. The template is initialised once per binary; each session copies it
+(to /dev/shm where it can), starts the server under a reaper that outlives SIGKILL, and
+waits for a real login.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import DbleakError
+from .probe import Endpoint
+from .servers import Launch, RunningServer
+from .signals import keep_out_of_forks
+
+log = logging.getLogger(__name__)
+
+_SEARCH_PATH = ("/usr/sbin", "/usr/local/sbin", "/usr/local/mysql/bin", "/opt/mysql/bin")
+ADMIN_USER = "dbleak_admin"
+
+# Small InnoDB files make the template cheap to copy (~20 MB instead of ~110 MB), and
+# durability settings that a throwaway test server does not need make DDL fast.
+_INNODB_FILES = (
+    "--innodb-log-file-size=8M",
+    "--innodb-data-file-path=ibdata1:4M:autoextend",
+    "--innodb-autoextend-increment=1",
+)
+_FAST_FLAGS = (
+    "--innodb-buffer-pool-size=64M",
+    "--innodb-flush-log-at-trx-commit=0",
+    "--innodb-doublewrite=0",
+    "--skip-name-resolve",
+    "--skip-log-bin",
+)
+
+
+def find_mysqld(explicit: str | None) -> str | None:
+    if explicit:
+        path = shutil.which(explicit) or (explicit if os.access(explicit, os.X_OK) else None)
+        if path is None:
+            raise DbleakError(f"--dbleak-mysqld: {explicit} is not an executable file")
+        return path
+    search = os.pathsep.join([os.environ.get("PATH", ""), *_SEARCH_PATH])
+    for name in ("mariadbd", "mysqld"):
+        found = shutil.which(name, path=search)
+        if found:
+            return found
+    return None
+
+
+def _is_mariadb(binary: str) -> bool:
+    real = os.path.realpath(binary)
+    if "mariadb" in os.path.basename(real):
+        return True
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
+    return "mariadb" in out.stdout.lower()
+
+
+def _template_key(binary: str) -> str:
+    real = os.path.realpath(binary)
+    st = os.stat(real)
+    raw = f"{real}:{st.st_size}:{int(st.st_mtime)}:{os.geteuid()}:{' '.join(_INNODB_FILES)}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def _user_flags() -> list[str]:
+    # mysqld refuses to run as root unless told to.
+    return ["--user=root"] if os.geteuid() == 0 else []
+
+
+def usable_cache(cache: Path) -> None:
+    """Create the cache folder if need be and write in it, or say in one line why not."""
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=cache)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        if cache.exists() and not cache.is_dir():
+            wrong = "it is a file, not a folder"
+        elif cache.is_dir():
+            wrong = f"cannot write in it ({exc.strerror or exc})"
+        else:
+            parent = next((p for p in cache.parents if p.exists()), cache.anchor)
+            wrong = f"cannot create it under {parent} ({exc.strerror or exc})"
+        raise DbleakError(
+            f"the template cache folder {cache} cannot be used: {wrong}; "
+            "choose another with --dbleak-cache-dir"
+        ) from None
+
+
+def ensure_template(binary: str, cache: Path) -> Path:
+    """An initialised datadir for `binary`, built once and shared by every session.
+
+    Parallel sessions (pytest-xdist, several pytest runs) serialise on a lock file, and
+    the template appears atomically by rename, so nobody copies a half-built one.
+    """
+    usable_cache(cache)
+    template = cache / f"template-{_template_key(binary)}"
+    if (template / "READY").exists():
+        return template
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (template / "READY").exists():
+            return template
+        build = Path(tempfile.mkdtemp(prefix="building-", dir=cache))
+        try:
+            _initialise(binary, build / "data")
+            (build / "READY").write_text(binary + "\n")
+            shutil.rmtree(template, ignore_errors=True)
+            os.rename(build, template)
+        finally:
+            shutil.rmtree(build, ignore_errors=True)
+    return template
+
+
+def _initialise(binary: str, datadir: Path) -> None:
+    if _is_mariadb(binary):
+        installer = shutil.which(
+            "mariadb-install-db",
+            path=os.pathsep.join(
+                [str(Path(binary).parent), os.environ.get("PATH", ""), *_SEARCH_PATH]
+            ),
+        ) or shutil.which("mysql_install_db")
+        if installer is None:
+            raise DbleakError("the process backend needs mariadb-install-db next to mariadbd")
+        cmd = [
+            installer,
+            "--no-defaults",
+            f"--datadir={datadir}",
+            f"--tmpdir={datadir.parent}",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+            *_user_flags(),
+            *_INNODB_FILES,
+        ]
+    else:
+        cmd = [
+            binary,
+            "--no-defaults",
+            "--initialize-insecure",
+            f"--datadir={datadir}",
+            f"--tmpdir={datadir.parent}",
+            *_user_flags(),
+            *_INNODB_FILES,
+        ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise DbleakError(f"initialising a datadir with {cmd[0]} failed: {' | '.join(tail)}")
+
+
+def _session_parent() -> str | None:
+    """Where a session's datadir goes: memory-backed /dev/shm when it has room.
+
+    A throwaway server needs no durability, and on tmpfs both the copy of the template
+    and the server's start are about twice as fast as on disk. TMPDIR, when set, wins.
+    """
+    if os.environ.get("TMPDIR"):
+        return None
+    try:
+        stat = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    free = stat.f_bavail * stat.f_frsize
+    return "/dev/shm" if free > 512 * 1024 * 1024 and os.access("/dev/shm", os.W_OK) else None
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# The reaper owns the server. It waits for EOF on its stdin, which only pytest holds
+# open: when pytest ends for any reason (exit, Ctrl-C, SIGKILL) the pipe closes and
+# the reaper kills the server and removes its files. It runs in its own session so a
+# Ctrl-C in the terminal reaches pytest only.
+_REAPER = r"""
+dir=$1; shift
+"$@" </dev/null >/dev/null 2>&1 &
+pid=$!
+echo "$pid"
+while read -r _; do :; done
+kill -9 "$pid" 2>/dev/null
+wait "$pid" 2>/dev/null
+rm -rf "$dir"
+"""
+
+
+def launch_process(binary: str | None, cache: Path, timeout: float) -> Launch:
+    """Copy the template and spawn mariadbd under its reaper; do not wait for it."""
+    if binary is None:
+        raise DbleakError("no mariadbd or mysqld found on PATH (or give --dbleak-mysqld)")
+    template = ensure_template(binary, cache)
+    root = Path(tempfile.mkdtemp(prefix="dbleak-", dir=_session_parent()))
+    reaper: subprocess.Popen[str] | None = None
+
+    def cancel() -> None:
+        _stop_reaper(reaper)
+        shutil.rmtree(root, ignore_errors=True)
+
+    try:
+        datadir = root / "data"
+        shutil.copytree(template / "data", datadir)
+        (root / "tmp").mkdir()
+        sock = str(root / "mysqld.sock")
+        port = free_port()
+        cmd = [
+            binary,
+            "--no-defaults",
+            f"--datadir={datadir}",
+            f"--socket={sock}",
+            f"--port={port}",
+            "--bind-address=127.0.0.1",
+            f"--pid-file={root / 'mysqld.pid'}",
+            f"--log-error={root / 'error.log'}",
+            f"--tmpdir={root / 'tmp'}",
+            *_user_flags(),
+            *_INNODB_FILES,
+            *_FAST_FLAGS,
+        ]
+        reaper = subprocess.Popen(
+            ["/bin/sh", "-c", _REAPER, "dbleak-reaper", str(root), *cmd],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        keep_out_of_forks(reaper.stdin)
+        assert reaper.stdout is not None
+        pid = int(reaper.stdout.readline())
+        reaper.stdout.close()
+    except BaseException:
+        cancel()
+        raise
+
+    def wait() -> RunningServer:
+        password = secrets.token_hex(16)
+        try:
+            _wait_and_secure(sock, pid, password, timeout, root / "error.log")
+        except BaseException:
+            cancel()
+            raise
+        endpoint = Endpoint("127.0.0.1", port, ADMIN_USER, password, unix_socket=sock)
+        return RunningServer("process", endpoint, owned=True, stop=lambda: _stop_reaper(reaper))
+
+    return Launch(wait, cancel)
+
+
+def start_process(binary: str | None, cache: Path, timeout: float) -> RunningServer:
+    return launch_process(binary, cache, timeout).wait()
+
+
+def _wait_and_secure(sock: str, pid: int, password: str, timeout: float, errlog: Path) -> None:
+    """Wait for a real login, then replace the template's passwordless root."""
+    import pymysql
+
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        try:
+            # Probe with a socket we close ourselves: PyMySQL leaks its unix socket when
+            # connect() fails before the handshake (a ResourceWarning later).
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.connect(sock)
+            conn = pymysql.connect(
+                unix_socket=sock, user="root", autocommit=True, ssl_disabled=True
+            )
+            break
+        except (OSError, pymysql.err.OperationalError):
+            if not _alive(pid):
+                raise DbleakError(f"mariadbd/mysqld exited at start: {_log_tail(errlog)}") from None
+            if time.monotonic() > deadline:
+                raise DbleakError(
+                    f"the server did not accept a login within {timeout:g} s: {_log_tail(errlog)}"
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.05)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE USER '{ADMIN_USER}'@'%%' IDENTIFIED BY %s", (password,))
+            cur.execute(f"GRANT ALL PRIVILEGES ON *.* TO '{ADMIN_USER}'@'%' WITH GRANT OPTION")
+            cur.execute("ALTER USER 'root'@'localhost' IDENTIFIED BY %s", (password,))
+    finally:
+        conn.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][:1] not in ("Z", "X")
+    except (FileNotFoundError, IndexError):
+        return False
+    except OSError:
+        return True  # no procfs: assume alive and rely on the deadline
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if "ERROR" in ln]
+    except OSError:
+        return "no error log"
+    return lines[-1].split("[ERROR]", 1)[-1].strip() if lines else "no error in the log"
+
+
+def _stop_reaper(reaper: subprocess.Popen[str] | None) -> None:
+    if reaper is None or reaper.poll() is not None:
+        return
+    assert reaper.stdin is not None
+    with contextlib.suppress(OSError):
+        reaper.stdin.close()
+    try:
+        reaper.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(reaper.pid, signal.SIGKILL)
+        reaper.wait()
