@@ -120,10 +120,12 @@ def test_case(case, engine, dbleak_mysql_url):
         # Holds its connection past the settle time, then lets go of it and ends.
         def hold():
             conn = engine.connect()
+            holding.set()
             done.wait(3)
             conn.close()
-        done = threading.Event()
+        holding, done = threading.Event(), threading.Event()
         threading.Thread(target=hold, daemon=True).start()
+        holding.wait(10)  # the test ends while the thread holds the connection
         KEEP.append(done)
 """
 
