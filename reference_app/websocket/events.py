@@ -17,7 +17,7 @@ from ..auth import user_from_token
 from ..errors import ApiError
 from ..extensions import db, socketio
 from ..models import Role
-from ..services import fleet, realtime
+from ..services import fleet, realtime, retry
 from ..tasks import get_tasks
 from ..validation import required_id
 
@@ -41,7 +41,7 @@ def on_connect(auth: Any = None) -> None:
     if user.role == Role.ADMIN.value:
         rooms.append(realtime.ADMINS)
     elif user.role == Role.DRIVER.value:
-        buggy = fleet.bring_online(user.id, sid)
+        buggy = retry.on_deadlock(lambda: fleet.bring_online(user.id, sid))
         if buggy is None:
             raise ConnectionRefusedError("no buggy is assigned to this driver")
         identity["buggy"] = buggy
@@ -82,7 +82,7 @@ def _handle_driver_disconnect_async(user_id: int, buggy_data: dict[str, Any]) ->
     """Buggy offline, the driver's accepted requests back to pending, admins
     told. Started with ``BackgroundTasks.start``, which runs it inside
     ``with app.app_context():`` so the session is removed when it ends."""
-    result = fleet.take_offline(user_id, buggy_data)
+    result = retry.on_deadlock(lambda: fleet.take_offline(user_id, buggy_data))
     logger.info("driver %d offline handling done: %s", user_id, result)
 
 
