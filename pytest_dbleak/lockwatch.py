@@ -6,7 +6,7 @@ then waits for them - on MySQL's default ``lock_wait_timeout``, for a year. Whil
 test's window is open, a thread with its own admin connection looks, once the window
 has been open for the bound, every quarter of the bound, for a statement of the
 session's users that has waited on a lock for longer than the bound while a
-connection of those users sits idle inside a transaction. It records the statement,
+connection of those users has sat idle inside a transaction for as long. It records the statement,
 the line that runs it and the idle holders, and interrupts the statement
 (``KILL QUERY``), so that the test fails and the run goes on.
 """
@@ -37,10 +37,12 @@ WHERE p.COMMAND = 'Query' AND p.TIME >= %s AND p.ID <> CONNECTION_ID()
        SELECT trx_mysql_thread_id FROM information_schema.INNODB_TRX
        WHERE trx_state = 'LOCK WAIT'))
 """
+# Idle inside a transaction for the bound too: a transaction between two of its
+# statements (busy code under stress) is idle for milliseconds, a forgotten one for good.
 _IDLE_IN_TRX = """
 SELECT p.ID, p.USER, t.trx_started FROM information_schema.INNODB_TRX t
 JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id
-WHERE p.COMMAND = 'Sleep'
+WHERE p.COMMAND = 'Sleep' AND p.TIME >= %s
 """
 
 
@@ -124,7 +126,8 @@ class LockWatch:
         waiting = [r for r in self._monitor.query(_WAITING, (int(self.bound),)) if self._ours(r[1])]
         if not waiting:
             return
-        holders = [r for r in self._monitor.query(_IDLE_IN_TRX) if self._ours(r[1])]
+        bound = (int(self.bound),)
+        holders = [r for r in self._monitor.query(_IDLE_IN_TRX, bound) if self._ours(r[1])]
         if not holders:
             return  # a lock held by a running statement: it ends by itself
         frames = sys._current_frames()
