@@ -75,6 +75,16 @@ def in_thread(fn):
     thread.join()
 '''
 
+# A module-scoped engine on the session database, for scenarios that need one.
+MODULE_ENGINE = """
+
+@pytest.fixture(scope="module")
+def engine(dbleak_mysql_url):
+    engine = sa.create_engine(dbleak_mysql_url)
+    yield engine
+    engine.dispose()
+"""
+
 
 def line_of(source: str, marker: str) -> int:
     """The 1-based line of `source` that carries `marker` (a comment like ``# LEAK-1``)."""

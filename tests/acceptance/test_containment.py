@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from tests.acceptance.helpers import FAST, ONLY_DBLEAK, PREAMBLE
+from tests.acceptance.helpers import FAST, MODULE_ENGINE, ONLY_DBLEAK, PREAMBLE
 
 SMALL_POOL = (
     PREAMBLE
@@ -141,16 +141,9 @@ def test_every_kind_of_leak_is_taken_back_and_a_tolerated_one_is_left(
 
 STUCK = (
     PREAMBLE
+    + "\nfrom sqlalchemy.orm import Session\n"
+    + MODULE_ENGINE
     + """
-from sqlalchemy.orm import Session
-
-
-@pytest.fixture(scope="module")
-def engine(dbleak_mysql_url):
-    engine = sa.create_engine(dbleak_mysql_url)
-    yield engine
-    engine.dispose()
-
 
 @pytest.fixture
 def todo(engine):

@@ -15,18 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.helpers import FAST, PREAMBLE, failure_of, only_dbleak_and
+from tests.acceptance.helpers import FAST, MODULE_ENGINE, PREAMBLE, failure_of, only_dbleak_and
 
 CORPUS = (
     PREAMBLE
+    + MODULE_ENGINE
     + """
-
-@pytest.fixture(scope="module")
-def engine(dbleak_mysql_url):
-    engine = sa.create_engine(dbleak_mysql_url)
-    yield engine
-    engine.dispose()
-
 
 def test_clean(engine):
     with engine.connect() as conn:
@@ -40,16 +34,9 @@ def test_leaky(engine):
 
 ASYNC_CORPUS = (
     PREAMBLE
+    + "\nimport asyncio\n"
+    + MODULE_ENGINE
     + """
-import asyncio
-
-
-@pytest.fixture(scope="module")
-def engine(dbleak_mysql_url):
-    engine = sa.create_engine(dbleak_mysql_url)
-    yield engine
-    engine.dispose()
-
 
 @pytest.mark.asyncio
 async def test_clean_async(engine):
