@@ -77,6 +77,7 @@ class DbleakManager:
         self.baseline: Baseline | None = None
         self.recording = False  # --dbleak-baseline names a file that does not exist yet
         self._baseline_line = ""
+        self._announced = False  # pytest_dbleak_server was called
         self._closed = False
 
     @property
@@ -116,6 +117,7 @@ class DbleakManager:
                 self.runtime.checks()
         except DbleakError as exc:
             raise pytest.UsageError(f"dbleak: {exc}") from None
+        self._announce_server()
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
@@ -177,10 +179,21 @@ class DbleakManager:
                 self.runtime.database()
             except DbleakError as exc:
                 raise pytest.UsageError(f"dbleak: {exc}") from None
+            self._announce_server()
+
+    def _announce_server(self) -> None:
+        info = self.runtime.info
+        if info is not None and not self._announced:
+            self._announced = True
+            self.config.hook.pytest_dbleak_server(config=self.config, server=info)
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if not self.is_worker:
+            if self.settings.enabled:
+                session.config.hook.pytest_dbleak_sessionfinish(
+                    session=session, results=reporting.checked(self.results.values(), self.outcomes)
+                )
             self._write_reports(session)
             if (
                 session.exitstatus == pytest.ExitCode.TESTS_FAILED
@@ -351,6 +364,9 @@ class DbleakManager:
             redact=self.redact,
             note=note,
         )
+        if report.failed or not any(r.skipped for r in check.reports):
+            # A skipped test was not checked (as reporting.checked() counts it).
+            item.config.hook.pytest_dbleak_result(item=item, result=result)
         detector = self.runtime.detector
         if result.failed and not note and self.settings.reclaim and detector is not None:
             # Reported: now take it back, so the blame stays here and later tests do not

@@ -94,36 +94,37 @@ def app_session(app: Flask) -> Iterator[None]:
 
 
 # -- the main job's closing statement (proof.py) ----------------------------------------
+# Read through the plugin's published hooks (pytest_dbleak.hooks), never its internals.
 _ITEMS = pytest.StashKey[list[pytest.Item]]()
 _SERVER = pytest.StashKey[str]()
+_RESULTS = pytest.StashKey[list[Any]]()
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    from pytest_dbleak.manager import MANAGER
-
     session.config.stash[_ITEMS] = list(session.items)
-    manager = session.config.stash.get(MANAGER, None)
-    info = manager.runtime.info if manager is not None else None
-    if info is not None:  # read now: the server is gone by the terminal summary
-        session.config.stash[_SERVER] = f"{info.backend} backend, server {info.version}"
+
+
+@pytest.hookimpl(optionalhook=True)  # the hooks exist only while pytest-dbleak is loaded
+def pytest_dbleak_server(config: pytest.Config, server: Any) -> None:
+    config.stash[_SERVER] = f"{server.backend} backend, server {server.version}"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_dbleak_sessionfinish(session: pytest.Session, results: list[Any]) -> None:
+    session.config.stash[_RESULTS] = results  # only under --dbleak
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     """`pytest --dbleak reference_app/tests/leaks` ends with what it showed."""
-    from pytest_dbleak.manager import MANAGER
-
     from . import proof
 
     items = config.stash.get(_ITEMS, [])
     server = config.stash.get(_SERVER, None)
-    manager = config.stash.get(MANAGER, None)
-    if not proof.is_main_job(config, items) or manager is None or server is None:
+    checked = config.stash.get(_RESULTS, None)
+    if not proof.is_main_job(config, items) or checked is None or server is None:
         return
-    if not manager.settings.enabled:
-        return
-    checked = [r for r in manager.results.values() if manager.outcomes.get(r.nodeid) != "skipped"]
-    leaking = sum(1 for r in manager.results.values() if r.leaks)
+    leaking = sum(1 for r in checked if r.leaks)
     terminalreporter.write_sep("=", "reference app: what this run showed", bold=True)
     for line in proof.statement(items, leaking, exitstatus, len(checked), server):
         terminalreporter.write_line(line)
