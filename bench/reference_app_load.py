@@ -92,15 +92,15 @@ class Sampler:
 
 def build_app(endpoint: Any) -> Any:
     from reference_app import create_app
-    from reference_app.config import TestingConfig
     from reference_app.extensions import db
+    from reference_app.tests.config import testing_settings
 
     with endpoint.connect() as conn, conn.cursor() as cur:
         cur.execute(f"CREATE DATABASE {DATABASE}")
     url = (
         f"mysql+pymysql://{endpoint.user}:{endpoint.password}@127.0.0.1:{endpoint.port}/{DATABASE}"
     )
-    settings = {k: getattr(TestingConfig, k) for k in dir(TestingConfig) if k.isupper()}
+    settings = testing_settings()
     settings.update(SQLALCHEMY_DATABASE_URI=url, LOG_LEVEL="WARNING")
     app = create_app(settings)
     with app.app_context():

@@ -187,9 +187,9 @@ def prepare(endpoint: Any, env: dict[str, str]) -> tuple[Any, list[str], int]:
 
     from reference_app import create_app
     from reference_app.auth import issue_token
-    from reference_app.config import TestingConfig
     from reference_app.extensions import db
     from reference_app.models import Buggy, Location, Role, User
+    from reference_app.tests.config import testing_settings
 
     init = subprocess.run(
         [sys.executable, "-m", "flask", "--app", "reference_app", "init-db", "--demo"],
@@ -202,7 +202,7 @@ def prepare(endpoint: Any, env: dict[str, str]) -> tuple[Any, list[str], int]:
     )
     if init.returncode != 0:
         raise RuntimeError(f"init-db failed: {init.stderr.strip()}")
-    settings = {k: getattr(TestingConfig, k) for k in dir(TestingConfig) if k.isupper()}
+    settings = testing_settings()
     settings.update(
         SQLALCHEMY_DATABASE_URI=env["DATABASE_URL"], SECRET_KEY=SECRET, LOG_LEVEL="WARNING"
     )
@@ -291,10 +291,12 @@ def main() -> int:
     server = start_process(c.MARIADBD, Path(cache), 30.0)
     e = server.endpoint
     queue = redis_url()
+    from reference_app.tests.config import child_environment
+
     env = dict(os.environ)
+    env.update(child_environment())
     env.update(
         PYTHONPATH=str(c.REPO),
-        REFERENCE_APP_CONFIG="testing",
         SECRET_KEY=SECRET,
         DATABASE_URL=f"mysql+pymysql://{e.user}:{e.password}@127.0.0.1:{e.port}/{DATABASE}",
         SCHEDULER_ENABLED="1",

@@ -127,26 +127,27 @@ class Config:
     # Background tasks still running at shutdown get this long to finish.
     SHUTDOWN_TASK_TIMEOUT_SECONDS = 10.0
 
+    # Without a SECRET_KEY, sign tokens with a random key of this process (tokens then
+    # last as long as the process and are valid in it alone): only for local work.
+    RANDOM_SECRET_KEY = False
+
 
 class DevelopmentConfig(Config):
     """Local work: a random SECRET_KEY unless one is set."""
 
-
-class TestingConfig(Config):
-    TESTING = True
-    SECRET_KEY = "testing-secret-key"
-    # scrypt costs ~140 ms per hash and the tests create many users; the
-    # method is stored in each hash, so verification works either way.
-    PASSWORD_HASH_METHOD = "pbkdf2:sha256:1000"
+    RANDOM_SECRET_KEY = True
 
 
 class ProductionConfig(Config):
     """SECRET_KEY must come from the environment."""
 
+    RANDOM_SECRET_KEY = False
 
+
+# What REFERENCE_APP_CONFIG chooses from. Tests build their own configuration
+# (reference_app/tests/config.py): nothing of theirs is selectable here.
 CONFIG_CLASSES: dict[str, type[Config]] = {
     "development": DevelopmentConfig,
-    "testing": TestingConfig,
     "production": ProductionConfig,
 }
 
@@ -166,12 +167,11 @@ def config_from_env() -> dict[str, Any]:
     secret = os.environ.get("SECRET_KEY")
     if secret:
         settings["SECRET_KEY"] = secret
-    elif base is ProductionConfig:
-        raise ConfigError("SECRET_KEY must be set in production")
     elif not settings.get("SECRET_KEY"):
-        # Tokens then last as long as the process: fine for development.
+        if not settings["RANDOM_SECRET_KEY"]:
+            raise ConfigError(f"SECRET_KEY must be set in {name}")
         settings["SECRET_KEY"] = secrets.token_urlsafe(32)
-    for key in ("SOCKETIO_MESSAGE_QUEUE", "SOCKETIO_CHANNEL", "NOTIFICATION_SENDER", "LOG_LEVEL"):
+    for key in _STRINGS:
         if os.environ.get(key):
             settings[key] = os.environ[key]
     for key, kind in _NUMBERS.items():
@@ -185,6 +185,16 @@ def config_from_env() -> dict[str, Any]:
     return settings
 
 
+# Settings the environment may set as they are. PASSWORD_HASH_METHOD: Werkzeug's method
+# string (e.g. "pbkdf2:sha256:600000"); each hash stores its method, so verifying
+# hashes made with another one keeps working.
+_STRINGS = (
+    "SOCKETIO_MESSAGE_QUEUE",
+    "SOCKETIO_CHANNEL",
+    "NOTIFICATION_SENDER",
+    "LOG_LEVEL",
+    "PASSWORD_HASH_METHOD",
+)
 # Numeric settings the environment may set, and their type.
 _NUMBERS: dict[str, type[int] | type[float]] = {
     "NOTIFICATION_BATCH_SIZE": int,

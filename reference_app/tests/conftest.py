@@ -22,9 +22,9 @@ from sqlalchemy import text
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from reference_app import create_app, shutdown_app
-from reference_app.config import TestingConfig
 from reference_app.extensions import db
 from reference_app.serving import RequestHandler
+from reference_app.tests.config import testing_settings
 
 from . import regressions
 from .support import SocketClients, World, build_world
@@ -42,7 +42,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def app_settings(dbleak_mysql_url: str) -> dict[str, Any]:
     """TestingConfig's settings on the session's own database."""
-    settings = {key: getattr(TestingConfig, key) for key in dir(TestingConfig) if key.isupper()}
+    settings = testing_settings()
     settings["SQLALCHEMY_DATABASE_URI"] = dbleak_mysql_url
     return settings
 

@@ -12,6 +12,8 @@ import threading
 from pathlib import Path
 from types import TracebackType
 
+from .config import child_environment
+
 ROOT = Path(__file__).resolve().parents[2]
 _RUNNING_ON = re.compile(r"Running on (http://127\.0\.0\.1:\d+)")
 
@@ -20,7 +22,7 @@ def command_env(database_url: str, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["DATABASE_URL"] = database_url
-    env["REFERENCE_APP_CONFIG"] = "testing"
+    env.update(child_environment())
     env.update(extra)
     return env
 

@@ -15,12 +15,12 @@ from reference_app.config import (
     ConfigError,
     DevelopmentConfig,
     ProductionConfig,
-    TestingConfig,
     config_from_env,
     engine_options_for,
 )
 from reference_app.extensions import db
 
+from .config import TestingConfig
 from .support import queue_pool
 
 SEED = {
@@ -122,6 +122,16 @@ def test_environment_config(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(settings["SECRET_KEY"]) >= 32  # a random one in development
 
 
+def test_the_environment_chooses_the_password_hash_method(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REFERENCE_APP_CONFIG", "production")
+    monkeypatch.setenv("SECRET_KEY", "k" * 32)
+    assert config_from_env()["PASSWORD_HASH_METHOD"] == "scrypt"
+    monkeypatch.setenv("PASSWORD_HASH_METHOD", "pbkdf2:sha256:600000")
+    assert config_from_env()["PASSWORD_HASH_METHOD"] == "pbkdf2:sha256:600000"
+
+
 def test_production_needs_a_secret_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REFERENCE_APP_CONFIG", "production")
     monkeypatch.delenv("SECRET_KEY", raising=False)
@@ -129,9 +139,10 @@ def test_production_needs_a_secret_key(monkeypatch: pytest.MonkeyPatch) -> None:
         config_from_env()
 
 
-def test_unknown_config_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("REFERENCE_APP_CONFIG", "staging")
-    with pytest.raises(ConfigError, match="development, testing, production"):
+@pytest.mark.parametrize("name", ["staging", "testing"])  # the tests' config is theirs
+def test_unknown_config_name(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setenv("REFERENCE_APP_CONFIG", name)
+    with pytest.raises(ConfigError, match="development, production"):
         config_from_env()
 
 

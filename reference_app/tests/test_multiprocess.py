@@ -22,11 +22,11 @@ import socketio
 from flask import Flask
 from sqlalchemy import func, select
 
-from reference_app.config import TestingConfig
 from reference_app.extensions import db
 from reference_app.jobs import JOBS
 from reference_app.models import JobClaim, Notification
 from reference_app.services.notifications import notify
+from reference_app.tests.config import TestingConfig
 
 from .processes import ServerProcess, command_env
 from .senders import read_sent

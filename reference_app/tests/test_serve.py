@@ -11,9 +11,9 @@ import pytest
 import socketio
 from flask import Flask
 
-from reference_app.config import TestingConfig
 from reference_app.extensions import db
 from reference_app.models import Buggy
+from reference_app.tests.config import TestingConfig
 
 from .processes import ServerProcess, command_env
 from .support import Recorder, World, http, wait_until

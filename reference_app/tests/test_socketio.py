@@ -3,7 +3,6 @@ driver-disconnect task that puts everything back."""
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -193,14 +192,11 @@ def test_a_hundred_clients_come_and_go(
 ) -> None:
     """The seed's WebSocket stress check: 100 clients connect, then disconnect."""
     tokens = [world.guests[i % 2].token for i in range(98)] + [d.token for d in world.drivers]
-    started = time.monotonic()
     with ThreadPoolExecutor(max_workers=25) as pool:
         list(pool.map(sockets.connect, tokens))
     assert sum(client.connected for client in sockets.clients) == 100
     sockets.disconnect_all()
     wait_until(lambda: get_tasks(app).running == 0, message="the disconnect tasks")
-    elapsed = time.monotonic() - started
-    assert elapsed < 20, f"100 clients took {elapsed:.1f}s"
     for driver in world.drivers:
         assert buggy(app, world.buggies[driver.id])[0] == "offline"
     with app.app_context():

@@ -146,13 +146,13 @@ def test_a_job_that_leaks_once_in_25_calls_passes_alone_but_fails_under_dbleak_j
 
 RAISING_JOBS = '''\
 import threading
-import time
 
 import pytest
 
 
 def flaky_job():
-    """Call 7 fails at once; call 60 fails too, well after it."""
+    """Call 7 fails; call 60 fails too, after it: the runners' one thread makes "first"
+    an order, not a race (the unit tests cover the choice among concurrent failures)."""
     lock = threading.Lock()
     calls = []
 
@@ -163,19 +163,18 @@ def flaky_job():
         if n == 7:
             raise RuntimeError("sync failed on call 7")  # RAISE-first
         if n == 60:
-            time.sleep(0.3)  # a margin, so that call 7's failure is unambiguously first
             raise ValueError("sync failed on call 60")
 
     job.calls = calls
     return job
 
 
-@pytest.mark.dbleak_jobs(runs=100, threads=3)
+@pytest.mark.dbleak_jobs(runs=100, threads=1)
 def test_failing_job_under_stress(dbleak_jobs):
     dbleak_jobs.run(flaky_job())
 
 
-@pytest.mark.dbleak_jobs(runs=100, threads=3)
+@pytest.mark.dbleak_jobs(runs=100, threads=1)
 def test_failing_job_is_reraised_once_every_call_ran(dbleak_jobs):
     job = flaky_job()
     with pytest.raises(RuntimeError, match="^sync failed on call 7$") as excinfo:

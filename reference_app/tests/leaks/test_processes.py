@@ -18,9 +18,9 @@ from typing import Any
 from flask import Flask
 from sqlalchemy import func, select
 
-from reference_app.config import TestingConfig
 from reference_app.extensions import db
 from reference_app.models import JobClaim
+from reference_app.tests.config import TestingConfig
 
 from ..processes import ServerProcess, command_env
 from ..support import wait_until
