@@ -124,28 +124,6 @@ def _docker_else_process(
         return server
 
 
-def start(
-    backend: str,
-    *,
-    mysql_url: str | None,
-    mysqld: str | None,
-    image: str,
-    cache: Path,
-    timeout: float,
-    redactor: Redactor,
-) -> RunningServer:
-    """Start (or reach) the server the settings ask for; DbleakError says why not."""
-    return launch(
-        backend,
-        mysql_url=mysql_url,
-        mysqld=mysqld,
-        image=image,
-        cache=cache,
-        timeout=timeout,
-        redactor=redactor,
-    ).wait()
-
-
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

@@ -40,7 +40,7 @@ def dbleak_server(request: pytest.FixtureRequest) -> ServerInfo:
 def dbleak_mysql_url(request: pytest.FixtureRequest, dbleak_server: ServerInfo) -> str:
     """SQLAlchemy URL of a fresh database that belongs to this session's own user."""
     try:
-        return _manager(request).runtime.database().url
+        return _manager(request).runtime.database().url()
     except DbleakError as exc:
         _fail_setup(exc)
         raise
@@ -77,7 +77,7 @@ class DbleakHandle:
 
     @property
     def url(self) -> str:
-        return self._manager.runtime.database().url
+        return self._manager.runtime.database().url()
 
     def snapshot(self) -> Snapshot:
         detector = self._detector
@@ -248,9 +248,7 @@ def dbleak_database(request: pytest.FixtureRequest, dbleak_server: ServerInfo) -
     """The session database for any driver: ``.url(driver="aiomysql")``,
     ``.connect_kwargs(driver="mysqldb")``, each with that driver's "no TLS" spelling."""
     try:
-        db = _manager(request).runtime.database()
+        return _manager(request).runtime.database()
     except DbleakError as exc:
         _fail_setup(exc)
         raise
-    local = dbleak_server.host in ("127.0.0.1", "localhost", "::1")
-    return Database(db.name, db.user, db.password, dbleak_server.host, dbleak_server.port, local)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import backends
 from .backends import RunningServer, ServerInfo
+from .database import Database
 from .errors import DbleakError, Redactor
 from .probe import Endpoint, Monitor
 from .settings import Settings
@@ -27,16 +28,6 @@ if TYPE_CHECKING:
     from .tracking import Tracker
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SessionDatabase:
-    """The database and user that belong to this session (or xdist worker)."""
-
-    name: str
-    user: str
-    password: str
-    url: str
 
 
 @dataclass(frozen=True)
@@ -57,7 +48,7 @@ class Server:
 class Checks:
     """Everything a leak check needs, on top of a Server."""
 
-    database: SessionDatabase
+    database: Database
     tracker: Tracker
     detector: Detector
     lockwatch: LockWatch | None
@@ -82,7 +73,7 @@ class Runtime:
         self._note = note
         self._launched: backends.Launch | None = None
         self._server: Server | None = None
-        self._database: SessionDatabase | None = None
+        self._database: Database | None = None
         self._checks: Checks | None = None
         self._error: DbleakError | None = None
         self._server_gone = False
@@ -144,7 +135,8 @@ class Runtime:
                 raise self._error from None
         return self._server
 
-    def database(self) -> SessionDatabase:
+    def database(self) -> Database:
+        """The database and user that belong to this session (or xdist worker)."""
         if self._database is None:
             server = self.server()
             try:
@@ -215,7 +207,7 @@ class Runtime:
             self._note(note)
         return Server(running, monitor, backends.describe(running, monitor.version))
 
-    def _create_database(self, server: Server) -> SessionDatabase:
+    def _create_database(self, server: Server) -> Database:
         tag = "".join(c for c in self.worker if c.isalnum())[:8]
         name = f"dbleak_{tag}_{secrets.token_hex(3)}"
         password = secrets.token_hex(16)
@@ -234,21 +226,14 @@ class Runtime:
             raise DbleakError(
                 self.redact(f"cannot create the session database on {server.running.where}: {exc}")
             ) from None
-        from sqlalchemy.engine import URL
-
-        query = {"charset": "utf8mb4"}
-        if server.running.endpoint.is_local:
-            query["ssl_disabled"] = "true"  # PyMySQL >= 1.2: no SSL context per connect
-        url = URL.create(
-            "mysql+pymysql",
-            username=name,
-            password=password,
-            host=server.info.host,
-            port=server.info.port,
-            database=name,
-            query=query,
-        ).render_as_string(hide_password=False)
-        return SessionDatabase(name, name, password, url)
+        return Database(
+            name,
+            name,
+            password,
+            server.info.host,
+            server.info.port,
+            local=server.running.endpoint.is_local,
+        )
 
     # -- the end ------------------------------------------------------------------------
     def close(self) -> None:
