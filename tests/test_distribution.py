@@ -67,5 +67,6 @@ def test_the_metadata_has_a_license_python_versions_and_only_user_extras(
         "mysql-connector",
         "mariadb",
         "drivers",
+        "postgresql",
     }
     assert [ep for ep in wheel.namelist() if ep.endswith("entry_points.txt")]
