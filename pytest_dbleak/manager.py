@@ -24,6 +24,7 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from .baseline import Baseline
+    from .django_support import DjangoSupport
     from .window import Window
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,12 @@ class DbleakManager:
         self.recording = False  # --dbleak-baseline names a file that does not exist yet
         self._baseline_line = ""
         self._closed = False
+        self.django: DjangoSupport | None = None
+        if settings.enabled and config.pluginmanager.has_plugin("django"):  # pytest-django
+            from .django_support import DjangoSupport
+
+            self.django = DjangoSupport(config)
+            config.pluginmanager.register(self.django, "dbleak_django")
 
     @property
     def is_worker(self) -> bool:
@@ -112,8 +119,12 @@ class DbleakManager:
         try:
             if self.is_controller:
                 self.runtime.server()  # one server, shared by the workers
+                if self.django is not None:
+                    self.django.describe(self.runtime)
             else:
-                self.runtime.checks()
+                checks = self.runtime.checks()
+                if self.django is not None:
+                    self.django.start(self.runtime, checks.detector.kept)
         except DbleakError as exc:
             raise pytest.UsageError(f"dbleak: {exc}") from None
 
@@ -194,6 +205,9 @@ class DbleakManager:
         if self._closed:
             return
         self._closed = True
+        if self.django is not None:
+            self.django.close()
+            self.config.pluginmanager.unregister(self.django)
         # Leaked connections that sit in reference cycles would otherwise be finalised at
         # interpreter exit, after the server is gone, with noisy tracebacks. A checked run
         # without a leak has none of those.
@@ -383,9 +397,10 @@ class DbleakManager:
         info = self.runtime.info
         if not self.settings.enabled or info is None or self.is_worker:
             return []
-        return [
-            self.redact(reporting.header_line(info.backend, info.host, info.port, info.version))
-        ]
+        lines = [reporting.header_line(info.backend, info.host, info.port, info.version)]
+        if self.django is not None:
+            lines += self.django.header()
+        return [self.redact(line) for line in lines]
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self._baseline_line:

@@ -1,0 +1,78 @@
+"""The Django and pytest-django internals the Django support relies on, in one place.
+
+No pytest import. Checked on Django 5.2.19 and pytest-django 4.14.0. What is used:
+
+- pytest-django's database blocker: the object on ``config.stash[blocking_manager_key]``
+  and its ``_real_ensure_connection`` (the genuine ``BaseDatabaseWrapper.ensure_connection``
+  it swaps in and out, for every thread at once);
+- Django's live server: ``LiveServerThread`` and ``ThreadedWSGIServer.process_request_thread``,
+  the method each request thread runs.
+
+A shape that no longer fits stops the run with one line naming these versions.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .errors import DbleakError
+
+CHECKED_ON = "Django 5.2.19, pytest-django 4.14.0"
+
+
+def misfit(what: str) -> DbleakError:
+    return DbleakError(
+        f"the Django support does not fit this Django or pytest-django ({what}); "
+        f"it was checked on {CHECKED_ON}"
+    )
+
+
+def blocker(config: Any) -> Any | None:
+    """pytest-django's database blocker of this run, or None without pytest-django."""
+    try:
+        from pytest_django.plugin import blocking_manager_key
+    except ImportError:
+        return None
+    manager = config.stash.get(blocking_manager_key, None)
+    if manager is not None and not hasattr(manager, "_real_ensure_connection"):
+        raise misfit("its database blocker has no _real_ensure_connection")
+    return manager
+
+
+def real_ensure_connection(manager: Any) -> Callable[[Any], None]:
+    """The genuine ``ensure_connection``, which the blocker swaps out while blocking."""
+    real = manager._real_ensure_connection
+    if real is None:
+        manager._dj_db_wrapper  # noqa: B018 - the property records the genuine method
+        real = manager._real_ensure_connection
+    if not callable(real):
+        raise misfit("its database blocker holds no ensure_connection")
+    return real  # type: ignore[no-any-return]
+
+
+class LiveServer:
+    """Tells whether the current thread serves Django's live server."""
+
+    def __init__(self) -> None:
+        try:
+            from django.core.servers.basehttp import ThreadedWSGIServer
+            from django.test.testcases import LiveServerThread
+
+            self._thread_class: type = LiveServerThread
+            self._request_code = ThreadedWSGIServer.process_request_thread.__code__
+        except (ImportError, AttributeError) as exc:
+            raise misfit(f"no live server thread: {exc}") from None
+
+    def serving(self) -> bool:
+        """The live server's own thread, or one of the threads it runs a request in."""
+        if isinstance(threading.current_thread(), self._thread_class):
+            return True
+        frame: Any = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code is self._request_code:
+                return True
+            frame = frame.f_back
+        return False
