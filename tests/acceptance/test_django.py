@@ -194,9 +194,21 @@ def test_clean_transactional_write():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_clean_read_after_transactional():
+def test_clean_read_between_transactional():
     # The main thread's connection was closed by the previous test: reopened here.
     assert Item.objects.count() == 0
+
+
+def test_clean_read_after_transactional(django_db_setup, django_db_blocker):
+    # pytest-django runs this after every transactional test: it reopens the main
+    # thread's connection and, as a TestCase does, leaves it open for the next one.
+    with django_db_blocker.unblock():
+        assert Item.objects.count() == 0
+
+
+def test_clean_read_again(django_db_setup, django_db_blocker):
+    with django_db_blocker.unblock():
+        assert not Item.objects.filter(name="a").exists()
 
 
 @pytest.mark.django_db(transaction=True, databases=["default", "reports", "side"])
@@ -236,7 +248,9 @@ CLEAN = (
     "test_clean_executor",
     "test_clean_poller_stopped",
     "test_clean_transactional_write",
+    "test_clean_read_between_transactional",
     "test_clean_read_after_transactional",
+    "test_clean_read_again",
     "test_clean_every_alias",
     "test_clean_live_server",
     "test_clean_names_its_databases",
@@ -335,11 +349,20 @@ def test_the_full_run_fails_each_thread_leak_at_its_orm_line_and_passes_every_cl
     assert "not-this-one" not in run.output
 
 
-@pytest.mark.parametrize("test", [*LEAKS, "test_clean_read_after_transactional"])
+@pytest.mark.parametrize(
+    "tests",
+    [
+        *((name,) for name in LEAKS),
+        # Only a django_db test makes pytest-django create the test databases.
+        ("test_clean_transactional_write", "test_clean_read_after_transactional"),
+    ],
+    ids=lambda tests: tests[-1],
+)
 def test_each_verdict_is_the_same_alone(
-    project: Path, monkeypatch: pytest.MonkeyPatch, test: str
+    project: Path, monkeypatch: pytest.MonkeyPatch, tests: tuple[str, ...]
 ) -> None:
-    _run(project, monkeypatch, f"tests/test_orm.py::{test}").assert_verdicts((test,))
+    run = _run(project, monkeypatch, *(f"tests/test_orm.py::{name}" for name in tests))
+    run.assert_verdicts(tests)
 
 
 def test_the_verdicts_are_the_same_with_two_xdist_workers(
