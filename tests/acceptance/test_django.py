@@ -21,6 +21,7 @@ from pytest_dbleak.backends import parse_mysql_url
 from tests.acceptance.helpers import FAST, line_of, only_dbleak_and, run_pytest_in
 
 pytest.importorskip("pytest_django", reason="the django extra is not installed")
+pytest.importorskip("MySQLdb", reason="mysqlclient (the drivers extra) is not installed")
 
 SETTINGS = """\
 import os
