@@ -50,7 +50,7 @@ def real_ensure_connection(manager: Any) -> Callable[[Any], None]:
         real = manager._real_ensure_connection
     if not callable(real):
         raise misfit("its database blocker holds no ensure_connection")
-    return real  # type: ignore[no-any-return]
+    return real
 
 
 class LiveServer:

@@ -103,7 +103,8 @@ class DjangoSupport:
         database = runtime.database()
         info = runtime.info
         running = runtime.running
-        assert info is not None and running is not None
+        assert info is not None
+        assert running is not None
         from django.db import connections
 
         no_tls = _no_tls_options() if running.endpoint.is_local else {}
@@ -218,7 +219,7 @@ class DjangoSupport:
         def ensure_connection(wrapper: Any) -> None:
             if threading.current_thread() is main:
                 # Whatever pytest-django has put on the base class: the blocker or not.
-                return BaseDatabaseWrapper.ensure_connection(wrapper)  # type: ignore[no-any-return]
+                return BaseDatabaseWrapper.ensure_connection(wrapper)
             return _django_seam.real_ensure_connection(manager)(wrapper)
 
         for cls in classes:

@@ -311,7 +311,9 @@ class Run:
         for name in wanted.keys() & LEAKS.keys():
             marker, thread = LEAKS[name]
             line = line_of(TESTS, f"# {marker}")
-            summary = f"{name}: 1 connection leaked (1 server_connection) at tests/test_orm.py:{line}"
+            summary = (
+                f"{name}: 1 connection leaked (1 server_connection) at tests/test_orm.py:{line}"
+            )
             assert summary in self.output, self.output
             assert f"in thread {thread}" in self.output, self.output
         # No thread died of pytest-django's blocker while the run lasted (a poller still
@@ -322,7 +324,8 @@ class Run:
 def _session_databases(admin_url: str, names: dict[str, list[str]]) -> list[str]:
     """Databases left on the server by the sessions whose test databases are `names`."""
     prefixes = {re.sub(r"_default(_gw\d+)?$", "", name) for name in names}
-    assert prefixes and all(p.startswith("dbleak_") for p in prefixes), names
+    assert prefixes, names
+    assert all(p.startswith("dbleak_") for p in prefixes), names
     conn = parse_mysql_url(admin_url).connect()
     try:
         with conn.cursor() as cursor:
