@@ -6,7 +6,9 @@ No pytest import. Checked on Django 5.2.19 and pytest-django 4.14.0. What is use
   and its ``_real_ensure_connection`` (the genuine ``BaseDatabaseWrapper.ensure_connection``
   it swaps in and out, for every thread at once);
 - Django's live server: ``LiveServerThread`` and ``ThreadedWSGIServer.process_request_thread``,
-  the method each request thread runs.
+  the method each request thread runs;
+- asgiref's ``SyncToAsync.single_thread_executor`` (asgiref 3.13.0): the one thread that
+  runs Django's async ORM calls (``acount()``, ``sync_to_async``) outside ``async_to_sync``.
 
 A shape that no longer fits stops the run with one line naming these versions.
 """
@@ -20,7 +22,7 @@ from typing import Any
 
 from .errors import DbleakError
 
-CHECKED_ON = "Django 5.2.19, pytest-django 4.14.0"
+CHECKED_ON = "Django 5.2.19, pytest-django 4.14.0, asgiref 3.13.0"
 
 
 def misfit(what: str) -> DbleakError:
@@ -53,8 +55,9 @@ def real_ensure_connection(manager: Any) -> Callable[[Any], None]:
     return real
 
 
-class LiveServer:
-    """Tells whether the current thread serves Django's live server."""
+class KeptThreads:
+    """Tells whether the current thread is one Django's machinery keeps for itself: the
+    live server's, or asgiref's thread for async ORM calls."""
 
     def __init__(self) -> None:
         try:
@@ -63,12 +66,18 @@ class LiveServer:
 
             self._thread_class: type = LiveServerThread
             self._request_code = ThreadedWSGIServer.process_request_thread.__code__
-        except (ImportError, AttributeError) as exc:
-            raise misfit(f"no live server thread: {exc}") from None
+            from asgiref.sync import SyncToAsync
 
-    def serving(self) -> bool:
-        """The live server's own thread, or one of the threads it runs a request in."""
-        if isinstance(threading.current_thread(), self._thread_class):
+            self._async_threads: set[threading.Thread] = (
+                SyncToAsync.single_thread_executor._threads
+            )
+        except (ImportError, AttributeError) as exc:
+            raise misfit(f"no live server or async ORM thread: {exc}") from None
+
+    def current(self) -> bool:
+        """The live server's own thread, one it runs a request in, or the async ORM's."""
+        thread = threading.current_thread()
+        if isinstance(thread, self._thread_class) or thread in self._async_threads:
             return True
         frame: Any = sys._getframe(1)
         while frame is not None:

@@ -11,7 +11,8 @@ pytest-django is active and the run is checked; without ``--dbleak`` Django is l
   session's own. Other aliases (SQLite, ...) are left as they are.
 - **Connections Django keeps.** Django opens one connection per thread and alias, lazily,
   and keeps it for that thread. Those of the main thread (reopened by the next test after
-  a transactional test closed them) and of the live server's threads are the framework's,
+  a transactional test closed them), of the live server's threads and of asgiref's thread
+  for async ORM calls are the framework's,
   not a test's leak: they are given to the detector as kept connections. A connection a
   thread the test started opened and left open is the test's leak; its wrapper is held
   until the test is judged, so that the garbage collector closing it after its thread
@@ -83,7 +84,7 @@ class DjangoSupport:
         self._opened: dict[int, _Opened] = {}
         self._lock = threading.Lock()
         self._patched: list[type] = []
-        self._live: _django_seam.LiveServer | None = None
+        self._kept_threads: _django_seam.KeptThreads | None = None
         self._listening = False
 
     # -- the start --------------------------------------------------------------------
@@ -132,7 +133,7 @@ class DjangoSupport:
             )
         self._target = f"the session database {database.name} on {info.host}:{info.port}"
         self._target += f", test databases {prefix}*"
-        self._live = _django_seam.LiveServer()
+        self._kept_threads = _django_seam.KeptThreads()
         from django.db.backends.signals import connection_created
 
         connection_created.connect(self._on_connection_created, dispatch_uid=id(self))
@@ -181,7 +182,7 @@ class DjangoSupport:
         if ident is None:
             return
         kept = threading.current_thread() is self.main or (
-            self._live is not None and self._live.serving()
+            self._kept_threads is not None and self._kept_threads.current()
         )
         entry = _Opened(weakref.ref(connection), kept, None if kept else connection)
         with self._lock:

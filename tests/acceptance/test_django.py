@@ -5,7 +5,7 @@ tests) is written here; its settings point at a server that does not exist, so e
 verdict below comes from a run the plugin redirected. Each ORM thread leak fails its test
 at the user's line, naming the thread; every clean twin passes, and so do the tests that
 live with Django's own connections: transactional tests, reads after them, several
-aliases, ``live_server``. The same verdicts in the full run, alone, with ``-n 2``, with
+aliases, ``live_server``, async ORM calls. The same verdicts in the full run, alone, with ``-n 2``, with
 ``--reuse-db``, with each ``CONN_MAX_AGE`` and with PyMySQL installed as MySQLdb; nothing
 is left on a url backend's server afterwards.
 """
@@ -227,6 +227,20 @@ def test_clean_live_server(live_server):
         assert response.read() == b"1"
 
 
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_clean_async_orm():
+    # Django runs it in asgiref's one thread for sync code, which keeps the connection.
+    await Item.objects.acreate(name="d")
+    assert await Item.objects.acount() == 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_clean_async_orm_again():
+    assert await Item.objects.acount() == 0
+
+
 @pytest.mark.django_db
 def test_clean_names_its_databases():
     """What the outer test checks on the server afterwards: the names and the grants."""
@@ -254,9 +268,11 @@ CLEAN = (
     "test_clean_read_again",
     "test_clean_every_alias",
     "test_clean_live_server",
+    "test_clean_async_orm",
+    "test_clean_async_orm_again",
     "test_clean_names_its_databases",
 )
-PLUGINS = only_dbleak_and("django", "xdist")
+PLUGINS = only_dbleak_and("django", "xdist", "asyncio")
 
 
 @pytest.fixture(scope="module")
@@ -275,6 +291,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "tests" / "test_orm.py").write_text(TESTS)
     (root / "pytest.ini").write_text(
         "[pytest]\nDJANGO_SETTINGS_MODULE = project.settings\npythonpath = .\n"
+        "asyncio_default_fixture_loop_scope = function\n"
     )
     return root
 
