@@ -5,9 +5,9 @@ tests) is written here; its settings point at a server that does not exist, so e
 verdict below comes from a run the plugin redirected. Each ORM thread leak fails its test
 at the user's line, naming the thread; every clean twin passes, and so do the tests that
 live with Django's own connections: transactional tests, reads after them, several
-aliases, ``live_server``, async ORM calls. The same verdicts in the full run, alone, with ``-n 2``, with
-``--reuse-db``, with each ``CONN_MAX_AGE`` and with PyMySQL installed as MySQLdb; nothing
-is left on a url backend's server afterwards.
+aliases, ``live_server``, async ORM calls. The same verdicts in the full run, alone, with
+``-n 2``, with ``--reuse-db``, with each ``CONN_MAX_AGE`` and with PyMySQL installed as
+MySQLdb; nothing is left on a url backend's server afterwards.
 """
 
 from __future__ import annotations
