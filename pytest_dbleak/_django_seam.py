@@ -68,9 +68,7 @@ class KeptThreads:
             self._request_code = ThreadedWSGIServer.process_request_thread.__code__
             from asgiref.sync import SyncToAsync
 
-            self._async_threads: set[threading.Thread] = (
-                SyncToAsync.single_thread_executor._threads
-            )
+            self._async_threads: set[threading.Thread] = SyncToAsync.single_thread_executor._threads
         except (ImportError, AttributeError) as exc:
             raise misfit(f"no live server or async ORM thread: {exc}") from None
 
