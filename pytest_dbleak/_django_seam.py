@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any
 
 from .errors import DbleakError
@@ -68,7 +68,9 @@ class KeptThreads:
             self._request_code = ThreadedWSGIServer.process_request_thread.__code__
             from asgiref.sync import SyncToAsync
 
-            self._async_threads: set[threading.Thread] = SyncToAsync.single_thread_executor._threads
+            self._async_threads: Container[threading.Thread] = (
+                SyncToAsync.single_thread_executor._threads
+            )
         except (ImportError, AttributeError) as exc:
             raise misfit(f"no live server or async ORM thread: {exc}") from None
 
