@@ -7,8 +7,8 @@ No pytest import. Checked on Django 5.2.19 and pytest-django 4.14.0. What is use
   it swaps in and out, for every thread at once);
 - Django's live server: ``LiveServerThread`` and ``ThreadedWSGIServer.process_request_thread``,
   the method each request thread runs;
-- asgiref's ``SyncToAsync.single_thread_executor`` (asgiref 3.13.0): the one thread that
-  runs Django's async ORM calls (``acount()``, ``sync_to_async``) outside ``async_to_sync``.
+- asgiref's ``SyncToAsync.thread_handler`` (asgiref 3.13.0): what the executor threads that
+  run Django's async ORM calls (``acount()``, ``sync_to_async``) run them in.
 
 A shape that no longer fits stops the run with one line naming these versions.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Callable, Container
+from collections.abc import Callable
 from typing import Any
 
 from .errors import DbleakError
@@ -61,27 +61,28 @@ class KeptThreads:
 
     def __init__(self) -> None:
         try:
+            from asgiref.sync import SyncToAsync
             from django.core.servers.basehttp import ThreadedWSGIServer
             from django.test.testcases import LiveServerThread
 
             self._thread_class: type = LiveServerThread
-            self._request_code = ThreadedWSGIServer.process_request_thread.__code__
-            from asgiref.sync import SyncToAsync
 
-            self._async_threads: Container[threading.Thread] = (
-                SyncToAsync.single_thread_executor._threads
+            # A frame, not the executor's thread set: a new worker thread runs its first
+            # call before the executor records it.
+            self._codes = (
+                ThreadedWSGIServer.process_request_thread.__code__,
+                SyncToAsync.thread_handler.__code__,
             )
         except (ImportError, AttributeError) as exc:
             raise misfit(f"no live server or async ORM thread: {exc}") from None
 
     def current(self) -> bool:
         """The live server's own thread, one it runs a request in, or the async ORM's."""
-        thread = threading.current_thread()
-        if isinstance(thread, self._thread_class) or thread in self._async_threads:
+        if isinstance(threading.current_thread(), self._thread_class):
             return True
         frame: Any = sys._getframe(1)
         while frame is not None:
-            if frame.f_code is self._request_code:
+            if any(frame.f_code is code for code in self._codes):
                 return True
             frame = frame.f_back
         return False

@@ -10,13 +10,14 @@ pytest-django is active and the run is checked; without ``--dbleak`` Django is l
   databases with that prefix, and they are dropped, or swept after a killed run, with the
   session's own. Other aliases (SQLite, ...) are left as they are.
 - **Connections Django keeps.** Django opens one connection per thread and alias, lazily,
-  and keeps it for that thread. Those of the main thread (reopened by the next test after
-  a transactional test closed them), of the live server's threads and of asgiref's thread
-  for async ORM calls are the framework's,
-  not a test's leak: they are given to the detector as kept connections. A connection a
-  thread the test started opened and left open is the test's leak; its wrapper is held
-  until the test is judged, so that the garbage collector closing it after its thread
-  ended cannot hide it.
+  and keeps it for that thread. Only a thread the test started makes the test's leak.
+  The connections of the main thread (reopened by the next test after a transactional
+  test closed them), of the live server's threads, of asgiref's thread for async ORM
+  calls and of threads running before the test began (a wider fixture's worker) are
+  kept for reuse while their thread lives: the detector is given them as kept
+  connections. A connection a thread the test started left open is the test's leak; its
+  wrapper is held until the test is judged, so that the garbage collector closing it
+  after its thread ended cannot hide it.
 - **pytest-django's blocker** swaps ``ensure_connection`` on the shared base class: every
   thread is blocked once the test's ``db`` fixture is torn down. A leaked thread that goes
   on using the ORM would die of ``RuntimeError: Database access not allowed`` and its leak
@@ -70,7 +71,8 @@ class _Opened:
     """A connection Django opened for one thread and alias."""
 
     wrapper: weakref.ref[Any]
-    kept: bool  # the framework's (main thread, live server), not a test's
+    thread: weakref.ref[threading.Thread]
+    kept: bool  # for a thread the test did not start, while it lives: not the test's
     held: Any = None  # the wrapper itself, until the test that opened it is judged
 
 
@@ -85,6 +87,9 @@ class DjangoSupport:
         self._lock = threading.Lock()
         self._patched: list[type] = []
         self._kept_threads: _django_seam.KeptThreads | None = None
+        self._before: set[threading.Thread] = set()  # running when the current test began
+        # Started by a wider-scoped fixture's setup (a session's worker): not the test's.
+        self._wider: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
         self._listening = False
 
     # -- the start --------------------------------------------------------------------
@@ -181,16 +186,24 @@ class DjangoSupport:
         ident = server_thread_id(connection.connection)
         if ident is None:
             return
-        kept = threading.current_thread() is self.main or (
-            self._kept_threads is not None and self._kept_threads.current()
+        thread = threading.current_thread()
+        # Only a thread the test started makes the test's leak: the main thread, Django's
+        # own threads and those of wider fixtures (a session's worker) keep theirs.
+        kept = (
+            thread is self.main
+            or thread in self._before
+            or thread in self._wider
+            or (self._kept_threads is not None and self._kept_threads.current())
         )
-        entry = _Opened(weakref.ref(connection), kept, None if kept else connection)
+        entry = _Opened(
+            weakref.ref(connection), weakref.ref(thread), kept, None if kept else connection
+        )
         with self._lock:
             self._opened[ident] = entry
 
     def kept_ids(self) -> set[int]:
-        """Server ids of the open connections Django keeps for the main thread and the
-        live server: the detector's provider."""
+        """Server ids of the open connections Django keeps for a live thread the test did
+        not start (the main thread, the live server's): the detector's provider."""
         ids: set[int] = set()
         with self._lock:
             for ident, entry in list(self._opened.items()):
@@ -198,12 +211,24 @@ class DjangoSupport:
                 raw = wrapper.connection if wrapper is not None else None
                 if raw is None or server_thread_id(raw) != ident:
                     del self._opened[ident]  # closed, or reopened under another id
-                elif entry.kept:
+                elif entry.kept and _alive(entry.thread()):
                     ids.add(ident)
         return ids
 
+    @staticmethod
+    def threads() -> set[threading.Thread]:
+        return set(threading.enumerate())
+
+    def note_fixture_threads(self, before: set[threading.Thread]) -> None:
+        """A wider-scoped fixture was set up: the threads it started are its own."""
+        self._wider.update(set(threading.enumerate()) - before)
+
+    def pytest_runtest_logstart(self) -> None:
+        self._before = set(threading.enumerate())
+
     def pytest_runtest_logfinish(self) -> None:
         # Judged: a thread's connection is left to its thread (or to the garbage collector).
+        self._before = set()
         with self._lock:
             for entry in self._opened.values():
                 entry.held = None
@@ -241,6 +266,10 @@ class DjangoSupport:
             self._listening = False
         with self._lock:
             self._opened.clear()
+
+
+def _alive(thread: threading.Thread | None) -> bool:
+    return thread is not None and thread.is_alive()
 
 
 def _tag(alias: str, taken: set[str]) -> str:

@@ -223,6 +223,7 @@ class DbleakManager:
             return (yield)
         detector = self.runtime.detector
         before = detector.snapshot() if detector is not None else None
+        threads = self.django.threads() if self.django is not None else None
         tracker.push_owner()
         try:
             return (yield)
@@ -230,6 +231,8 @@ class DbleakManager:
             tracker.pop_owner()
             if detector is not None and before is not None:
                 detector.note_owned_server_connections(before)
+            if self.django is not None and threads is not None:
+                self.django.note_fixture_threads(threads)
 
     # -- the check around every test ----------------------------------------------------
     # The window opens before the test's setup and closes after the last finalizer of

@@ -107,6 +107,33 @@ from django.db import OperationalError, close_old_connections, connection, conne
 from shop.models import Item
 
 
+@pytest.fixture(scope="session")
+def orm_worker():
+    """A background worker of the whole session: its connection is its own, reused."""
+    import queue
+    from concurrent.futures import Future
+
+    jobs = queue.Queue()
+
+    def serve():
+        while (job := jobs.get()) is not None:
+            fn, future = job
+            future.set_result(fn())
+        connection.close()
+
+    thread = threading.Thread(target=serve, name="session-worker")
+    thread.start()
+
+    def submit(fn):
+        future = Future()
+        jobs.put((fn, future))
+        return future.result(timeout=10)
+
+    yield submit
+    jobs.put(None)
+    thread.join()
+
+
 def run(fn, name):
     thread = threading.Thread(target=fn, name=name)
     thread.start()
@@ -241,6 +268,11 @@ async def test_clean_async_orm_again():
     assert await Item.objects.acount() == 0
 
 
+@pytest.mark.django_db(transaction=True)
+def test_clean_session_worker_keeps_its_connection(orm_worker):
+    assert orm_worker(lambda: Item.objects.count()) == 0
+
+
 @pytest.mark.django_db
 def test_clean_names_its_databases():
     """What the outer test checks on the server afterwards: the names and the grants."""
@@ -270,6 +302,7 @@ CLEAN = (
     "test_clean_live_server",
     "test_clean_async_orm",
     "test_clean_async_orm_again",
+    "test_clean_session_worker_keeps_its_connection",
     "test_clean_names_its_databases",
 )
 PLUGINS = only_dbleak_and("django", "xdist", "asyncio")
