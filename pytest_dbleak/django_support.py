@@ -83,6 +83,8 @@ class DjangoSupport:
         self.redirected: list[str] = []
         self.left: list[str] = []
         self._target = ""
+        self._prefix = ""
+        self._tags: dict[str, str] = {}
         self._opened: dict[int, _Opened] = {}
         self._lock = threading.Lock()
         self._patched: list[type] = []
@@ -125,7 +127,7 @@ class DjangoSupport:
             }
             options.setdefault("charset", "utf8mb4")
             options.update(no_tls)
-            tag = _tag(alias, tags)
+            tag = self._tags[alias] = _tag(alias, tags)
             # In place: Django's connection handler and wrappers share these dicts.
             entry.update(
                 HOST=info.host,
@@ -136,6 +138,7 @@ class DjangoSupport:
                 OPTIONS=options,
                 TEST={**(entry.get("TEST") or {}), "NAME": f"{prefix}{tag}"},
             )
+        self._prefix = prefix
         self._target = f"the session database {database.name} on {info.host}:{info.port}"
         self._target += f", test databases {prefix}*"
         self._kept_threads = _django_seam.KeptThreads()
@@ -219,9 +222,21 @@ class DjangoSupport:
     def threads() -> set[threading.Thread]:
         return set(threading.enumerate())
 
-    def note_fixture_threads(self, before: set[threading.Thread]) -> None:
-        """A wider-scoped fixture was set up: the threads it started are its own."""
+    def wider_fixture_done(self, name: str, before: set[threading.Thread]) -> None:
+        """A wider-scoped fixture was set up: the threads it started are its own. After
+        pytest-django's settings hook (which a project may override to rename the test
+        databases), each test database keeps the session's prefix: the session's user
+        may create no other."""
         self._wider.update(set(threading.enumerate()) - before)
+        if name != "django_db_modify_db_settings" or not self._prefix:
+            return
+        conf = sys.modules["django.conf"]
+        for alias in self.redirected:
+            test = conf.settings.DATABASES[alias].setdefault("TEST", {})
+            chosen = str(test.get("NAME") or "")
+            if not chosen.startswith(self._prefix):
+                rest = re.sub(r"[^A-Za-z0-9_]", "", chosen)[:24]
+                test["NAME"] = f"{self._prefix}{self._tags[alias]}" + (f"_{rest}" if rest else "")
 
     def pytest_runtest_logstart(self) -> None:
         self._before = set(threading.enumerate())

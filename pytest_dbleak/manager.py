@@ -232,7 +232,7 @@ class DbleakManager:
             if detector is not None and before is not None:
                 detector.note_owned_server_connections(before)
             if self.django is not None and threads is not None:
-                self.django.note_fixture_threads(threads)
+                self.django.wider_fixture_done(fixturedef.argname, threads)
 
     # -- the check around every test ----------------------------------------------------
     # The window opens before the test's setup and closes after the last finalizer of

@@ -284,6 +284,34 @@ def test_clean_names_its_databases():
     (out / name).write_text("\\n".join(grants))
 '''
 
+# A project that names its test databases itself, as pytest-django's docs show.
+RENAMED_CONFTEST = """\
+import pytest
+from django.conf import settings
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
+    settings.DATABASES["default"]["TEST"]["NAME"] = "test_custom"
+"""
+
+RENAMED_TESTS = """\
+import os
+import pathlib
+
+import pytest
+from django.db import connection
+
+from shop.models import Item
+
+
+@pytest.mark.django_db
+def test_clean_on_a_renamed_test_database():
+    Item.objects.create(name="r")
+    assert Item.objects.count() == 1
+    pathlib.Path(os.environ["NAMES_DIR"], connection.settings_dict["NAME"]).write_text("")
+"""
+
 LEAKS = {
     "test_leaky_thread": ("LEAK-thread", "orm-worker"),
     "test_leaky_executor": ("LEAK-executor", "pool_0"),
@@ -322,8 +350,11 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "shop" / "migrations" / "0001_initial.py").write_text(MIGRATION)
     (root / "tests").mkdir()
     (root / "tests" / "test_orm.py").write_text(TESTS)
+    (root / "renamed").mkdir()
+    (root / "renamed" / "conftest.py").write_text(RENAMED_CONFTEST)
+    (root / "renamed" / "test_renamed.py").write_text(RENAMED_TESTS)
     (root / "pytest.ini").write_text(
-        "[pytest]\nDJANGO_SETTINGS_MODULE = project.settings\npythonpath = .\n"
+        "[pytest]\nDJANGO_SETTINGS_MODULE = project.settings\npythonpath = .\ntestpaths = tests\n"
         "asyncio_default_fixture_loop_scope = function\n"
     )
     return root
@@ -486,6 +517,17 @@ def test_the_sweep_removes_the_test_databases_of_a_killed_session(
     run = _run(project, monkeypatch, *url, "tests/test_orm.py::test_clean_thread")
     run.assert_verdicts(("test_clean_thread",))
     assert _session_databases(local_mysql_url, {f"{orphan}_default": []}) == []
+
+
+def test_a_test_database_the_project_renames_keeps_the_sessions_prefix(
+    project: Path, monkeypatch: pytest.MonkeyPatch, local_mysql_url: str
+) -> None:
+    url = ("--dbleak-backend=url", f"--dbleak-mysql-url={local_mysql_url}")
+    run = _run(project, monkeypatch, *url, "renamed")
+    assert run.result.ret == 0, run.output
+    [name] = run.names
+    assert re.fullmatch(r"dbleak_main_[0-9a-f]{6}_default_test_custom", name), name
+    assert _session_databases(local_mysql_url, {name.replace("_test_custom", ""): []}) == []
 
 
 def test_without_dbleak_django_is_left_alone(
