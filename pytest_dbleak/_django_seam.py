@@ -1,6 +1,7 @@
 """The Django and pytest-django internals the Django support relies on, in one place.
 
-No pytest import. Checked on Django 5.2.19 and pytest-django 4.14.0. What is used:
+No pytest import. Checked on Django 5.2.19, pytest-django 4.14.0 and asgiref 3.13.0.
+What is used:
 
 - pytest-django's database blocker: the object on ``config.stash[blocking_manager_key]``
   and its ``_real_ensure_connection`` (the genuine ``BaseDatabaseWrapper.ensure_connection``
@@ -8,7 +9,7 @@ No pytest import. Checked on Django 5.2.19 and pytest-django 4.14.0. What is use
 - Django's live server: ``LiveServerThread`` and ``ThreadedWSGIServer.process_request_thread``,
   the method each request thread runs;
 - asgiref's ``SyncToAsync.thread_handler`` (asgiref 3.13.0): what the executor threads that
-  run Django's async ORM calls (``acount()``, ``sync_to_async``) run them in.
+  run Django's async ORM calls (``acount()``, ``sync_to_async``) run them in (a frame).
 
 A shape that no longer fits stops the run with one line naming these versions.
 """
@@ -27,7 +28,7 @@ CHECKED_ON = "Django 5.2.19, pytest-django 4.14.0, asgiref 3.13.0"
 
 def misfit(what: str) -> DbleakError:
     return DbleakError(
-        f"the Django support does not fit this Django or pytest-django ({what}); "
+        f"the Django support does not fit this Django, pytest-django or asgiref ({what}); "
         f"it was checked on {CHECKED_ON}"
     )
 
@@ -57,7 +58,7 @@ def real_ensure_connection(manager: Any) -> Callable[[Any], None]:
 
 class KeptThreads:
     """Tells whether the current thread is one Django's machinery keeps for itself: the
-    live server's, or asgiref's thread for async ORM calls."""
+    live server's, or an asgiref executor thread running async ORM calls."""
 
     def __init__(self) -> None:
         try:
