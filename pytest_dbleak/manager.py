@@ -24,6 +24,7 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from .baseline import Baseline
+    from .django_support import DjangoSupport
     from .window import Window
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,12 @@ class DbleakManager:
         self._baseline_line = ""
         self._announced = False  # pytest_dbleak_server was called
         self._closed = False
+        self.django: DjangoSupport | None = None
+        if settings.enabled and config.pluginmanager.has_plugin("django"):  # pytest-django
+            from .django_support import DjangoSupport
+
+            self.django = DjangoSupport(config)
+            config.pluginmanager.register(self.django, "dbleak_django")
 
     @property
     def is_worker(self) -> bool:
@@ -113,8 +120,12 @@ class DbleakManager:
         try:
             if self.is_controller:
                 self.runtime.server()  # one server, shared by the workers
+                if self.django is not None:
+                    self.django.describe(self.runtime)
             else:
-                self.runtime.checks()
+                checks = self.runtime.checks()
+                if self.django is not None:
+                    self.django.start(self.runtime, checks.detector.kept)
         except DbleakError as exc:
             raise pytest.UsageError(f"dbleak: {exc}") from None
         self._announce_server()
@@ -207,6 +218,9 @@ class DbleakManager:
         if self._closed:
             return
         self._closed = True
+        if self.django is not None:
+            self.django.close()
+            self.config.pluginmanager.unregister(self.django)
         # Leaked connections that sit in reference cycles would otherwise be finalised at
         # interpreter exit, after the server is gone, with noisy tracebacks. A checked run
         # without a leak has none of those.
@@ -222,6 +236,7 @@ class DbleakManager:
             return (yield)
         detector = self.runtime.detector
         before = detector.snapshot() if detector is not None else None
+        threads = self.django.threads() if self.django is not None else None
         tracker.push_owner()
         try:
             return (yield)
@@ -229,6 +244,8 @@ class DbleakManager:
             tracker.pop_owner()
             if detector is not None and before is not None:
                 detector.note_owned_server_connections(before)
+            if self.django is not None and threads is not None:
+                self.django.wider_fixture_done(fixturedef.argname, threads)
 
     # -- the check around every test ----------------------------------------------------
     # The window opens before the test's setup and closes after the last finalizer of
@@ -399,9 +416,10 @@ class DbleakManager:
         info = self.runtime.info
         if not self.settings.enabled or info is None or self.is_worker:
             return []
-        return [
-            self.redact(reporting.header_line(info.backend, info.host, info.port, info.version))
-        ]
+        lines = [reporting.header_line(info.backend, info.host, info.port, info.version)]
+        if self.django is not None:
+            lines += self.django.header()
+        return [self.redact(line) for line in lines]
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self._baseline_line:

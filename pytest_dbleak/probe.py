@@ -333,6 +333,24 @@ class Monitor:
         self.query(f"CREATE USER '{user}'@'{_escape(host)}' IDENTIFIED BY %s", (password,))
         self.query(f"GRANT ALL PRIVILEGES ON `{database}`.* TO '{user}'@'{host}'")
 
+    def grant_named_after(self, database: str, user: str, host: str) -> None:
+        """Let the session's user create and drop databases named ``<database>_*`` (a
+        framework's test databases): rights on that name pattern, nothing more."""
+        self.query(f"GRANT ALL PRIVILEGES ON `{_prefix_pattern(database)}`.* TO '{user}'@'{host}'")
+
+    def drop_named_after(self, database: str) -> list[str]:
+        """Drop the databases named ``<database>_*``: what grant_named_after allowed."""
+        names = [
+            r[0]
+            for r in self.query(
+                "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE %s",
+                (_prefix_pattern(database),),
+            )
+        ]
+        for name in names:
+            self.query(f"DROP DATABASE IF EXISTS `{name}`")
+        return names
+
     def claim(self, name: str) -> None:
         """Hold a server-side lock named after a session while this connection lives.
 
@@ -378,6 +396,7 @@ class Monitor:
             if not all(self._holds_only_its_database(name, host) for host in hosts):
                 continue
             self.kill_connections_of(name)
+            self.drop_named_after(name)  # before its own: a killed run always leaves that
             for host in hosts:
                 self.query(f"DROP USER IF EXISTS '{name}'@'{host}'")  # no args: no %-format
             self.query(f"DROP DATABASE IF EXISTS `{name}`")
@@ -386,7 +405,11 @@ class Monitor:
 
     def _holds_only_its_database(self, user: str, host: str) -> bool:
         """The user's grants are what create_database gives a session user, nothing more."""
-        allowed = {"USAGE ON *.*", f"ALL PRIVILEGES ON `{user}`.*"}
+        allowed = {
+            "USAGE ON *.*",
+            f"ALL PRIVILEGES ON `{user}`.*",
+            f"ALL PRIVILEGES ON `{_prefix_pattern(user)}`.*",  # grant_named_after
+        }
         for (line,) in self.query(f"SHOW GRANTS FOR '{user}'@'{host}'"):
             what = str(line).removeprefix("GRANT ").split(" TO ", 1)[0]
             if what not in allowed:
@@ -395,6 +418,7 @@ class Monitor:
 
     def drop_database(self, database: str, user: str, host: str) -> None:
         self.kill_connections_of(user)
+        self.drop_named_after(database)
         self.query(f"DROP USER IF EXISTS '{user}'@'{host}'")
         self.query(f"DROP DATABASE IF EXISTS `{database}`")
 
@@ -414,6 +438,11 @@ class Monitor:
 
 # The names ensure_database gives a session's database and user: dbleak_<worker>_<hex6>.
 _SESSION_NAME = re.compile(r"^dbleak_[A-Za-z0-9]{1,8}_[0-9a-f]{6}$")
+
+
+def _prefix_pattern(database: str) -> str:
+    """``<database>_%`` as a grant or LIKE pattern: the name's own ``_`` and ``%`` literal."""
+    return database.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%") + "\\_%"
 
 
 def _lock_name(name: str) -> str:

@@ -180,6 +180,22 @@ class Runtime:
             self._checks = Checks(database, tracker, detector, lockwatch)
         return self._checks
 
+    def allow_databases_named_after_session(self) -> str:
+        """Let the session's user create and drop ``<session database>_*`` databases (a
+        framework's test databases); they are dropped with the session's. The prefix."""
+        database = self.database()
+        server = self.server()
+        try:
+            server.monitor.grant_named_after(database.name, database.user, "%")
+        except Exception as exc:  # noqa: BLE001 - report any refusal as one line
+            raise DbleakError(
+                self.redact(
+                    f"cannot let {database.user} create test databases on "
+                    f"{server.running.where}: {exc}"
+                )
+            ) from None
+        return f"{database.name}_"
+
     def server_gone(self) -> None:
         """No more checks: the server stopped answering."""
         self._server_gone = True

@@ -55,6 +55,8 @@ _MACHINERY = tuple(
         "asyncmy",
         "greenlet",
         "asyncio",
+        "django",
+        "pytest_django",
     )
 )
 

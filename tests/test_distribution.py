@@ -67,6 +67,7 @@ def test_the_metadata_has_a_license_python_versions_and_only_user_extras(
         "mysql-connector",
         "mariadb",
         "drivers",
+        "django",
         "postgresql",
     }
     assert [ep for ep in wheel.namelist() if ep.endswith("entry_points.txt")]
