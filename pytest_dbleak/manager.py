@@ -189,6 +189,9 @@ class DbleakManager:
             ):
                 session.exitstatus = EXIT_LEAKS_FOUND
         self.close()
+        if self.runtime.interrupted:
+            # Ctrl-C came while the server was being stopped: that finished first.
+            session.exitstatus = pytest.ExitCode.INTERRUPTED
 
     def close(self) -> None:
         if self._closed:
