@@ -77,6 +77,7 @@ class DbleakManager:
         self.baseline: Baseline | None = None
         self.recording = False  # --dbleak-baseline names a file that does not exist yet
         self._baseline_line = ""
+        self._written: list[str] = []  # "JSON report: PATH", said at the end of the run
         self._closed = False
 
     @property
@@ -393,6 +394,8 @@ class DbleakManager:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self._baseline_line:
             terminalreporter.write_line(self.redact(self._baseline_line))
+        for written in self._written:
+            terminalreporter.write_line(f"dbleak: {written}")
         lines = reporting.summary_lines(self.results.values())
         if not lines:
             checked = reporting.checked(self.results.values(), self.outcomes)
@@ -414,6 +417,11 @@ class DbleakManager:
                 self._baseline_line = baseline.recorded_line(self.settings.baseline, recorded)
             elif self.baseline is not None:
                 self._baseline_line = self.baseline.summary(results)
+                if self.baseline.gone(results):
+                    path = self.settings.baseline
+                    self._baseline_line += (
+                        f"; to shrink the baseline, delete {path} and run again to re-record it"
+                    )
         if not (self.settings.report or self.settings.html) or not results:
             return
         meta = {
@@ -434,6 +442,7 @@ class DbleakManager:
                 self.redact,
                 leak_failed=self.leak_failures,
             )
+            self._written.append(f"JSON report written to {self.settings.report}")
         if self.settings.html:
             html_report.write(
                 self.settings.html,
@@ -443,6 +452,7 @@ class DbleakManager:
                 self.redact,
                 leak_failed=self.leak_failures,
             )
+            self._written.append(f"HTML report written to {self.settings.html}")
 
     def _server_meta(self) -> dict[str, Any]:
         info = self.runtime.info

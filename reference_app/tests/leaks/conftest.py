@@ -125,5 +125,6 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     checked = [r for r in manager.results.values() if manager.outcomes.get(r.nodeid) != "skipped"]
     leaking = sum(1 for r in manager.results.values() if r.leaks)
     terminalreporter.write_sep("=", "reference app: what this run showed", bold=True)
-    for line in proof.statement(items, leaking, exitstatus, len(checked), server):
+    width = config.get_terminal_writer().fullwidth
+    for line in proof.statement(items, leaking, exitstatus, len(checked), server, width):
         terminalreporter.write_line(line)
