@@ -140,9 +140,10 @@ def _version_line(path: str) -> str:
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:
-    with contextlib.suppress(OSError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    with interrupts_held():
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
 
 
 def _server_hint() -> str:
@@ -225,6 +226,9 @@ def _is_ready(template: Path) -> bool:
     return (template / "READY").exists() and (template / "data" / "mysql").is_dir()
 
 
+_INIT_TIMEOUT = 300.0  # seconds
+
+
 def _initialise(binary: str, datadir: Path) -> None:
     if _is_mariadb(binary):
         installer = shutil.which(
@@ -255,9 +259,28 @@ def _initialise(binary: str, datadir: Path) -> None:
             *_user_flags(),
             *_INNODB_FILES,
         ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+    # Its own session, killed whole when anything (Ctrl-C too) stops the wait: the
+    # installer is a script whose `mariadbd --bootstrap` would outlive a killed parent.
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=_INIT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        raise DbleakError(
+            f"initialising a datadir with {cmd[0]} took longer than {_INIT_TIMEOUT:g} s"
+        ) from None
+    except BaseException:
+        _kill_group(proc)
+        raise
+    if proc.returncode != 0:
+        tail = (stderr or stdout).strip().splitlines()[-3:]
         raise DbleakError(f"initialising a datadir with {cmd[0]} failed: {' | '.join(tail)}")
     if not (datadir / "mysql").is_dir():
         raise DbleakError(

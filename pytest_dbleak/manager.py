@@ -21,6 +21,7 @@ from .errors import DbleakError, Redactor, ServerGoneError
 from .results import CheckResult
 from .runtime import Runtime
 from .settings import Settings
+from .signals import interrupts_held
 
 if TYPE_CHECKING:
     from .baseline import Baseline
@@ -181,6 +182,14 @@ class DbleakManager:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        # pytest reports a Ctrl-C here as a raw traceback: hold it until the reports are
+        # written and the server is stopped, then end the run as interrupted.
+        with interrupts_held() as came:
+            self._finish(session)
+        if came or self.runtime.interrupted:
+            session.exitstatus = pytest.ExitCode.INTERRUPTED
+
+    def _finish(self, session: pytest.Session) -> None:
         if not self.is_worker:
             self._write_reports(session)
             if (
@@ -190,9 +199,6 @@ class DbleakManager:
             ):
                 session.exitstatus = EXIT_LEAKS_FOUND
         self.close()
-        if self.runtime.interrupted:
-            # Ctrl-C came while the server was being stopped: that finished first.
-            session.exitstatus = pytest.ExitCode.INTERRUPTED
 
     def close(self) -> None:
         if self._closed:
@@ -394,18 +400,18 @@ class DbleakManager:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self._baseline_line:
             terminalreporter.write_line(self.redact(self._baseline_line))
-        for written in self._written:
-            terminalreporter.write_line(f"dbleak: {written}")
         lines = reporting.summary_lines(self.results.values())
-        if not lines:
+        if lines:
+            title = f"dbleak: {reporting.plural(len(lines), 'test')} leaked connections"
+            terminalreporter.write_sep("=", title, yellow=True, bold=True)
+            for line in lines:
+                terminalreporter.write_line(self.redact(line))
+        else:
             checked = reporting.checked(self.results.values(), self.outcomes)
             if self.settings.enabled and checked:
                 terminalreporter.write_sep("-", reporting.clean_line(len(checked)))
-            return
-        title = f"dbleak: {reporting.plural(len(lines), 'test')} leaked connections"
-        terminalreporter.write_sep("=", title, yellow=True, bold=True)
-        for line in lines:
-            terminalreporter.write_line(self.redact(line))
+        for written in self._written:  # last: where to look next
+            terminalreporter.write_line(f"dbleak: {written}")
 
     def _write_reports(self, session: pytest.Session) -> None:
         from . import baseline, html_report

@@ -19,7 +19,7 @@ from .backends import RunningServer, ServerInfo
 from .errors import DbleakError, Redactor
 from .probe import Endpoint, Monitor
 from .settings import Settings
-from .signals import interrupts_held, sigterm_as_interrupt
+from .signals import interrupt_deferred, interrupts_held, sigterm_as_interrupt
 
 if TYPE_CHECKING:
     from .detector import Detector
@@ -159,6 +159,10 @@ class Runtime:
         """Server, session database, tracker, detector and lock watch."""
         if self._checks is None:
             self.launch()  # mariadbd boots while SQLAlchemy imports below
+            with interrupt_deferred():
+                import pymysql  # noqa: F401 - the server's wait needs it
+
+                from . import detector, lockwatch, tracking  # noqa: F401 - imported whole
             from .tracking import Tracker
 
             tracker = Tracker()

@@ -146,7 +146,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
     ),
     OptionSpec(
         "mysqld",
-        "the mariadbd/mysqld binary for the process backend (default: found on PATH).",
+        "the mariadbd/mysqld server binary for the process backend (default: the first "
+        "found on PATH, then in /usr/sbin, /usr/local/sbin, /usr/local/mysql/bin, "
+        "/opt/mysql/bin).",
         _parse_str,
         None,
         "--dbleak-mysqld",

@@ -88,3 +88,16 @@ def interrupts_held() -> Iterator[list[int]]:
         for sig, handler in previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         _HELD = None
+
+
+@contextlib.contextmanager
+def interrupt_deferred() -> Iterator[None]:
+    """Run the block whole, then raise the KeyboardInterrupt that came meanwhile.
+
+    For imports at start-up: pytest cannot render a KeyboardInterrupt raised inside a
+    module being imported (an INTERNALERROR), but renders one raised here.
+    """
+    with interrupts_held() as came:
+        yield
+    if came:
+        raise KeyboardInterrupt(f"signal {came[0]}")
