@@ -64,7 +64,7 @@ def start_url(url: str, timeout: float) -> RunningServer:
     try:
         server.endpoint.connect(timeout=limit, read_timeout=limit).close()
     except pymysql.err.Error as exc:
-        raise connect_error(server, exc) from None
+        raise connect_error(server, exc, timeout=limit) from None
     return server
 
 
@@ -143,11 +143,21 @@ def describe(server: RunningServer, version: str) -> ServerInfo:
     return ServerInfo(server.backend, ep.host, ep.port, ep.unix_socket, version, admin)
 
 
-def connect_error(server: RunningServer, exc: Exception) -> DbleakError:
-    """The one-line error for a server that cannot be reached or refuses the login."""
+def connect_error(
+    server: RunningServer, exc: Exception, *, timeout: float | None = None
+) -> DbleakError:
+    """The one-line error for a server that cannot be reached or refuses the login.
+
+    `timeout`: the wait the user set (--dbleak-startup-timeout), named when it expired.
+    """
     code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
     if code in (1045, 1044, 1698):
         why = "refused the login (wrong user or password)"
+    elif code in (2003, 2005, 2006, 2013) and timeout is not None and "timed out" in str(exc):
+        why = (
+            f"cannot be reached: timed out after {timeout:g} s "
+            "(--dbleak-startup-timeout or DBLEAK_STARTUP_TIMEOUT sets how long to wait)"
+        )
     elif code in (2003, 2005, 2006, 2013):
         why = "cannot be reached"
     else:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .results import FORK_SHARED
+from .signals import interrupt_deferred
 from .stacks import Frame, capture_stack
 
 __all__ = ["CONNECT", "FORK_SHARED", "ChildEvent", "Children", "Started"]
@@ -88,7 +89,8 @@ class Children:
     # -- installation (in the parent) ------------------------------------------------------
     def install(self, seq: Callable[[], int]) -> None:
         self._seq = seq
-        self.dir = Path(tempfile.mkdtemp(prefix="dbleak-children-"))
+        with interrupt_deferred():  # a folder made but not yet ours could not be removed
+            self.dir = Path(tempfile.mkdtemp(prefix="dbleak-children-"))
         _AT_FORK.append(self)
         _register_at_fork()
         self.trace_imported()

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .errors import DbleakError
+from .errors import DbleakError, missing_extra
 from .probe import Endpoint
 from .signals import keep_out_of_forks
 
@@ -210,8 +210,19 @@ def _disable_unavailable_ryuk() -> str | None:
 
 def start(image: str, timeout: float) -> tuple[Endpoint, Callable[[], None], list[str]]:
     """A running container whose server took a real login; how to stop it; notes."""
+    try:
+        import docker  # noqa: F401 - the extra's modules, before asking for a daemon
+        import testcontainers  # noqa: F401
+    except ModuleNotFoundError as exc:
+        missing = missing_extra(exc, "docker", "the docker backend")
+        if missing is None:
+            raise
+        raise DbleakError(missing) from None
     if not docker_available():
-        raise DbleakError("the docker backend needs a running Docker daemon; none answered")
+        raise DbleakError(
+            "the docker backend needs a running Docker daemon; none answered: start "
+            "Docker, or choose another backend (--dbleak-backend=process or url)"
+        )
     deadline = time.monotonic() + timeout
     ensure_image(image, timeout)
     name = f"dbleak-{secrets.token_hex(6)}"

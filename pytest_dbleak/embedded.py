@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -24,7 +25,7 @@ from pathlib import Path
 from .errors import DbleakError
 from .probe import Endpoint
 from .servers import Launch, RunningServer
-from .signals import keep_out_of_forks
+from .signals import interrupts_held, keep_out_of_forks
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,13 @@ _FAST_FLAGS = (
 
 
 def find_mysqld(explicit: str | None) -> str | None:
+    """The server binary: the one the user named (checked), else the first `mariadbd` or
+    `mysqld` on PATH, then in the usual server folders outside PATH (_SEARCH_PATH)."""
     if explicit:
         path = shutil.which(explicit) or (explicit if os.access(explicit, os.X_OK) else None)
         if path is None:
             raise DbleakError(f"--dbleak-mysqld: {explicit} is not an executable file")
+        check_server(path)
         return path
     search = os.pathsep.join([os.environ.get("PATH", ""), *_SEARCH_PATH])
     for name in ("mariadbd", "mysqld"):
@@ -59,6 +63,94 @@ def find_mysqld(explicit: str | None) -> str | None:
         if found:
             return found
     return None
+
+
+# "mariadbd  Ver 10.11.19-MariaDB..." / "/usr/sbin/mysqld  Ver 8.4.3 for Linux on x86_64 (...)".
+# Clients and tools print "mariadb  Ver 15.1 Distrib 10.11.19-MariaDB" or "mysql  Ver 8.4.3".
+_VERSION_LINE = re.compile(r"^(?P<prog>\S+)\s+Ver\s+\S+(?P<rest>.*)$")
+_VERSION_TIMEOUT = 10.0  # seconds; a server answers in milliseconds
+_SERVER_NAME = re.compile(r"^(mysqld|mariadbd)([-.][\w.-]*)?$")
+
+
+def check_server(path: str) -> None:
+    """Refuse, in one line naming the fix, a binary that is not a server the reaper can own.
+
+    The reaper stops the server by killing its own child, so the binary must be the
+    server itself, running in the foreground: a wrapper script (mysqld_safe, a service
+    script) starts the real server as its own child, which outlives the run. A script is
+    refused before it is run at all - mysqld_safe ignores `--version` and starts a server.
+    """
+    try:
+        with open(path, "rb") as binary:
+            head = binary.read(2)
+    except OSError as exc:
+        raise DbleakError(f"--dbleak-mysqld: cannot read {path} ({exc.strerror or exc})") from None
+    if head == b"#!":
+        raise DbleakError(
+            f"--dbleak-mysqld: {path} is a script (a wrapper such as mysqld_safe), not "
+            f"the server; it would leave the server running in the background: "
+            f"{_server_hint()}"
+        )
+    line = _version_line(path)
+    said = repr(line[:80]) if line else "nothing"
+    found = _VERSION_LINE.match(line)
+    if found is None:
+        raise DbleakError(
+            f"--dbleak-mysqld: {path} is not a MySQL or MariaDB server (its --version "
+            f"says {said}): {_server_hint()}"
+        )
+    if "Distrib" in found["rest"] or not _SERVER_NAME.match(os.path.basename(found["prog"])):
+        raise DbleakError(
+            f"--dbleak-mysqld: {path} is a client or tool, not the server (its --version "
+            f"says {said}): {_server_hint()}"
+        )
+
+
+def _version_line(path: str) -> str:
+    """The first line `path --no-defaults --version` prints, or why there is none."""
+    try:
+        # Its own session: whatever it starts is killed with it if it does not return.
+        proc = subprocess.Popen(
+            [path, "--no-defaults", "--version"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise DbleakError(
+            f"--dbleak-mysqld: {path} cannot be run ({exc.strerror or exc}): {_server_hint()}"
+        ) from None
+    try:
+        out, _ = proc.communicate(timeout=_VERSION_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        raise DbleakError(
+            f"--dbleak-mysqld: {path} --version did not return within "
+            f"{_VERSION_TIMEOUT:g} s, so it is not a server run in the foreground: "
+            f"{_server_hint()}"
+        ) from None
+    except BaseException:
+        _kill_group(proc)
+        raise
+    lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
+    return lines[0] if lines else ""
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    with interrupts_held():
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+
+
+def _server_hint() -> str:
+    found = find_mysqld(None)
+    if found is not None:
+        return f"give the server binary, e.g. --dbleak-mysqld={found}, or leave the option out"
+    return "give the server binary (mariadbd or mysqld), e.g. --dbleak-mysqld=/usr/sbin/mariadbd"
 
 
 def _is_mariadb(binary: str) -> bool:
@@ -110,12 +202,14 @@ def ensure_template(binary: str, cache: Path) -> Path:
     """
     usable_cache(cache)
     template = cache / f"template-{_template_key(binary)}"
-    if (template / "READY").exists():
+    if _is_ready(template):
         return template
     with open(cache / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (template / "READY").exists():
+        if _is_ready(template):
             return template
+        # Built aside and renamed into place only once verified: a build that fails or is
+        # interrupted leaves nothing that a later run would take for a template.
         build = Path(tempfile.mkdtemp(prefix="building-", dir=cache))
         try:
             _initialise(binary, build / "data")
@@ -125,6 +219,14 @@ def ensure_template(binary: str, cache: Path) -> Path:
         finally:
             shutil.rmtree(build, ignore_errors=True)
     return template
+
+
+def _is_ready(template: Path) -> bool:
+    # The system tables too: an older version marked an empty build ready.
+    return (template / "READY").exists() and (template / "data" / "mysql").is_dir()
+
+
+_INIT_TIMEOUT = 300.0  # seconds
 
 
 def _initialise(binary: str, datadir: Path) -> None:
@@ -157,10 +259,34 @@ def _initialise(binary: str, datadir: Path) -> None:
             *_user_flags(),
             *_INNODB_FILES,
         ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+    # Its own session, killed whole when anything (Ctrl-C too) stops the wait: the
+    # installer is a script whose `mariadbd --bootstrap` would outlive a killed parent.
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=_INIT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        raise DbleakError(
+            f"initialising a datadir with {cmd[0]} took longer than {_INIT_TIMEOUT:g} s"
+        ) from None
+    except BaseException:
+        _kill_group(proc)
+        raise
+    if proc.returncode != 0:
+        tail = (stderr or stdout).strip().splitlines()[-3:]
         raise DbleakError(f"initialising a datadir with {cmd[0]} failed: {' | '.join(tail)}")
+    if not (datadir / "mysql").is_dir():
+        raise DbleakError(
+            f"initialising a datadir with {cmd[0]} made no system tables in it: "
+            "give the server binary with --dbleak-mysqld"
+        )
 
 
 def _session_parent() -> str | None:
@@ -210,8 +336,9 @@ def launch_process(binary: str | None, cache: Path, timeout: float) -> Launch:
     reaper: subprocess.Popen[str] | None = None
 
     def cancel() -> None:
-        _stop_reaper(reaper)
-        shutil.rmtree(root, ignore_errors=True)
+        with interrupts_held():  # a second Ctrl-C must not cut the clean-up short
+            _stop_reaper(reaper)
+            shutil.rmtree(root, ignore_errors=True)
 
     try:
         datadir = root / "data"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable
 
@@ -12,6 +13,7 @@ _URL_PASSWORD = re.compile(
 
 # Top-level modules that each extra of pyproject.toml brings (with their dependencies).
 EXTRA_MODULES = {
+    "docker": frozenset({"testcontainers", "docker"}),
     "stress": frozenset(
         {
             "flask",
@@ -37,6 +39,13 @@ def missing_extra(exc: ModuleNotFoundError, extra: str, user: str) -> str | None
         f"{user} needs the {extra} extra: pip install 'pytest-dbleak[{extra}]' "
         f"(no module named {top!r})"
     )
+
+
+def nearest(word: str, choices: Iterable[str], cutoff: float) -> str | None:
+    """The choice `word` is most likely a typo of, if any is close enough: the one
+    did-you-mean of the plugin (markers, their keywords, option values)."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
+    return close[0] if close else None
 
 
 class DbleakError(Exception):

@@ -21,6 +21,7 @@ from .errors import DbleakError, Redactor, ServerGoneError
 from .results import CheckResult
 from .runtime import Runtime
 from .settings import Settings
+from .signals import interrupts_held
 
 if TYPE_CHECKING:
     from .baseline import Baseline
@@ -79,6 +80,7 @@ class DbleakManager:
         self.recording = False  # --dbleak-baseline names a file that does not exist yet
         self._baseline_line = ""
         self._announced = False  # pytest_dbleak_server was called
+        self._written: list[str] = []  # "JSON report: PATH", said at the end of the run
         self._closed = False
         self.django: DjangoSupport | None = None
         if settings.enabled and config.pluginmanager.has_plugin("django"):  # pytest-django
@@ -200,6 +202,14 @@ class DbleakManager:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        # pytest reports a Ctrl-C here as a raw traceback: hold it until the reports are
+        # written and the server is stopped, then end the run as interrupted.
+        with interrupts_held() as came:
+            self._finish(session)
+        if came or self.runtime.interrupted:
+            session.exitstatus = pytest.ExitCode.INTERRUPTED
+
+    def _finish(self, session: pytest.Session) -> None:
         if not self.is_worker:
             if self.settings.enabled:
                 session.config.hook.pytest_dbleak_sessionfinish(
@@ -425,15 +435,17 @@ class DbleakManager:
         if self._baseline_line:
             terminalreporter.write_line(self.redact(self._baseline_line))
         lines = reporting.summary_lines(self.results.values())
-        if not lines:
+        if lines:
+            title = f"dbleak: {reporting.plural(len(lines), 'test')} leaked connections"
+            terminalreporter.write_sep("=", title, yellow=True, bold=True)
+            for line in lines:
+                terminalreporter.write_line(self.redact(line))
+        else:
             checked = reporting.checked(self.results.values(), self.outcomes)
             if self.settings.enabled and checked:
                 terminalreporter.write_sep("-", reporting.clean_line(len(checked)))
-            return
-        title = f"dbleak: {reporting.plural(len(lines), 'test')} leaked connections"
-        terminalreporter.write_sep("=", title, yellow=True, bold=True)
-        for line in lines:
-            terminalreporter.write_line(self.redact(line))
+        for written in self._written:  # last: where to look next
+            terminalreporter.write_line(f"dbleak: {written}")
 
     def _write_reports(self, session: pytest.Session) -> None:
         from . import baseline, html_report
@@ -445,6 +457,11 @@ class DbleakManager:
                 self._baseline_line = baseline.recorded_line(self.settings.baseline, recorded)
             elif self.baseline is not None:
                 self._baseline_line = self.baseline.summary(results)
+                if self.baseline.gone(results):
+                    path = self.settings.baseline
+                    self._baseline_line += (
+                        f"; to shrink the baseline, delete {path} and run again to re-record it"
+                    )
         if not (self.settings.report or self.settings.html) or not results:
             return
         meta = {
@@ -465,6 +482,7 @@ class DbleakManager:
                 self.redact,
                 leak_failed=self.leak_failures,
             )
+            self._written.append(f"JSON report written to {self.settings.report}")
         if self.settings.html:
             html_report.write(
                 self.settings.html,
@@ -474,6 +492,7 @@ class DbleakManager:
                 self.redact,
                 leak_failed=self.leak_failures,
             )
+            self._written.append(f"HTML report written to {self.settings.html}")
 
     def _server_meta(self) -> dict[str, Any]:
         info = self.runtime.info

@@ -6,14 +6,13 @@ As pytest-django does for ``django_db``: calling the signature with the marker's
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import DbleakError
+from .errors import DbleakError, nearest
 
 
 @dataclass(frozen=True)
@@ -138,11 +137,11 @@ def misspelt(names: Iterable[str]) -> list[str]:
     for name in names:
         if name in MARKERS:
             continue
-        close = difflib.get_close_matches(name, MARKERS, n=1, cutoff=0.8)
+        close = nearest(name, MARKERS, cutoff=0.8)
         if close:
             errors.append(
                 f"@pytest.mark.{name} is not a marker of pytest-dbleak; "
-                f"did you mean @pytest.mark.{close[0]}?"
+                f"did you mean @pytest.mark.{close}?"
             )
     return errors
 
@@ -157,7 +156,7 @@ def _type_error_text(name: str, exc: TypeError) -> str:
     typo = _UNEXPECTED.search(text)
     if typo:
         known = list(inspect.signature(MARKERS[name]).parameters)
-        close = difflib.get_close_matches(typo["word"], known, n=1, cutoff=0.6)
+        close = nearest(typo["word"], known, cutoff=0.6)
         if close:
-            text += f"; did you mean {close[0]!r}?"
+            text += f"; did you mean {close!r}?"
     return text

@@ -39,7 +39,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for spec in OPTIONS:
         if spec.is_flag:
             group.addoption(
-                spec.flag, action="store_true", default=None, dest=spec.dest, help=spec.help
+                spec.flag, action="store_true", default=None, dest=spec.dest, help=spec.cli_help
             )
             group.addoption(
                 spec.negative,
@@ -50,7 +50,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             )
         else:
             group.addoption(
-                spec.flag, default=None, dest=spec.dest, metavar=spec.metavar, help=spec.help
+                spec.flag,
+                default=None,
+                dest=spec.dest,
+                metavar=spec.metavar,
+                help=spec.cli_help,
             )
         parser.addini(spec.ini, spec.help, default=None)
 

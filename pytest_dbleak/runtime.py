@@ -20,7 +20,7 @@ from .database import Database
 from .errors import DbleakError, Redactor
 from .probe import Endpoint, Monitor
 from .settings import Settings
-from .signals import sigterm_as_interrupt
+from .signals import interrupt_deferred, interrupts_held, sigterm_as_interrupt
 
 if TYPE_CHECKING:
     from .detector import Detector
@@ -78,6 +78,7 @@ class Runtime:
         self._error: DbleakError | None = None
         self._server_gone = False
         self._undo_sigterm: Callable[[], None] = lambda: None
+        self.interrupted = False  # Ctrl-C or SIGTERM came while close() held it back
 
     # -- what the hooks ask for ---------------------------------------------------
     @property
@@ -150,34 +151,49 @@ class Runtime:
         """Server, session database, tracker, detector and lock watch."""
         if self._checks is None:
             self.launch()  # mariadbd boots while SQLAlchemy imports below
-            from .detector import Detector
+            with interrupt_deferred():
+                import pymysql  # noqa: F401 - the server's wait needs it
+
+                from . import detector, lockwatch, tracking  # noqa: F401 - imported whole
             from .tracking import Tracker
 
             tracker = Tracker()
-            tracker.install()
             try:
-                database = self.database()
-            except DbleakError:
-                tracker.uninstall()
+                tracker.install()
+                return self._build_checks(tracker)
+            except BaseException:
+                # Ctrl-C while the server starts too: the tracker's folder must not stay.
+                with interrupts_held():
+                    tracker.uninstall()
                 raise
-            server = self.server()
-            own_everything = not server.shared_with_others
-            users = None if own_everything else frozenset({database.user})
-            detector = Detector(tracker, server.monitor, users, self._root)
-            lockwatch = None
-            if self.settings.lock_wait > 0:
-                from .lockwatch import LockWatch
+        return self._checks
 
-                lockwatch = LockWatch(
-                    server.running.endpoint,
-                    server.running.where,
-                    users,
-                    tracker,
-                    self._root,
-                    self.settings.lock_wait,
-                )
+    def _build_checks(self, tracker: Tracker) -> Checks:
+        from .detector import Detector
+
+        database = self.database()
+        server = self.server()
+        own_everything = not server.shared_with_others
+        users = None if own_everything else frozenset({database.user})
+        detector = Detector(tracker, server.monitor, users, self._root)
+        lockwatch = None
+        if self.settings.lock_wait > 0:
+            from .lockwatch import LockWatch
+
+            lockwatch = LockWatch(
+                server.running.endpoint,
+                server.running.where,
+                users,
+                tracker,
+                self._root,
+                self.settings.lock_wait,
+            )
+            try:
                 server.monitor.own_ids.add(lockwatch.connection_id)
-            self._checks = Checks(database, tracker, detector, lockwatch)
+            except BaseException:
+                lockwatch.close()
+                raise
+        self._checks = Checks(database, tracker, detector, lockwatch)
         return self._checks
 
     def allow_databases_named_after_session(self) -> str:
@@ -253,24 +269,44 @@ class Runtime:
 
     # -- the end ------------------------------------------------------------------------
     def close(self) -> None:
-        """Stop what was started; drop what we created on a server that stays. Idempotent."""
-        if self._launched is not None:  # set off, never waited for
-            self._launched.cancel()
-            self._launched = None
+        """Stop what was started; drop what we created on a server that stays. Idempotent.
+
+        Ctrl-C is held back until everything is stopped and removed (``interrupted``
+        says it came); every step runs even if an earlier one fails.
+        """
+        with interrupts_held() as came:
+            try:
+                self._close()
+            finally:
+                self.interrupted = self.interrupted or bool(came)
+
+    def _close(self) -> None:
+        launched, self._launched = self._launched, None
         checks, server, database = self._checks, self._server, self._database
         self._checks = self._server = self._database = None
-        if checks is not None and checks.lockwatch is not None:
-            checks.lockwatch.close()
-        if server is not None:
-            # A server we started goes away whole; on anybody else's, drop what we created.
+        try:
+            if launched is not None:  # set off, never waited for
+                launched.cancel()
+            if checks is not None and checks.lockwatch is not None:
+                checks.lockwatch.close()
+        finally:
+            try:
+                if server is not None:
+                    self._release(server, database)
+            finally:
+                if checks is not None:
+                    checks.tracker.uninstall()
+                self._undo_sigterm()
+                self._undo_sigterm = lambda: None
+
+    def _release(self, server: Server, database: Database | None) -> None:
+        # A server we started goes away whole; on anybody else's, drop what we created.
+        try:
             if database is not None and server.shared_with_others:
                 try:
                     server.monitor.drop_database(database.name, database.user, "%")
                 except Exception as exc:  # noqa: BLE001 - best effort at the very end
                     log.warning("dbleak: could not drop %s: %s", database.name, exc)
             server.monitor.close()
+        finally:
             server.running.stop()
-        if checks is not None:
-            checks.tracker.uninstall()
-        self._undo_sigterm()
-        self._undo_sigterm = lambda: None

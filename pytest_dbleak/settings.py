@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import DbleakError
+from .errors import DbleakError, nearest
 
 BACKENDS = ("auto", "process", "docker", "url")
 
@@ -68,7 +68,9 @@ _parse_lock_wait = _seconds(positive=False)  # 0: never interrupt a statement
 def _parse_backend(text: str) -> str:
     value = text.strip().lower()
     if value not in BACKENDS:
-        raise ValueError(f"unknown backend {text!r}; choose one of {', '.join(BACKENDS)}")
+        close = nearest(value, BACKENDS, cutoff=0.6)
+        guess = f"did you mean {close!r}? " if close else ""
+        raise ValueError(f"unknown backend {text!r}; {guess}choose one of {', '.join(BACKENDS)}")
     return value
 
 
@@ -98,6 +100,11 @@ class OptionSpec:
     @property
     def env(self) -> str:
         return f"DBLEAK_{self.name.upper()}"
+
+    @property
+    def cli_help(self) -> str:
+        """The help `pytest --help` shows: the other two places it can be set, too."""
+        return f"{self.help} [env {self.env}, ini {self.ini}]"
 
     @property
     def is_flag(self) -> bool:
@@ -139,7 +146,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
     ),
     OptionSpec(
         "mysqld",
-        "the mariadbd/mysqld binary for the process backend (default: found on PATH).",
+        "the mariadbd/mysqld server binary for the process backend (default: the first "
+        "found on PATH, then in /usr/sbin, /usr/local/sbin, /usr/local/mysql/bin, "
+        "/opt/mysql/bin).",
         _parse_str,
         None,
         "--dbleak-mysqld",

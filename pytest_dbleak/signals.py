@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import IO
 
@@ -55,3 +55,49 @@ def sigterm_as_interrupt() -> Callable[[], None]:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     return undo
+
+
+# The signals that came while clean-up held them back; None when nothing is held.
+_HELD: list[int] | None = None
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[list[int]]:
+    """Hold Ctrl-C (and SIGTERM) back while clean-up runs; yields the signals that came.
+
+    A KeyboardInterrupt raised half-way through stopping the server or removing a folder
+    would leave them behind. The clean-up here is short and bounded, so it finishes
+    first; the caller then ends the run as interrupted. Nested holds share the outer one.
+    """
+    global _HELD
+    if _HELD is not None or threading.current_thread() is not threading.main_thread():
+        yield _HELD if _HELD is not None else []
+        return
+    came: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        came.append(signum)
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _HELD = came
+    try:
+        for sig in previous:
+            signal.signal(sig, hold)
+        yield came
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        _HELD = None
+
+
+@contextlib.contextmanager
+def interrupt_deferred() -> Iterator[None]:
+    """Run the block whole, then raise the KeyboardInterrupt that came meanwhile.
+
+    For imports at start-up: pytest cannot render a KeyboardInterrupt raised inside a
+    module being imported (an INTERNALERROR), but renders one raised here.
+    """
+    with interrupts_held() as came:
+        yield
+    if came:
+        raise KeyboardInterrupt(f"signal {came[0]}")

@@ -82,11 +82,50 @@ def test_only_this_folder_whole_is_the_main_job(pytester: pytest.Pytester) -> No
 
 def test_the_bugs_are_switched_on_only_after_a_clean_run() -> None:
     server = "process backend, server 10.11.19-MariaDB"
-    assert proof.statement([], 2, 6, 17, server) == [
+    assert proof.statement([], 2, 6, 17, server, width=200) == [
         "The suite leaks on process backend, server 10.11.19-MariaDB (2 of 17 checked tests): "
         "the seed's bugs were not switched on."
     ]
-    assert proof.statement([], 0, 1, 17, server) == [
+    assert proof.statement([], 0, 1, 17, server, width=200) == [
         "No leaks in 17 checked tests on process backend, server 10.11.19-MariaDB, but the run "
         "failed (exit status 1): the seed's bugs were not switched on."
     ]
+    narrow = proof.statement([], 2, 6, 17, server, width=80)
+    assert len(narrow) == 2
+    assert all(len(line) <= 80 for line in narrow)
+
+
+ROWS = [
+    (
+        "no_request_cleanup",
+        "dbleak_http_load",
+        "60 checked_out over 1000 runs",
+        "reference_app/blueprints/locations.py:18",
+        "test_http_load.py::test_the_seeds_load_on_locations_two_rounds",
+    ),
+]
+HEAD = ("bug", "marker", "leaked", "site", "caught by")
+
+
+@pytest.mark.parametrize("width", [80, 100, 120])
+def test_a_table_wider_than_the_terminal_becomes_labelled_blocks_within_its_width(
+    width: int,
+) -> None:
+    lines = proof.fitted_table(HEAD, ROWS, width)
+    assert all(len(line) <= width for line in lines), lines
+    assert lines[0] == "  no_request_cleanup"
+    assert "    leaked     60 checked_out over 1000 runs" in lines
+
+
+def test_a_table_that_fits_stays_a_table() -> None:
+    assert proof.fitted_table(HEAD, ROWS, 400) == proof._table(HEAD, ROWS)
+
+
+def test_a_site_in_the_test_support_reads_injected_at() -> None:
+    assert proof._site("reference_app/tests/regressions.py:157") == (
+        "injected at reference_app/tests/regressions.py:157"
+    )
+    assert proof._site("reference_app/blueprints/locations.py:18") == (
+        "reference_app/blueprints/locations.py:18"
+    )
+    assert proof._site("") == ""

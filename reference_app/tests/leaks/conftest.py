@@ -126,5 +126,6 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         return
     leaking = sum(1 for r in checked if r.leaks)
     terminalreporter.write_sep("=", "reference app: what this run showed", bold=True)
-    for line in proof.statement(items, leaking, exitstatus, len(checked), server):
+    width = config.get_terminal_writer().fullwidth
+    for line in proof.statement(items, leaking, exitstatus, len(checked), server, width):
         terminalreporter.write_line(line)

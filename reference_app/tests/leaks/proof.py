@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,14 @@ import pytest
 HERE = Path(__file__).resolve().parent
 ENV_VAR = "REFERENCE_APP_REGRESSIONS"
 STRESS_MARKERS = ("dbleak_http_load", "dbleak_jobs", "dbleak_socket_churn")
+SUPPORT = HERE.parent  # reference_app/tests: where regressions.py switches the bugs on
+
+# What "the seed" is, for a reader who has not read the project's history.
+SEED = (
+    'The seed is the document this project grew from ("MySQL connection management '
+    'fixes", for a Flask shuttle service); its bugs are the connection leaks that '
+    "document set out to fix, which the tests can switch back on one at a time."
+)
 
 # bug -> the test of this suite that catches it
 CATCHERS: dict[str, str] = {
@@ -66,8 +75,12 @@ def is_main_job(config: pytest.Config, items: Sequence[pytest.Item]) -> bool:
     return whole and bool(items) and not hasattr(config, "workerinput")
 
 
-def catch(bug: str, test: str, marker: str, backend: str) -> Catch:
-    """Run `test` with `bug` switched on; what the detector said about it."""
+def catch(bug: str, test: str, marker: str, backend: str, runs: int | None = None) -> Catch:
+    """Run `test` with `bug` switched on; what the detector said about it.
+
+    `runs`: the stress marker's runs, for a leak found in the middle of them (whose
+    headline has no rate of its own).
+    """
     env = {**os.environ, ENV_VAR: bug, "PY_COLORS": "0"}
     done = subprocess.run(
         [
@@ -95,25 +108,64 @@ def catch(bug: str, test: str, marker: str, backend: str) -> Catch:
         last = (done.stdout.strip().splitlines() or ["no output"])[-1].strip("= ")
         return Catch(bug, test, marker, f"NOT caught (exit {done.returncode}: {last})", "", False)
     leaked = found["kinds"]
-    if found["runs"]:
-        leaked += f" over {found['runs']} runs"
-    return Catch(bug, test, marker, leaked, found["site"] or "", True)
+    over = found["runs"] or runs
+    if over:
+        leaked += f" over {over} runs"
+    return Catch(bug, test, marker, leaked, _site(found["site"] or ""), True)
+
+
+def _site(site: str) -> str:
+    """The site; "injected at" one in the test support, where a bug is switched on."""
+    path = Path(site.rpartition(":")[0] or site)
+    where = (HERE.parents[2] / path).resolve()  # sites are relative to the project root
+    if site and where.is_relative_to(SUPPORT):
+        return f"injected at {site}"
+    return site
+
+
+def _runs(item: pytest.Item | None) -> int | None:
+    """How many runs the item's stress marker asks for (its requests, clients or runs)."""
+    from pytest_dbleak import marks
+
+    if item is None:
+        return None
+    for name in STRESS_MARKERS:
+        mark = item.get_closest_marker(name)
+        if mark is not None:
+            value = marks.validate(name, mark.args, mark.kwargs)
+            return (
+                int(
+                    getattr(value, "runs", None)
+                    or getattr(value, "requests", None)
+                    or getattr(value, "clients", 0)
+                )
+                or None
+            )
+    return None
 
 
 def statement(
-    items: Sequence[pytest.Item], leaking: int, exitstatus: int, checked: int, server: str
+    items: Sequence[pytest.Item],
+    leaking: int,
+    exitstatus: int,
+    checked: int,
+    server: str,
+    width: int = 80,
 ) -> list[str]:
-    """The lines that end the main job; the bugs are switched on only after a clean run."""
+    """The lines that end the main job, none wider than `width` (the terminal's); the
+    bugs are switched on only after a clean run."""
     if leaking:
-        return [
+        return _wrap(
             f"The suite leaks on {server} ({leaking} of {checked} checked tests): "
-            "the seed's bugs were not switched on."
-        ]
+            "the seed's bugs were not switched on.",
+            width,
+        )
     if exitstatus != 0:
-        return [
+        return _wrap(
             f"No leaks in {checked} checked tests on {server}, but the run failed "
-            f"(exit status {exitstatus}): the seed's bugs were not switched on."
-        ]
+            f"(exit status {exitstatus}): the seed's bugs were not switched on.",
+            width,
+        )
     by_id = {item.nodeid.split("leaks/")[-1]: item for item in items}
     backend = server.split(" ")[0]
     started = time.monotonic()
@@ -122,22 +174,68 @@ def statement(
     with ThreadPoolExecutor(max_workers=len(CATCHERS)) as pool:
         catches = list(
             pool.map(
-                lambda case: catch(case[0], case[1], _marker(by_id.get(case[1])), backend),
+                lambda case: catch(
+                    case[0],
+                    case[1],
+                    _marker(by_id.get(case[1])),
+                    backend,
+                    _runs(by_id.get(case[1])),
+                ),
                 CATCHERS.items(),
             )
         )
     caught = sum(c.caught for c in catches)
     lines = [
-        f"The leak-regression suite is clean: {checked} checked tests, no leaks ({server}).",
-        f"Each of the seed's {len(catches)} bugs, switched on alone ({ENV_VAR}=<bug>), "
-        f"is caught by a named test: {caught} of {len(catches)} "
-        f"({time.monotonic() - started:.0f} s):",
+        *_wrap(
+            f"The leak-regression suite is clean: {checked} checked tests, no leaks ({server}).",
+            width,
+        ),
+        *_wrap(SEED, width),
+        *_wrap(
+            f"Each of the seed's {len(catches)} bugs, switched on alone ({ENV_VAR}=<bug>), "
+            f"is caught by a named test: {caught} of {len(catches)} "
+            f"({time.monotonic() - started:.0f} s):",
+            width,
+        ),
         "",
     ]
-    lines += _table(
+    lines += fitted_table(
         ("bug", "marker", "leaked", "site", "caught by"),
         [(c.bug, c.marker, c.leaked, c.site, c.test) for c in catches],
+        width,
     )
+    return lines
+
+
+def _wrap(text: str, width: int, indent: str = "") -> list[str]:
+    return textwrap.wrap(
+        text,
+        width=max(width, 40),
+        initial_indent=indent,
+        subsequent_indent=indent,
+        break_on_hyphens=False,
+    )
+
+
+def fitted_table(head: Sequence[str], rows: Sequence[Sequence[str]], width: int) -> list[str]:
+    """A table when it fits in `width` columns; else one block per row, its cells one
+    labelled line each (wrapped), so that nothing runs past the terminal's edge."""
+    table = _table(head, rows)
+    if max(len(line) for line in table) <= width:
+        return table
+    label = max(len(h) for h in head[1:]) + 2
+    lines: list[str] = []
+    for row in rows:
+        lines += _wrap(row[0], width, "  ")
+        for name, cell in zip(head[1:], row[1:], strict=True):
+            first = f"    {name.ljust(label)}"
+            lines += textwrap.wrap(
+                cell or "-",
+                width=max(width, 40),
+                initial_indent=first,
+                subsequent_indent=" " * len(first),
+                break_on_hyphens=False,
+            )
     return lines
 
 
