@@ -8,6 +8,7 @@ window did not create explains it as an idle connection.
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -27,8 +28,10 @@ from .results import (
     Leak,
 )
 from .sites import user_sites
-from .tracking import Checkout, ConnState, Frame, PoolState, Tracker
+from .tracking import Checkout, ConnState, Frame, Opened, PoolState, Tracker
 from .window import Window
+
+log = logging.getLogger(__name__)
 
 
 class Detector:
@@ -48,7 +51,7 @@ class Detector:
         self._last: ServerSnapshot | None = None
         # How to take back each leak of the last collection, with the server connections
         # it holds: see reclaim().
-        self._undo: list[tuple[list[int], Callable[[], None]]] = []
+        self._undo: list[Callable[[], None]] = []
 
     # -- windows -----------------------------------------------------------------
     def begin(self, *, reuse: bool = False) -> Window:
@@ -109,23 +112,38 @@ class Detector:
         )
 
     def reclaim(self, result: CheckResult) -> None:
-        """Take back what `result` leaked, so later tests start from a healthy pool and
-        server: checked-out connections invalidated (which returns them to their pool),
-        open transactions rolled back, undisposed engines disposed, and server
-        connections of the session's user that no pool owns killed."""
-        kill = {
+        """Take back what `result` leaked without ever harming its holder, so that later
+        tests start from a healthy pool and a clean test that passes without the plugin
+        passes with it:
+
+        - a checked-out pooled connection is detached from its pool: the pool's slot is
+          free again, the holder keeps a working connection (closed for real when it is
+          closed);
+        - a transaction left open on a connection idle in a pool is rolled back (the pool
+          owns that connection, nobody else);
+        - an engine never disposed is disposed (its holder still gets new connections);
+        - a server connection no pool owns is killed only once its holder is gone: the
+          driver's connection object was collected, or, when it cannot be watched, the
+          thread that opened it has ended. One still referenced (a framework's
+          per-thread connection kept for reuse) is never touched; if it blocks others,
+          the lock watch ends it then.
+        """
+        for action in self._undo:  # the last collection: the one `result` came from
+            try:
+                action()
+            except Exception as exc:  # noqa: BLE001 - the leaked object may be in any state
+                log.debug("dbleak: could not take a leak back: %s", exc)
+        self._undo = []
+        reported = {
             i
             for leak in result.leaks
             if leak.kind == SERVER_CONNECTION
             for i in leak.connection_ids
         }
-        for ids, action in self._undo:  # the last collection: the one `result` came from
-            try:
-                action()
-            except Exception:  # noqa: BLE001 - the leaked object may be in any state
-                kill.update(ids)
-        self._undo = []
-        for ident in sorted(kill):
+        for ident in sorted(reported):
+            opened = self.tracker.opened_at(ident)
+            if opened is None or not _holder_gone(opened):
+                continue
             try:
                 self.monitor.query(f"KILL CONNECTION {int(ident)}")
             except Exception:  # noqa: BLE001 - it may have gone by itself meanwhile
@@ -162,7 +180,7 @@ class Detector:
                         CHECKED_OUT, 1, _conn_what(conn, "checked out"), co.stack, co.thread
                     )
                     leaks.append(self._with_conn(leak, conn, by_conn))
-                    undo[id(leak)] = _invalidate(co)
+                    undo[id(leak)] = _detach(co)
             elif conn.in_trx and conn.checkin_seq >= w.seq and conn.serial not in w.trx_before:
                 last = conn.last_checkout
                 leak = self._leak(
@@ -216,7 +234,7 @@ class Detector:
         leaks.extend(self.beyond.transaction_leaks(w, snap, by_conn, self.owned_ids))
         leaks.extend(self.beyond.fork_shared_leaks(w.seq))
         leaks.extend(self._server_leaks(w, snap, by_conn))
-        self._undo = [(leak.connection_ids, undo[id(leak)]) for leak in leaks if id(leak) in undo]
+        self._undo = [undo[id(leak)] for leak in leaks if id(leak) in undo]
         for ident, leak in by_conn.items():
             row = snap.rows.get(ident)
             if row is not None and not any(r["id"] == ident for r in leak.processlist):
@@ -298,13 +316,24 @@ class Detector:
         return Counts(len(snap.ids_of(self.users)), snap.threads_connected, checked_out)
 
 
-def _invalidate(checkout: Checkout) -> Callable[[], None]:
+def _detach(checkout: Checkout) -> Callable[[], None]:
     def undo() -> None:
         fairy = checkout.fairy() if checkout.fairy is not None else None
         if fairy is not None and fairy.dbapi_connection is not None:
-            fairy.invalidate()  # closes it and gives the pool its slot back
+            # Pool bookkeeping only, no statement: the pool gets its slot back and the
+            # holder keeps a working connection, closed for real when it is closed.
+            # (SQLAlchemy documents PoolProxiedConnection.detach() for this.)
+            fairy.detach()
 
     return undo
+
+
+def _holder_gone(opened: Opened) -> bool:
+    """Whether nobody can use a raw connection any more: its object was collected, or,
+    for a driver whose connections cannot be watched, the thread that opened it ended."""
+    if opened.ref is not None:
+        return opened.ref() is None
+    return not _holder_running(opened.thread)
 
 
 def _rollback(conn: ConnState) -> Callable[[], None]:

@@ -18,12 +18,13 @@ import pytest
 
 from . import _pytest_seam, marks, reporting, verdict
 from .errors import DbleakError, Redactor, ServerGoneError
-from .results import CheckResult
+from .results import LOCK_WAIT, CheckResult
 from .runtime import Runtime
 from .settings import Settings
 
 if TYPE_CHECKING:
     from .baseline import Baseline
+    from .lockwatch import Resolution
     from .window import Window
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ class DbleakManager:
         self.recording = False  # --dbleak-baseline names a file that does not exist yet
         self._baseline_line = ""
         self._closed = False
+        self._resolutions: list[Resolution] = []  # what the lock watch ended or interrupted
+        self._awaiting_teardown: set[str] = set()  # call passed, no teardown report yet
 
     @property
     def is_worker(self) -> bool:
@@ -194,6 +197,11 @@ class DbleakManager:
         if self._closed:
             return
         self._closed = True
+        lockwatch = self.runtime.lockwatch
+        if lockwatch is not None:
+            self._resolutions = lockwatch.take_resolutions("") + [
+                r for r in lockwatch.resolutions if r.culprit
+            ]
         # Leaked connections that sit in reference cycles would otherwise be finalised at
         # interpreter exit, after the server is gone, with noisy tracebacks. A checked run
         # without a leak has none of those.
@@ -295,7 +303,8 @@ class DbleakManager:
         except ServerGoneError as exc:
             check.gone = exc
         if self.runtime.lockwatch is not None:
-            self.runtime.lockwatch.arm()
+            seq = check.window.seq if check.window is not None else -1
+            self.runtime.lockwatch.arm(seq, item.nodeid)
         item.stash[CHECK] = check
         return check
 
@@ -304,7 +313,12 @@ class DbleakManager:
             return
         check.closed = True
         lockwatch = self.runtime.lockwatch
-        stuck = lockwatch.disarm() if lockwatch is not None else []
+        tracker = self.runtime.tracking
+        stuck = (
+            lockwatch.disarm(tracker.tick() if tracker is not None else None)
+            if lockwatch is not None
+            else []
+        )
         detector = self.runtime.detector
         if check.window is None or detector is None:
             return
@@ -333,6 +347,12 @@ class DbleakManager:
             return
         if STRESS in item.stash:
             result.stress, result.runs = item.stash[STRESS]
+        lockwatch = self.runtime.lockwatch
+        if lockwatch is not None:
+            # What this test left blocked a wider fixture's teardown after its window
+            # closed, and was ended then: part of this test's verdict.
+            for resolution in lockwatch.take_resolutions(item.nodeid):
+                result.leaks.append(resolution.as_leak())
         result.report_only = self.settings.report_only
         if self.baseline is not None:
             self.baseline.judge(result)
@@ -351,6 +371,13 @@ class DbleakManager:
             redact=self.redact,
             note=note,
         )
+        if lockwatch is not None:
+            # Reported (failing, known or report-only alike): if it ever blocks a later
+            # statement, it is the culprit and its connection is ended.
+            lockwatch.reported(
+                [i for leak in result.leaks if leak.kind != LOCK_WAIT for i in leak.connection_ids],
+                item.nodeid,
+            )
         detector = self.runtime.detector
         if result.failed and not note and self.settings.reclaim and detector is not None:
             # Reported: now take it back, so the blame stays here and later tests do not
@@ -358,8 +385,20 @@ class DbleakManager:
             detector.reclaim(result)
 
     # -- collecting results (also on the xdist controller) -------------------------------
+    def pytest_keyboard_interrupt(self) -> None:
+        # Interrupted inside a test's teardown (Ctrl-C, a CI job's time limit): its
+        # verdict never came, so --lf must run it again.
+        try:
+            _pytest_seam.keep_for_last_failed(self.config, self._awaiting_teardown)
+        except DbleakError as exc:
+            log.warning("dbleak: %s", exc)
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         nodeid = report.nodeid
+        if report.when == "call" and getattr(report, "dbleak_checked", False):
+            self._awaiting_teardown.add(nodeid)
+        elif report.when == "teardown":
+            self._awaiting_teardown.discard(nodeid)
         if report.when == "teardown":
             verdict.carry_section(report, self._failed_reports.pop(nodeid, None))
         elif report.failed:
@@ -390,6 +429,10 @@ class DbleakManager:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self._baseline_line:
             terminalreporter.write_line(self.redact(self._baseline_line))
+        if self._resolutions:
+            terminalreporter.write_sep("=", "dbleak: stuck behind a leak", yellow=True)
+            for resolution in self._resolutions:
+                terminalreporter.write_line(self.redact(f"dbleak: {resolution.line}"))
         lines = reporting.summary_lines(self.results.values())
         if not lines:
             checked = reporting.checked(self.results.values(), self.outcomes)

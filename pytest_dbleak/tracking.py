@@ -101,6 +101,9 @@ class Opened:
     seq: int
     stack: tuple[Frame, ...]
     thread: str
+    # A weak reference to the driver's connection, where it takes one: whether its holder
+    # is gone (see Detector.reclaim).
+    ref: Callable[[], Any] | None = field(default=None, compare=False)
 
 
 _OPENED_LIMIT = 10_000
@@ -433,8 +436,12 @@ class Tracker:
         ident = server_thread_id(dbapi_connection)
         if ident is None:
             return
+        try:
+            ref: Callable[[], Any] | None = weakref.ref(dbapi_connection)
+        except TypeError:
+            ref = None
         with self._lock:
-            self.opened[ident] = Opened(self.tick(), stack, threading.current_thread().name)
+            self.opened[ident] = Opened(self.tick(), stack, threading.current_thread().name, ref)
             while len(self.opened) > _OPENED_LIMIT:
                 self.opened.popitem(last=False)
         if self.children.in_child:
