@@ -52,6 +52,10 @@ class Detector:
         # How to take back each leak of the last collection, with the server connections
         # it holds: see reclaim().
         self._undo: list[Callable[[], None]] = []
+        # Leaks of threads that outlived the test that started them: (that test, leak).
+        self.late: list[tuple[str, Leak]] = []
+        self._late_of: dict[int, str] = {}  # id(leak) -> nodeid, for the last collection
+        self._after: tuple[int, ServerSnapshot] | None = None  # the last window's end
 
     # -- windows -----------------------------------------------------------------
     def begin(self, *, reuse: bool = False) -> Window:
@@ -75,19 +79,27 @@ class Detector:
         started = time.monotonic()
         leaks, snap = self._collect(window)
         rechecked = False
-        if leaks and settle > 0 and any(_gc_may_return(leak) for leak in leaks):
+        if settle > 0 and any(_gc_may_return(leak) for leak in self._own(leaks)):
             rechecked = True
             # A connection nobody references any more but a reference cycle: one
             # collection gives it back now, rather than some later test's.
             gc.collect()
             leaks, snap = self._collect(window)
         delay = 0.01
+        threads = self.tracker.threads
         # Re-check only what can still change - a server row that lags behind a close, a
         # connection held by a thread that is still running - with backoff, for at most
-        # `settle`. A leak whose holder is gone is judged at once.
-        while leaks and (
-            patient or _started_threads_running(window) or any(_may_change(leak) for leak in leaks)
-        ):
+        # `settle`. A leak whose holder is gone is judged at once. A thread the test
+        # started and that still runs is the test's: it is waited for, leak or not, so
+        # that what it opens is judged here rather than blamed on a later test.
+        while (
+            (own := self._own(leaks))
+            and (
+                patient
+                or _started_threads_running(window)
+                or any(_may_change(leak) for leak in own)
+            )
+        ) or threads.running_since(window.seq):
             left = settle - (time.monotonic() - started)
             if left <= 0:
                 break
@@ -95,10 +107,16 @@ class Detector:
             time.sleep(min(delay, left))
             delay = min(delay * 2, 0.05)  # notice a suspicion clearing within 50 ms
             leaks, snap = self._collect(window)
+        # Still running after the settle time: what they open from now on is this test's.
+        threads.blame(threads.running_since(window.seq), nodeid)
+        late = [leak for leak in leaks if id(leak) in self._late_of]
+        self.late.extend((self._late_of[id(leak)], leak) for leak in late)
+        leaks = [leak for leak in leaks if id(leak) not in self._late_of]
         # The time spent judging a suspicion, also when it cleared: 0 only for a test that
         # was clean at the first look.
         waited = time.monotonic() - started if rechecked else 0.0
         self._last = snap
+        self._after = (self.tracker.mark(), snap)
         if leaks:
             self._describe_transactions(leaks)
         self.tracker.prune()
@@ -150,6 +168,34 @@ class Detector:
                 continue
         self._last = None  # the next window starts from what is left now
 
+    def _own(self, leaks: list[Leak]) -> list[Leak]:
+        """`leaks` without those blamed on an earlier test (see take_late)."""
+        return [leak for leak in leaks if id(leak) not in self._late_of]
+
+    def take_late(self) -> list[tuple[str, Leak]]:
+        """Leaks found since the last call that belong to an earlier test, whose thread
+        opened them after its window closed."""
+        late, self.late = self.late, []
+        return late
+
+    def late_at_end(self, settle: float) -> list[tuple[str, Leak]]:
+        """After the last test: wait up to `settle` for threads that outlived their test,
+        then judge what they opened since the last window closed."""
+        threads = self.tracker.threads
+        deadline = time.monotonic() + settle
+        while (running := [t for t in list(threads.late) if t.is_alive()]) and (
+            left := deadline - time.monotonic()
+        ) > 0:
+            running[0].join(left)
+        if self._after is not None and threads.late:
+            seq, snap = self._after
+            leaks, _ = self._collect(Window(seq, snap, set(), 0, server_trx=None))
+            self.late.extend(
+                (self._late_of[id(leak)], leak) for leak in leaks if id(leak) in self._late_of
+            )
+            self._undo = []
+        return self.take_late()
+
     def forget_baseline(self) -> None:
         """The next window takes a fresh snapshot: an unchecked test ran in between."""
         self._last = None
@@ -171,24 +217,37 @@ class Detector:
         leaks: list[Leak] = []
         undo: dict[int, Callable[[], None]] = {}  # id(leak) -> how to take it back
         by_conn: dict[int, Leak] = {}  # server id -> the leak that already covers it
+        late_of: dict[int, str] = {}  # id(leak) -> the earlier test it is blamed on
+
+        def late(leak: Leak, blamed: str | None) -> Leak:
+            if blamed is not None:
+                late_of[id(leak)] = blamed
+                leak.what += f" (after {blamed} ended, by a thread it started)"
+            return leak
 
         for conn in tracker.connections():
             co = conn.checkout
             if co is not None:
                 if co.seq >= w.seq and not co.owned:
-                    leak = self._leak(
-                        CHECKED_OUT, 1, _conn_what(conn, "checked out"), co.stack, co.thread
+                    leak = late(
+                        self._leak(
+                            CHECKED_OUT, 1, _conn_what(conn, "checked out"), co.stack, co.thread
+                        ),
+                        co.late_for,
                     )
                     leaks.append(self._with_conn(leak, conn, by_conn))
                     undo[id(leak)] = _detach(co)
             elif conn.in_trx and conn.checkin_seq >= w.seq and conn.serial not in w.trx_before:
                 last = conn.last_checkout
-                leak = self._leak(
-                    OPEN_TRANSACTION,
-                    1,
-                    _conn_what(conn, "idle in a pool inside a transaction"),
-                    last.stack if last else conn.stack,
-                    last.thread if last else None,
+                leak = late(
+                    self._leak(
+                        OPEN_TRANSACTION,
+                        1,
+                        _conn_what(conn, "idle in a pool inside a transaction"),
+                        last.stack if last else conn.stack,
+                        last.thread if last else None,
+                    ),
+                    last.late_for if last else None,
                 )
                 leaks.append(self._with_conn(leak, conn, by_conn))
                 undo[id(leak)] = _rollback(conn)
@@ -198,12 +257,17 @@ class Detector:
             if not ret.checkout.owned:
                 gc_returned.add(id(ret.conn))
                 leaks.append(
-                    self._leak(
-                        GC_RETURN,
-                        1,
-                        _conn_what(ret.conn, "was checked out here and dropped without close()"),
-                        ret.checkout.stack,
-                        ret.checkout.thread,
+                    late(
+                        self._leak(
+                            GC_RETURN,
+                            1,
+                            _conn_what(
+                                ret.conn, "was checked out here and dropped without close()"
+                            ),
+                            ret.checkout.stack,
+                            ret.checkout.thread,
+                        ),
+                        ret.checkout.late_for,
                     )
                 )
 
@@ -223,8 +287,11 @@ class Detector:
                     if len(counted) == len(held)
                     else f" ({len(counted)} of them already counted as gc_return)"
                 )
-            leak = self._leak(
-                UNDISPOSED_ENGINE, len(held) - len(counted), what, pool.stack, pool.thread
+            leak = late(
+                self._leak(
+                    UNDISPOSED_ENGINE, len(held) - len(counted), what, pool.stack, pool.thread
+                ),
+                pool.late_for,
             )
             for conn in held:
                 self._with_conn(leak, conn, by_conn)
@@ -233,7 +300,8 @@ class Detector:
 
         leaks.extend(self.beyond.transaction_leaks(w, snap, by_conn, self.owned_ids))
         leaks.extend(self.beyond.fork_shared_leaks(w.seq))
-        leaks.extend(self._server_leaks(w, snap, by_conn))
+        leaks.extend(self._server_leaks(w, snap, by_conn, late))
+        self._late_of = late_of
         self._undo = [undo[id(leak)] for leak in leaks if id(leak) in undo]
         for ident, leak in by_conn.items():
             row = snap.rows.get(ident)
@@ -242,7 +310,11 @@ class Detector:
         return leaks, snap
 
     def _server_leaks(
-        self, w: Window, snap: ServerSnapshot, by_conn: dict[int, Leak]
+        self,
+        w: Window,
+        snap: ServerSnapshot,
+        by_conn: dict[int, Leak],
+        late: Callable[[Leak, str | None], Leak],
     ) -> list[Leak]:
         tracker = self.tracker
         new = snap.ids_of(self.users) - w.server.ids_of(self.users) - self.owned_ids
@@ -283,7 +355,7 @@ class Detector:
             )
             leak.connection_ids.append(row.id)
             leak.processlist.append(row.as_dict())
-            leaks.append(leak)
+            leaks.append(late(leak, opened.late_for if opened else None))
         return leaks
 
     def _leak(

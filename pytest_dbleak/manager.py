@@ -18,7 +18,7 @@ import pytest
 
 from . import _pytest_seam, marks, reporting, verdict
 from .errors import DbleakError, Redactor, ServerGoneError
-from .results import LOCK_WAIT, CheckResult
+from .results import LOCK_WAIT, CheckResult, Leak
 from .runtime import Runtime
 from .settings import Settings
 
@@ -48,6 +48,7 @@ class _Check:
     placed: bool = False  # the window's end is queued behind the item's own finalizers
     closed: bool = False
     result: CheckResult | None = None
+    late: list[tuple[str, Leak]] = field(default_factory=list)  # earlier tests' late leaks
     reports: list[pytest.TestReport] = field(default_factory=list)  # setup, call
 
 
@@ -74,6 +75,7 @@ class DbleakManager:
         self.status = verdict.DeferredStatus()
         self._failed_reports: dict[str, pytest.TestReport] = {}  # nodeid -> setup/call
         self.leak_failures: set[str] = set()  # failed because of a leak only
+        self.late_failures: set[str] = set()  # passed, then a thread it left leaked
         self.other_failures: set[str] = set()
         self.baseline: Baseline | None = None
         self.recording = False  # --dbleak-baseline names a file that does not exist yet
@@ -181,6 +183,35 @@ class DbleakManager:
             except DbleakError as exc:
                 raise pytest.UsageError(f"dbleak: {exc}") from None
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, Any, Any]:
+        try:
+            return (yield)
+        finally:
+            self._late_at_end()
+
+    def _late_at_end(self) -> None:
+        """Threads that outlived their test may open connections after the last test: on
+        an xdist worker, the controller hears of it through the worker's output."""
+        detector = self.runtime.detector
+        if detector is None or not self.settings.enabled:
+            return
+        try:
+            late = detector.late_at_end(self.settings.settle_timeout)
+        except ServerGoneError:
+            return
+        if self.is_worker:
+            self.config.workeroutput["dbleak_late"] = [  # type: ignore[attr-defined]
+                {"nodeid": nodeid, "leak": leak.as_dict()} for nodeid, leak in late
+            ]
+        for nodeid, leak in late:
+            self._blame_late(nodeid, leak)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        for late in getattr(node, "workeroutput", {}).get("dbleak_late", ()):
+            self._blame_late(late["nodeid"], Leak.from_dict(late["leak"]))
+
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if not self.is_worker:
@@ -189,7 +220,7 @@ class DbleakManager:
                 session.exitstatus == pytest.ExitCode.TESTS_FAILED
                 and self.leak_failures
                 and not self.other_failures
-            ):
+            ) or (session.exitstatus == pytest.ExitCode.OK and self.late_failures):
                 session.exitstatus = EXIT_LEAKS_FOUND
         self.close()
 
@@ -334,6 +365,10 @@ class DbleakManager:
             check.gone = exc
             return
         check.result.leaks.extend(stuck)
+        check.late = detector.take_late()
+        if lockwatch is not None:
+            for nodeid, leak in check.late:
+                lockwatch.reported(leak.connection_ids, nodeid)
 
     def _judge(self, item: pytest.Item, check: _Check, report: pytest.TestReport) -> None:
         if check.gone is not None:
@@ -343,6 +378,12 @@ class DbleakManager:
             self.runtime.server_gone()  # no more checks against a dead server
             return
         result = check.result
+        if check.late:
+            # Not this test's: threads an earlier test started opened them after its
+            # window closed. They travel on this report to whoever keeps the results.
+            report.dbleak_late = [  # type: ignore[attr-defined]
+                {"nodeid": nodeid, "leak": leak.as_dict()} for nodeid, leak in check.late
+            ]
         if result is None:
             return
         if STRESS in item.stash:
@@ -406,6 +447,8 @@ class DbleakManager:
         data = getattr(report, "dbleak", None)
         if data is not None:
             self.results[nodeid] = CheckResult.from_dict(data)
+        for late in getattr(report, "dbleak_late", None) or ():
+            self._blame_late(late["nodeid"], Leak.from_dict(late["leak"]))
         previous = self.outcomes.get(nodeid)
         if report.failed:
             if getattr(report, "dbleak_failed", False):
@@ -417,6 +460,21 @@ class DbleakManager:
             self.outcomes[nodeid] = "skipped"
         elif previous is None:
             self.outcomes[nodeid] = "passed"
+
+    def _blame_late(self, nodeid: str, leak: Leak) -> None:
+        """A leak opened after `nodeid` ended, by a thread it started: its own, not the
+        running test's (which passes)."""
+        result = self.results.get(nodeid)
+        if result is None:
+            result = self.results[nodeid] = CheckResult(nodeid)
+            result.report_only = self.settings.report_only
+        result.leaks.append(leak)
+        if self.baseline is not None:
+            self.baseline.judge(result)
+        if result.failed:
+            self.leak_failures.add(nodeid)
+            self.late_failures.add(nodeid)
+            self.outcomes[nodeid] = "failed"
 
     def pytest_report_header(self) -> list[str]:
         info = self.runtime.info

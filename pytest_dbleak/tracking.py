@@ -28,6 +28,7 @@ from . import _sqla_seam as seam
 from .children import CONNECT, FORK_SHARED, Children
 from .drivers import DriverTracer, in_transaction, server_thread_id
 from .stacks import Frame, capture_stack
+from .threads import ThreadStarts
 
 __all__ = ["ConnState", "Frame", "PoolState", "Tracker", "capture_stack", "server_thread_id"]
 
@@ -51,6 +52,7 @@ class PoolState:
     registered_seq: int = -1
     listener: Callable[..., None] = field(default=lambda *a: None, repr=False)
     origin: PoolState | None = None  # the pool that recreate() built this one from
+    late_for: str | None = None  # created by a thread that outlived this test's window
 
     @property
     def alive(self) -> bool:
@@ -69,6 +71,7 @@ class Checkout:
     thread: str
     owned: bool
     fairy: Callable[[], Any] | None  # weak reference to the pool's connection proxy
+    late_for: str | None = None  # taken by a thread that outlived this test's window
 
 
 @dataclass(eq=False)
@@ -104,6 +107,7 @@ class Opened:
     # A weak reference to the driver's connection, where it takes one: whether its holder
     # is gone (see Detector.reclaim).
     ref: Callable[[], Any] | None = field(default=None, compare=False)
+    late_for: str | None = None  # opened by a thread that outlived this test's window
 
 
 _OPENED_LIMIT = 10_000
@@ -143,6 +147,7 @@ class Tracker:
         self._unknown_pool: PoolState | None = None
         self.children = Children()
         self.children.on_fork.append(self._after_fork_in_child)
+        self.threads = ThreadStarts(self.tick, lambda: self.owner_active)
 
     # -- sequence and ownership -------------------------------------------------
     def tick(self) -> int:
@@ -196,6 +201,7 @@ class Tracker:
             ) from None
         self.drivers.trace_imported()
         self.children.install(lambda: self.seq)
+        self.threads.install()
 
     def uninstall(self) -> None:
         if not self.installed:
@@ -208,6 +214,7 @@ class Tracker:
             seam.remove_connect(pool, state.listener)
         self.drivers.restore()
         self.children.uninstall()
+        self.threads.uninstall()
         self.installed = False
 
     def _after_fork_in_child(self) -> None:
@@ -229,6 +236,7 @@ class Tracker:
                 threading.current_thread().name,
             )
             state.registered_seq = seq
+            state.late_for = self.threads.blamed()
             state.listener = _ConnectListener(self, state)
             self.states[pool] = state
             self.pools.append(state)
@@ -385,7 +393,12 @@ class Tracker:
             except TypeError:
                 fairy = None
             state.checkout = Checkout(
-                self.tick(), stack, threading.current_thread().name, self.owner_active, fairy
+                self.tick(),
+                stack,
+                threading.current_thread().name,
+                self.owner_active,
+                fairy,
+                self.threads.blamed(),
             )
 
     def _on_checkin(self, dbapi_connection: Any, record: Any) -> None:
@@ -441,7 +454,9 @@ class Tracker:
         except TypeError:
             ref = None
         with self._lock:
-            self.opened[ident] = Opened(self.tick(), stack, threading.current_thread().name, ref)
+            self.opened[ident] = Opened(
+                self.tick(), stack, threading.current_thread().name, ref, self.threads.blamed()
+            )
             while len(self.opened) > _OPENED_LIMIT:
                 self.opened.popitem(last=False)
         if self.children.in_child:
