@@ -115,7 +115,8 @@ class LockWatch:
         self._phase_at = time.monotonic()  # when the current window or gap began
         self._ended: deque[_Ended] = deque(maxlen=10_000)
         self._reported: dict[int, str] = {}  # server connection id -> test that leaked it
-        self.resolutions: list[Resolution] = []
+        self.resolutions: list[Resolution] = []  # all of the session, for its summary
+        self._taken: list[Resolution] = []  # those already part of a test's verdict
         self._found: list[Stuck] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -150,10 +151,10 @@ class LockWatch:
                 self._reported[int(ident)] = nodeid
 
     def take_resolutions(self, nodeid: str) -> list[Resolution]:
-        """The holders of `nodeid` ended so far; the rest stay for the summary."""
+        """The holders of `nodeid` ended since the last call (all stay for the summary)."""
         with self._lock:
-            taken = [r for r in self.resolutions if r.culprit == nodeid]
-            self.resolutions = [r for r in self.resolutions if r.culprit != nodeid]
+            taken = [r for r in self.resolutions if r.culprit == nodeid and r not in self._taken]
+            self._taken.extend(taken)
         return taken
 
     def close(self) -> None:

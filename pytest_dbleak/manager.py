@@ -230,9 +230,7 @@ class DbleakManager:
         self._closed = True
         lockwatch = self.runtime.lockwatch
         if lockwatch is not None:
-            self._resolutions = lockwatch.take_resolutions("") + [
-                r for r in lockwatch.resolutions if r.culprit
-            ]
+            self._resolutions = list(lockwatch.resolutions)
         # Leaked connections that sit in reference cycles would otherwise be finalised at
         # interpreter exit, after the server is gone, with noisy tracebacks. A checked run
         # without a leak has none of those.
@@ -281,10 +279,17 @@ class DbleakManager:
         check = item.stash.get(CHECK, None)
         if check is not None and not check.placed:
             self._close_window(item, check)  # a parent's setup failed: nothing of it ran
+        interrupted = False
         try:
             return (yield)
+        except (KeyboardInterrupt, pytest.exit.Exception):
+            # Ctrl-C or a time limit inside a finalizer: the rest of them, the window's
+            # end among them, never ran. No verdict; --lf keeps the test (see
+            # pytest_keyboard_interrupt).
+            interrupted = True
+            raise
         finally:
-            if check is not None and not check.closed:
+            if check is not None and not check.closed and not interrupted:
                 pytest.exit(f"dbleak: {_pytest_seam.misfit_message()}", returncode=3)
             detector = self.runtime.detector
             if detector is not None and (check is None or not _same_parents(item, nextitem)):

@@ -85,9 +85,9 @@ def test_1_leaves_a_raw_connection(dbleak_mysql_url):
     KEEP.append(pymysql.connect(**connect_args(dbleak_mysql_url)))
 
 
-def test_2_the_raw_connection_was_killed():
-    with pytest.raises(pymysql.err.OperationalError):
-        KEEP[-1].ping(reconnect=False)
+def test_2_the_raw_connection_still_works_for_its_holder():
+    KEEP[-1].ping(reconnect=False)  # still referenced: never killed
+    KEEP.pop().close()
 
 
 def test_3_leaves_a_transaction_open(lazy):
@@ -112,6 +112,21 @@ def test_6_the_engine_was_disposed(dbleak):
     assert dbleak.pool_status(KEEP[-1]).open == 0
 
 
+def test_6a_leaves_a_checked_out_connection(lazy):
+    conn = lazy.connect()
+    conn.execute(sa.text("SELECT 1"))
+    conn.commit()
+    KEEP.append(conn)
+
+
+def test_6b_the_pool_has_its_slot_back_and_the_holder_a_working_connection(lazy, dbleak):
+    with lazy.connect() as mine:  # the pool's only slot: free again
+        assert mine.execute(sa.text("SELECT 1")).scalar() == 1
+    assert KEEP[-1].execute(sa.text("SELECT 2")).scalar() == 2
+    KEEP.pop().close()  # detached: closed for real
+    assert dbleak.pool_status(lazy).checked_out == 0
+
+
 @pytest.mark.dbleak(allow=1)
 def test_7_a_tolerated_leak(lazy):
     KEEP.append(lazy.connect())
@@ -123,18 +138,19 @@ def test_8_a_tolerated_leak_is_left_alone(lazy, dbleak):
 )
 
 
-def test_every_kind_of_leak_is_taken_back_and_a_tolerated_one_is_left(
+def test_every_kind_of_leak_is_taken_back_without_harming_its_holder_and_a_tolerated_one_is_left(
     pytester: pytest.Pytester,
 ) -> None:
     pytester.makepyfile(test_kinds=EACH_KIND)
     result = pytester.runpytest_subprocess(
         "--dbleak", "--dbleak-backend=process", FAST, *ONLY_DBLEAK
     )
-    result.assert_outcomes(failed=3, passed=5)
+    result.assert_outcomes(failed=4, passed=6)
     for name in (
         "test_1_leaves_a_raw_connection",
         "test_3_leaves_a_transaction_open",
         "test_5_leaves_an_engine",
+        "test_6a_leaves_a_checked_out_connection",
     ):
         result.stdout.fnmatch_lines([f"FAILED test_kinds.py::{name} - dbleak: *"])
 
