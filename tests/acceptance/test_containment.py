@@ -213,3 +213,89 @@ def test_a_statement_stuck_behind_a_leaked_transaction_is_interrupted_and_named(
             f"    test_stuck.py:{waits} in todo",
         ]
     )
+
+
+FLASK_STREAM = (
+    PREAMBLE
+    + """
+from flask import Flask, Response, stream_with_context
+from flask_sqlalchemy import SQLAlchemy
+
+db = SQLAlchemy()
+
+
+@pytest.fixture(scope="module")
+def app(dbleak_mysql_url):
+    app = Flask(__name__)
+    app.config["SQLALCHEMY_DATABASE_URI"] = dbleak_mysql_url
+    db.init_app(app)
+
+    @app.get("/items")
+    def items():
+        def rows():
+            for row in db.session.execute(sa.text("SELECT id FROM item")):  # HOLDS
+                yield f"{row.id}\\n"
+
+        return Response(stream_with_context(rows()))
+
+    @app.get("/count")
+    def count():
+        return str(db.session.execute(sa.text("SELECT COUNT(*) FROM item")).scalar())
+
+    with app.app_context():
+        with db.engine.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE item (id INT) ENGINE=InnoDB"))
+            conn.execute(sa.text("INSERT INTO item VALUES (1), (2)"))
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+def test_1_streams_and_leaves_the_response_open(app):
+    response = app.test_client().get("/items")
+    next(response.response)
+    KEEP.append(response)  # CLOSE
+
+
+def test_2_counts_through_the_same_app(app):
+    assert app.test_client().get("/count").text == "2"
+"""
+)
+
+
+@pytest.mark.parametrize("reclaim", [True, False], ids=["reclaim", "no-reclaim"])
+def test_a_streamed_response_left_open_fails_and_the_next_clean_test_through_the_app_passes(
+    pytester: pytest.Pytester, backend_args: list[str], reclaim: bool
+) -> None:
+    from tests.acceptance.helpers import line_of
+
+    pytester.makepyfile(test_flask=FLASK_STREAM)
+    result = pytester.runpytest_subprocess(
+        "--dbleak",
+        *backend_args,
+        FAST,
+        "--dbleak-lock-wait=1",
+        *([] if reclaim else ["--no-dbleak-reclaim"]),
+        *ONLY_DBLEAK,
+        timeout=60,
+    )
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "dbleak: 1 connection leaked (1 checked_out) at "
+            f"test_flask.py:{line_of(FLASK_STREAM, '# HOLDS')}",
+            "FAILED test_flask.py::test_1_streams_and_leaves_the_response_open - dbleak: *",
+        ]
+    )
+
+
+def test_its_clean_twin_closes_the_response_and_both_pass(
+    pytester: pytest.Pytester, backend_args: list[str]
+) -> None:
+    pytester.makepyfile(
+        test_flask=FLASK_STREAM.replace("KEEP.append(response)  # CLOSE", "response.close()")
+    )
+    result = pytester.runpytest_subprocess(
+        "--dbleak", *backend_args, FAST, "--dbleak-lock-wait=1", *ONLY_DBLEAK, timeout=60
+    )
+    result.assert_outcomes(passed=2)
