@@ -13,8 +13,16 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .beyond_pools import BeyondPools
+from .drivers import (
+    DriverPoolMisfit,
+    PoolTarget,
+    handed_out_by,
+    pool_connections,
+    server_thread_id,
+)
 from .probe import Monitor, ProcessRow, ServerSnapshot
 from .results import (
     CHECKED_OUT,
@@ -56,6 +64,7 @@ class Detector:
         self.late: list[tuple[str, Leak]] = []
         self._late_of: dict[int, str] = {}  # id(leak) -> nodeid, for the last collection
         self._after: tuple[int, ServerSnapshot] | None = None  # the last window's end
+        self._misfits: set[PoolTarget] = set()  # driver pools whose shape no longer fits
 
     # -- windows -----------------------------------------------------------------
     def begin(self, *, reuse: bool = False) -> Window:
@@ -300,7 +309,9 @@ class Detector:
 
         leaks.extend(self.beyond.transaction_leaks(w, snap, by_conn, self.owned_ids))
         leaks.extend(self.beyond.fork_shared_leaks(w.seq))
-        leaks.extend(self._server_leaks(w, snap, by_conn, late))
+        pool_leaks, explained = self._driver_pool_leaks(w, by_conn, late)
+        leaks.extend(pool_leaks)
+        leaks.extend(self._server_leaks(w, snap, by_conn, late, explained))
         self._late_of = late_of
         self._undo = [undo[id(leak)] for leak in leaks if id(leak) in undo]
         for ident, leak in by_conn.items():
@@ -315,6 +326,7 @@ class Detector:
         snap: ServerSnapshot,
         by_conn: dict[int, Leak],
         late: Callable[[Leak, str | None], Leak],
+        explained: set[int] = frozenset(),  # type: ignore[assignment]
     ) -> list[Leak]:
         tracker = self.tracker
         new = snap.ids_of(self.users) - w.server.ids_of(self.users) - self.owned_ids
@@ -324,7 +336,7 @@ class Detector:
         unexplained: list[ProcessRow] = []
         for ident in sorted(new):
             row = snap.rows[ident]
-            if ident in by_conn:
+            if ident in by_conn or ident in explained:
                 continue
             if ident in closing:
                 continue  # closed by its pool; the server has not caught up yet
@@ -357,6 +369,72 @@ class Detector:
             leak.processlist.append(row.as_dict())
             leaks.append(late(leak, opened.late_for if opened else None))
         return leaks
+
+    def _driver_pool_leaks(
+        self, w: Window, by_conn: dict[int, Leak], late: Callable[[Leak, str | None], Leak]
+    ) -> tuple[list[Leak], set[int]]:
+        """Drivers' own pools are pools: their idle connections are not leaks (a pool of
+        wider scope grows), one acquired in the window and not released is a
+        checked_out leak at the acquire, a pool created in the window and not closed is
+        the test's, like an engine never disposed."""
+        leaks: list[Leak] = []
+        explained: set[int] = set()
+        handouts: list[Any] | None = None
+        for dp in list(self.tracker.driver_pools):
+            pool = dp.ref()
+            if pool is None:
+                continue
+            try:
+                idle, used = pool_connections(pool, dp.target)
+            except DriverPoolMisfit as exc:
+                if dp.target not in self._misfits:
+                    self._misfits.add(dp.target)
+                    log.warning("dbleak: %s: its idle connections may read as leaks", exc)
+                continue
+            if used is None:
+                if handouts is None:
+                    handouts = self.tracker.handed_out_objects()
+                used = handed_out_by(pool, handouts)
+            idle_ids = {i for c in idle if (i := server_thread_id(c)) is not None}
+            explained |= idle_ids
+            for conn in used:
+                ident = server_thread_id(conn)
+                if ident is None:
+                    continue
+                explained.add(ident)
+                handout = self.tracker.handed_out_since(ident, w.seq)
+                if handout is None:
+                    continue  # acquired before the window: not this test's
+                leak = late(
+                    self._leak(
+                        CHECKED_OUT,
+                        1,
+                        f"server connection {ident} of {dp.kind} acquired and never released",
+                        handout.stack,
+                        handout.thread,
+                    ),
+                    handout.late_for,
+                )
+                leak.connection_ids.append(ident)
+                by_conn[ident] = leak
+                leaks.append(leak)
+            if dp.seq >= w.seq and not dp.owned and idle_ids:
+                leak = late(
+                    self._leak(
+                        UNDISPOSED_ENGINE,
+                        len(idle_ids),
+                        f"{dp.kind} created during the test and never closed, holding "
+                        f"{len(idle_ids)} idle server connection{'s' if len(idle_ids) > 1 else ''}",
+                        dp.stack,
+                        dp.thread,
+                    ),
+                    dp.late_for,
+                )
+                for ident in sorted(idle_ids):
+                    leak.connection_ids.append(ident)
+                    by_conn[ident] = leak
+                leaks.append(leak)
+        return leaks, explained
 
     def _leak(
         self, kind: str, count: int, what: str, stack: tuple[Frame, ...], thread: str | None

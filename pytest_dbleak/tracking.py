@@ -26,7 +26,7 @@ from sqlalchemy.pool import Pool
 
 from . import _sqla_seam as seam
 from .children import CONNECT, FORK_SHARED, Children
-from .drivers import DriverTracer, in_transaction, server_thread_id
+from .drivers import DriverTracer, PoolTarget, in_transaction, server_thread_id
 from .stacks import Frame, capture_stack
 from .threads import ThreadStarts
 
@@ -113,6 +113,23 @@ class Opened:
 _OPENED_LIMIT = 10_000
 
 
+@dataclass(eq=False)
+class DriverPoolState:
+    """A driver's own pool (aiomysql, asyncmy, mysql-connector, MariaDB Connector)."""
+
+    seq: int
+    owned: bool  # created while a wider-scoped fixture was being set up
+    stack: tuple[Frame, ...]
+    thread: str
+    ref: Callable[[], Any]
+    target: PoolTarget
+    late_for: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return f"{self.target.package} {self.target.cls}"
+
+
 @dataclass(frozen=True)
 class GcReturn:
     """A checked-out connection given back by the garbage collector, not by close()."""
@@ -140,8 +157,12 @@ class Tracker:
         self.closed_thread_ids: deque[tuple[int, int]] = deque(maxlen=10_000)  # (seq, id)
         self.opened: OrderedDict[int, Opened] = OrderedDict()  # server thread id -> site
         self.handed_out: OrderedDict[int, Opened] = OrderedDict()  # by a driver's own pool
+        self.driver_pools: list[DriverPoolState] = []
         self.drivers = DriverTracer(
-            self._on_driver_connect, self._on_driver_close, self._on_driver_handout
+            self._on_driver_connect,
+            self._on_driver_close,
+            self._on_driver_handout,
+            self._on_driver_pool,
         )
         self._owner_depth = 0
         self._unknown_pool: PoolState | None = None
@@ -466,11 +487,37 @@ class Tracker:
         ident = server_thread_id(pooled)
         if ident is None:
             return
+        try:
+            ref: Callable[[], Any] | None = weakref.ref(pooled)
+        except TypeError:
+            ref = None
         with self._lock:
-            self.handed_out[ident] = Opened(self.tick(), stack, threading.current_thread().name)
+            self.handed_out[ident] = Opened(
+                self.tick(), stack, threading.current_thread().name, ref, self.threads.blamed()
+            )
             self.handed_out.move_to_end(ident)
             while len(self.handed_out) > _OPENED_LIMIT:
                 self.handed_out.popitem(last=False)
+
+    def _on_driver_pool(self, pool: Any, target: PoolTarget, stack: tuple[Frame, ...]) -> None:
+        state = DriverPoolState(
+            self.tick(),
+            self.owner_active,
+            stack,
+            threading.current_thread().name,
+            weakref.ref(pool),
+            target,
+            self.threads.blamed(),
+        )
+        with self._lock:
+            self.driver_pools = [p for p in self.driver_pools if p.ref() is not None]
+            self.driver_pools.append(state)
+
+    def handed_out_objects(self) -> list[Any]:
+        """What drivers' pools handed out and is still referenced (their wrappers)."""
+        with self._lock:
+            refs = [h.ref for h in self.handed_out.values() if h.ref is not None]
+        return [obj for ref in refs if (obj := ref()) is not None]
 
     def _on_driver_close(self, ident: int | None) -> None:
         if ident is None:
