@@ -299,3 +299,30 @@ def test_its_clean_twin_closes_the_response_and_both_pass(
         "--dbleak", *backend_args, FAST, "--dbleak-lock-wait=1", *ONLY_DBLEAK, timeout=60
     )
     result.assert_outcomes(passed=2)
+
+
+@pytest.mark.parametrize(
+    ("args", "outcomes"),
+    [
+        (("test_flask.py::test_1_streams_and_leaves_the_response_open",), {"failed": 1}),
+        (("test_flask.py::test_2_counts_through_the_same_app",), {"passed": 1}),
+        (("-n", "2"), {"failed": 1, "passed": 1}),
+    ],
+    ids=["leaky-alone", "clean-alone", "xdist"],
+)
+def test_the_streamed_response_verdicts_alone_by_node_id_and_under_xdist(
+    pytester: pytest.Pytester, args: tuple[str, ...], outcomes: dict[str, int]
+) -> None:
+    from tests.acceptance.helpers import only_dbleak_and
+
+    pytester.makepyfile(test_flask=FLASK_STREAM)
+    result = pytester.runpytest_subprocess(
+        "--dbleak",
+        "--dbleak-backend=process",
+        FAST,
+        "--dbleak-lock-wait=1",
+        *only_dbleak_and("xdist"),
+        *args,
+        timeout=60,
+    )
+    result.assert_outcomes(**outcomes)

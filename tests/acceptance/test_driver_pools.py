@@ -12,7 +12,14 @@ import importlib.util
 
 import pytest
 
-from tests.acceptance.helpers import FAST, ONLY_DBLEAK, PREAMBLE, failure_of, line_of
+from tests.acceptance.helpers import (
+    FAST,
+    ONLY_DBLEAK,
+    PREAMBLE,
+    failure_of,
+    line_of,
+    only_dbleak_and,
+)
 
 ASYNC_POOL = """
 import asyncio
@@ -194,3 +201,55 @@ def test_a_drivers_own_pool_is_a_pool_and_its_leaks_fail_at_the_users_line(
             "*created during the test and never closed, holding 2 idle server connections",
         ]
     )
+
+
+@pytest.mark.parametrize("driver", sorted(CASES))
+def test_under_xdist_the_same_verdicts(pytester: pytest.Pytester, driver: str) -> None:
+    module, corpus = CASES[driver]
+    if importlib.util.find_spec(module.split(".")[0]) is None:
+        pytest.skip(f"{module} is not installed (the drivers extra)")
+    source = PREAMBLE + corpus
+    pytester.makepyfile(test_pool=source)
+    result = pytester.runpytest_subprocess(
+        "--dbleak",
+        "--dbleak-backend=process",
+        FAST,
+        "--dbleak-lock-wait=1",
+        *only_dbleak_and("xdist"),
+        "-n",
+        "2",
+        timeout=120,
+    )
+    result.assert_outcomes(failed=2, passed=source.count("\ndef test_clean_"))
+    result.stdout.fnmatch_lines(
+        ["FAILED test_pool.py::test_leaky_acquire*", "FAILED test_pool.py::test_leaky_pool*"],
+        consecutive=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("test", "outcome"),
+    [
+        ("test_clean_the_pool_grows", "passed"),
+        ("test_leaky_acquire", "failed"),
+        ("test_clean_acquire", "passed"),
+        ("test_leaky_pool", "failed"),
+        ("test_clean_pool", "passed"),
+    ],
+)
+def test_alone_by_node_id_the_same_verdicts(
+    pytester: pytest.Pytester, test: str, outcome: str
+) -> None:
+    if importlib.util.find_spec("aiomysql") is None:
+        pytest.skip("aiomysql is not installed (the drivers extra)")
+    pytester.makepyfile(test_pool=PREAMBLE + CASES["aiomysql"][1])
+    result = pytester.runpytest_subprocess(
+        "--dbleak",
+        "--dbleak-backend=process",
+        FAST,
+        "--dbleak-lock-wait=1",
+        *ONLY_DBLEAK,
+        f"test_pool.py::{test}",
+        timeout=120,
+    )
+    result.assert_outcomes(**{outcome: 1})

@@ -227,7 +227,9 @@ def test_a_late_leak_is_blamed_on_the_test_whose_thread_opened_it(
     pytester: pytest.Pytester, backend: list[str], args: tuple[str, ...]
 ) -> None:
     pytester.makepyfile(test_late=LATE)
-    result = run(pytester, *backend, "--dbleak-report=leaks.json", *args)
+    result = run(
+        pytester, *backend, "--dbleak-report=leaks.json", "--dbleak-html=leaks.html", *args
+    )
     result.assert_outcomes(passed=2 - len(args))  # the test running meanwhile passes
     assert result.ret == 6
     late = line_of(LATE, "# LATE")
@@ -244,6 +246,9 @@ def test_a_late_leak_is_blamed_on_the_test_whose_thread_opened_it(
     assert [leak["kind"] for leak in first["leaks"]] == ["server_connection"]
     assert "by a thread it started" in first["leaks"][0]["what"]
     assert not tests.get("test_late.py::test_2_runs_while_the_thread_connects", {}).get("leaks")
+    page = (pytester.path / "leaks.html").read_text()
+    assert "test_1_starts_a_thread_that_connects_after_it_ended" in page
+    assert "by a thread it started" in page
 
 
 def test_its_clean_twin_passes_whole_and_alone(
