@@ -83,6 +83,7 @@ class DbleakManager:
         self._closed = False
         self._resolutions: list[Resolution] = []  # what the lock watch ended or interrupted
         self._awaiting_teardown: set[str] = set()  # call passed, no teardown report yet
+        self._stuck_lines: list[str] = []  # what the workers' lock watches stopped
 
     @property
     def is_worker(self) -> bool:
@@ -201,16 +202,25 @@ class DbleakManager:
         except ServerGoneError:
             return
         if self.is_worker:
-            self.config.workeroutput["dbleak_late"] = [  # type: ignore[attr-defined]
+            output = self.config.workeroutput  # type: ignore[attr-defined]
+            output["dbleak_late"] = [
                 {"nodeid": nodeid, "leak": leak.as_dict()} for nodeid, leak in late
             ]
+            lockwatch = self.runtime.lockwatch
+            # What the watch stopped (the last test's wider teardowns ran by now): the
+            # controller's summary says it.
+            output["dbleak_stuck"] = (
+                [r.line for r in lockwatch.resolutions] if lockwatch is not None else []
+            )
         for nodeid, leak in late:
             self._blame_late(nodeid, leak)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        for late in getattr(node, "workeroutput", {}).get("dbleak_late", ()):
+        output = getattr(node, "workeroutput", {})
+        for late in output.get("dbleak_late", ()):
             self._blame_late(late["nodeid"], Leak.from_dict(late["leak"]))
+        self._stuck_lines.extend(output.get("dbleak_stuck", ()))
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -492,10 +502,11 @@ class DbleakManager:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self._baseline_line:
             terminalreporter.write_line(self.redact(self._baseline_line))
-        if self._resolutions:
+        stuck = [r.line for r in self._resolutions] + self._stuck_lines
+        if stuck:
             terminalreporter.write_sep("=", "dbleak: stuck behind a leak", yellow=True)
-            for resolution in self._resolutions:
-                terminalreporter.write_line(self.redact(f"dbleak: {resolution.line}"))
+            for line in stuck:
+                terminalreporter.write_line(self.redact(f"dbleak: {line}"))
         lines = reporting.summary_lines(self.results.values())
         if not lines:
             checked = reporting.checked(self.results.values(), self.outcomes)

@@ -181,6 +181,7 @@ def test_under_xdist_the_leak_fails_and_every_worker_finishes(
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["FAILED test_teardown.py::test_leaks_a_session*"])
     assert result.ret == 6
+    assert_holder_ended_by(result, LEAK_THEN_CLEAN)
 
 
 LATE = (
