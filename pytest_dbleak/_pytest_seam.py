@@ -12,6 +12,10 @@ Public hooks come first; what is here has no public equivalent:
   package, session) - pytest runs those inside the teardown of the last test of a
   scope, and they would erase the leak before the verdict. A finalizer placed first
   on the item's list is popped last, i.e. exactly at that boundary.
+- ``LFPlugin.lastfailed`` (the cache provider's "lfplugin"): the nodeid -> True map that
+  ``--lf`` reads. pytest forgets a test there once its call passed; a run interrupted in
+  that test's teardown (stuck behind a leak, then Ctrl-C or a CI time limit) never sends
+  the teardown report that would fail it, so the test is put back.
 - The ``Repr*`` classes that build a failure's long representation (the same objects
   pytest builds for a failed test, so every reporter and xdist's serialiser takes them).
 """
@@ -80,3 +84,14 @@ def failure_repr(text: str, path: str, line: int, message: str) -> ReprException
         reprtraceback=ReprTracebackNative([text if text.endswith("\n") else text + "\n"]),
         reprcrash=ReprFileLocation(path, line, message),
     )
+
+
+def keep_for_last_failed(config: pytest.Config, nodeids: set[str]) -> None:
+    """Have ``--lf`` run `nodeids` again: their run was interrupted before a verdict."""
+    plugin = config.pluginmanager.get_plugin("lfplugin")
+    if plugin is None or not nodeids:
+        return  # the cache provider is off: nothing remembers failures
+    lastfailed = getattr(plugin, "lastfailed", None)
+    if not isinstance(lastfailed, dict):
+        raise _misfit("the cache provider's LFPlugin.lastfailed is not a dict")
+    lastfailed.update(dict.fromkeys(nodeids, True))

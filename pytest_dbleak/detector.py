@@ -8,12 +8,21 @@ window did not create explains it as an idle connection.
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from .beyond_pools import BeyondPools
+from .drivers import (
+    DriverPoolMisfit,
+    PoolTarget,
+    handed_out_by,
+    pool_connections,
+    server_thread_id,
+)
 from .probe import Monitor, ProcessRow, ServerSnapshot
 from .results import (
     CHECKED_OUT,
@@ -27,8 +36,10 @@ from .results import (
     Leak,
 )
 from .sites import user_sites
-from .tracking import Checkout, ConnState, Frame, PoolState, Tracker
+from .tracking import Checkout, ConnState, Frame, Opened, PoolState, Tracker
 from .window import Window
+
+log = logging.getLogger(__name__)
 
 
 class Detector:
@@ -52,7 +63,12 @@ class Detector:
         self._last: ServerSnapshot | None = None
         # How to take back each leak of the last collection, with the server connections
         # it holds: see reclaim().
-        self._undo: list[tuple[list[int], Callable[[], None]]] = []
+        self._undo: list[Callable[[], None]] = []
+        # Leaks of threads that outlived the test that started them: (that test, leak).
+        self.late: list[tuple[str, Leak]] = []
+        self._late_of: dict[int, str] = {}  # id(leak) -> nodeid, for the last collection
+        self._after: tuple[int, ServerSnapshot] | None = None  # the last window's end
+        self._misfits: set[PoolTarget] = set()  # driver pools whose shape no longer fits
 
     # -- windows -----------------------------------------------------------------
     def begin(self, *, reuse: bool = False) -> Window:
@@ -76,19 +92,27 @@ class Detector:
         started = time.monotonic()
         leaks, snap = self._collect(window)
         rechecked = False
-        if leaks and settle > 0 and any(_gc_may_return(leak) for leak in leaks):
+        if settle > 0 and any(_gc_may_return(leak) for leak in self._own(leaks)):
             rechecked = True
             # A connection nobody references any more but a reference cycle: one
             # collection gives it back now, rather than some later test's.
             gc.collect()
             leaks, snap = self._collect(window)
         delay = 0.01
+        threads = self.tracker.threads
         # Re-check only what can still change - a server row that lags behind a close, a
         # connection held by a thread that is still running - with backoff, for at most
-        # `settle`. A leak whose holder is gone is judged at once.
-        while leaks and (
-            patient or _started_threads_running(window) or any(_may_change(leak) for leak in leaks)
-        ):
+        # `settle`. A leak whose holder is gone is judged at once. A thread the test
+        # started and that still runs is the test's: it is waited for, leak or not, so
+        # that what it opens is judged here rather than blamed on a later test.
+        while (
+            (own := self._own(leaks))
+            and (
+                patient
+                or _started_threads_running(window)
+                or any(_may_change(leak) for leak in own)
+            )
+        ) or threads.running_since(window.seq):
             left = settle - (time.monotonic() - started)
             if left <= 0:
                 break
@@ -96,10 +120,16 @@ class Detector:
             time.sleep(min(delay, left))
             delay = min(delay * 2, 0.05)  # notice a suspicion clearing within 50 ms
             leaks, snap = self._collect(window)
+        # Still running after the settle time: what they open from now on is this test's.
+        threads.blame(threads.running_since(window.seq), nodeid)
+        late = [leak for leak in leaks if id(leak) in self._late_of]
+        self.late.extend((self._late_of[id(leak)], leak) for leak in late)
+        leaks = [leak for leak in leaks if id(leak) not in self._late_of]
         # The time spent judging a suspicion, also when it cleared: 0 only for a test that
         # was clean at the first look.
         waited = time.monotonic() - started if rechecked else 0.0
         self._last = snap
+        self._after = (self.tracker.mark(), snap)
         if leaks:
             self._describe_transactions(leaks)
         self.tracker.prune()
@@ -113,28 +143,71 @@ class Detector:
         )
 
     def reclaim(self, result: CheckResult) -> None:
-        """Take back what `result` leaked, so later tests start from a healthy pool and
-        server: checked-out connections invalidated (which returns them to their pool),
-        open transactions rolled back, undisposed engines disposed, and server
-        connections of the session's user that no pool owns killed."""
-        kill = {
+        """Take back what `result` leaked without ever harming its holder, so that later
+        tests start from a healthy pool and a clean test that passes without the plugin
+        passes with it:
+
+        - a checked-out pooled connection is detached from its pool: the pool's slot is
+          free again, the holder keeps a working connection (closed for real when it is
+          closed);
+        - a transaction left open on a connection idle in a pool is rolled back (the pool
+          owns that connection, nobody else);
+        - an engine never disposed is disposed (its holder still gets new connections);
+        - a server connection no pool owns is killed only once its holder is gone: the
+          driver's connection object was collected, or, when it cannot be watched, the
+          thread that opened it has ended. One still referenced (a framework's
+          per-thread connection kept for reuse) is never touched; if it blocks others,
+          the lock watch ends it then.
+        """
+        for action in self._undo:  # the last collection: the one `result` came from
+            try:
+                action()
+            except Exception as exc:  # noqa: BLE001 - the leaked object may be in any state
+                log.debug("dbleak: could not take a leak back: %s", exc)
+        self._undo = []
+        reported = {
             i
             for leak in result.leaks
             if leak.kind == SERVER_CONNECTION
             for i in leak.connection_ids
         }
-        for ids, action in self._undo:  # the last collection: the one `result` came from
-            try:
-                action()
-            except Exception:  # noqa: BLE001 - the leaked object may be in any state
-                kill.update(ids)
-        self._undo = []
-        for ident in sorted(kill):
+        for ident in sorted(reported):
+            opened = self.tracker.opened_at(ident)
+            if opened is None or not _holder_gone(opened):
+                continue
             try:
                 self.monitor.query(f"KILL CONNECTION {int(ident)}")
             except Exception:  # noqa: BLE001 - it may have gone by itself meanwhile
                 continue
         self._last = None  # the next window starts from what is left now
+
+    def _own(self, leaks: list[Leak]) -> list[Leak]:
+        """`leaks` without those blamed on an earlier test (see take_late)."""
+        return [leak for leak in leaks if id(leak) not in self._late_of]
+
+    def take_late(self) -> list[tuple[str, Leak]]:
+        """Leaks found since the last call that belong to an earlier test, whose thread
+        opened them after its window closed."""
+        late, self.late = self.late, []
+        return late
+
+    def late_at_end(self, settle: float) -> list[tuple[str, Leak]]:
+        """After the last test: wait up to `settle` for threads that outlived their test,
+        then judge what they opened since the last window closed."""
+        threads = self.tracker.threads
+        deadline = time.monotonic() + settle
+        while (running := [t for t in list(threads.late) if t.is_alive()]) and (
+            left := deadline - time.monotonic()
+        ) > 0:
+            running[0].join(left)
+        if self._after is not None and threads.late:
+            seq, snap = self._after
+            leaks, _ = self._collect(Window(seq, snap, set(), 0, server_trx=None))
+            self.late.extend(
+                (self._late_of[id(leak)], leak) for leak in leaks if id(leak) in self._late_of
+            )
+            self._undo = []
+        return self.take_late()
 
     def forget_baseline(self) -> None:
         """The next window takes a fresh snapshot: an unchecked test ran in between."""
@@ -157,24 +230,37 @@ class Detector:
         leaks: list[Leak] = []
         undo: dict[int, Callable[[], None]] = {}  # id(leak) -> how to take it back
         by_conn: dict[int, Leak] = {}  # server id -> the leak that already covers it
+        late_of: dict[int, str] = {}  # id(leak) -> the earlier test it is blamed on
+
+        def late(leak: Leak, blamed: str | None) -> Leak:
+            if blamed is not None:
+                late_of[id(leak)] = blamed
+                leak.what += f" (after {blamed} ended, by a thread it started)"
+            return leak
 
         for conn in tracker.connections():
             co = conn.checkout
             if co is not None:
                 if co.seq >= w.seq and not co.owned:
-                    leak = self._leak(
-                        CHECKED_OUT, 1, _conn_what(conn, "checked out"), co.stack, co.thread
+                    leak = late(
+                        self._leak(
+                            CHECKED_OUT, 1, _conn_what(conn, "checked out"), co.stack, co.thread
+                        ),
+                        co.late_for,
                     )
                     leaks.append(self._with_conn(leak, conn, by_conn))
-                    undo[id(leak)] = _invalidate(co)
+                    undo[id(leak)] = _detach(co)
             elif conn.in_trx and conn.checkin_seq >= w.seq and conn.serial not in w.trx_before:
                 last = conn.last_checkout
-                leak = self._leak(
-                    OPEN_TRANSACTION,
-                    1,
-                    _conn_what(conn, "idle in a pool inside a transaction"),
-                    last.stack if last else conn.stack,
-                    last.thread if last else None,
+                leak = late(
+                    self._leak(
+                        OPEN_TRANSACTION,
+                        1,
+                        _conn_what(conn, "idle in a pool inside a transaction"),
+                        last.stack if last else conn.stack,
+                        last.thread if last else None,
+                    ),
+                    last.late_for if last else None,
                 )
                 leaks.append(self._with_conn(leak, conn, by_conn))
                 undo[id(leak)] = _rollback(conn)
@@ -184,12 +270,17 @@ class Detector:
             if not ret.checkout.owned:
                 gc_returned.add(id(ret.conn))
                 leaks.append(
-                    self._leak(
-                        GC_RETURN,
-                        1,
-                        _conn_what(ret.conn, "was checked out here and dropped without close()"),
-                        ret.checkout.stack,
-                        ret.checkout.thread,
+                    late(
+                        self._leak(
+                            GC_RETURN,
+                            1,
+                            _conn_what(
+                                ret.conn, "was checked out here and dropped without close()"
+                            ),
+                            ret.checkout.stack,
+                            ret.checkout.thread,
+                        ),
+                        ret.checkout.late_for,
                     )
                 )
 
@@ -209,8 +300,11 @@ class Detector:
                     if len(counted) == len(held)
                     else f" ({len(counted)} of them already counted as gc_return)"
                 )
-            leak = self._leak(
-                UNDISPOSED_ENGINE, len(held) - len(counted), what, pool.stack, pool.thread
+            leak = late(
+                self._leak(
+                    UNDISPOSED_ENGINE, len(held) - len(counted), what, pool.stack, pool.thread
+                ),
+                pool.late_for,
             )
             for conn in held:
                 self._with_conn(leak, conn, by_conn)
@@ -219,8 +313,11 @@ class Detector:
 
         leaks.extend(self.beyond.transaction_leaks(w, snap, by_conn, self.owned_ids))
         leaks.extend(self.beyond.fork_shared_leaks(w.seq))
-        leaks.extend(self._server_leaks(w, snap, by_conn))
-        self._undo = [(leak.connection_ids, undo[id(leak)]) for leak in leaks if id(leak) in undo]
+        pool_leaks, explained = self._driver_pool_leaks(w, by_conn, late)
+        leaks.extend(pool_leaks)
+        leaks.extend(self._server_leaks(w, snap, by_conn, late, explained))
+        self._late_of = late_of
+        self._undo = [undo[id(leak)] for leak in leaks if id(leak) in undo]
         for ident, leak in by_conn.items():
             row = snap.rows.get(ident)
             if row is not None and not any(r["id"] == ident for r in leak.processlist):
@@ -228,7 +325,12 @@ class Detector:
         return leaks, snap
 
     def _server_leaks(
-        self, w: Window, snap: ServerSnapshot, by_conn: dict[int, Leak]
+        self,
+        w: Window,
+        snap: ServerSnapshot,
+        by_conn: dict[int, Leak],
+        late: Callable[[Leak, str | None], Leak],
+        explained: set[int] = frozenset(),  # type: ignore[assignment]
     ) -> list[Leak]:
         tracker = self.tracker
         new = snap.ids_of(self.users) - w.server.ids_of(self.users) - self.owned_ids
@@ -240,7 +342,7 @@ class Detector:
         unexplained: list[ProcessRow] = []
         for ident in sorted(new):
             row = snap.rows[ident]
-            if ident in by_conn:
+            if ident in by_conn or ident in explained:
                 continue
             if ident in closing:
                 continue  # closed by its pool; the server has not caught up yet
@@ -271,8 +373,74 @@ class Detector:
             )
             leak.connection_ids.append(row.id)
             leak.processlist.append(row.as_dict())
-            leaks.append(leak)
+            leaks.append(late(leak, opened.late_for if opened else None))
         return leaks
+
+    def _driver_pool_leaks(
+        self, w: Window, by_conn: dict[int, Leak], late: Callable[[Leak, str | None], Leak]
+    ) -> tuple[list[Leak], set[int]]:
+        """Drivers' own pools are pools: their idle connections are not leaks (a pool of
+        wider scope grows), one acquired in the window and not released is a
+        checked_out leak at the acquire, a pool created in the window and not closed is
+        the test's, like an engine never disposed."""
+        leaks: list[Leak] = []
+        explained: set[int] = set()
+        handouts: list[Any] | None = None
+        for dp in list(self.tracker.driver_pools):
+            pool = dp.ref()
+            if pool is None:
+                continue
+            try:
+                idle, used = pool_connections(pool, dp.target)
+            except DriverPoolMisfit as exc:
+                if dp.target not in self._misfits:
+                    self._misfits.add(dp.target)
+                    log.warning("dbleak: %s: its idle connections may read as leaks", exc)
+                continue
+            if used is None:
+                if handouts is None:
+                    handouts = self.tracker.handed_out_objects()
+                used = handed_out_by(pool, handouts)
+            idle_ids = {i for c in idle if (i := server_thread_id(c)) is not None}
+            explained |= idle_ids
+            for conn in used:
+                ident = server_thread_id(conn)
+                if ident is None:
+                    continue
+                explained.add(ident)
+                handout = self.tracker.handed_out_since(ident, w.seq)
+                if handout is None:
+                    continue  # acquired before the window: not this test's
+                leak = late(
+                    self._leak(
+                        CHECKED_OUT,
+                        1,
+                        f"server connection {ident} of {dp.kind} acquired and never released",
+                        handout.stack,
+                        handout.thread,
+                    ),
+                    handout.late_for,
+                )
+                leak.connection_ids.append(ident)
+                by_conn[ident] = leak
+                leaks.append(leak)
+            if dp.seq >= w.seq and not dp.owned and idle_ids:
+                leak = late(
+                    self._leak(
+                        UNDISPOSED_ENGINE,
+                        len(idle_ids),
+                        f"{dp.kind} created during the test and never closed, holding "
+                        f"{len(idle_ids)} idle server connection{'s' if len(idle_ids) > 1 else ''}",
+                        dp.stack,
+                        dp.thread,
+                    ),
+                    dp.late_for,
+                )
+                for ident in sorted(idle_ids):
+                    leak.connection_ids.append(ident)
+                    by_conn[ident] = leak
+                leaks.append(leak)
+        return leaks, explained
 
     def _leak(
         self, kind: str, count: int, what: str, stack: tuple[Frame, ...], thread: str | None
@@ -304,13 +472,24 @@ class Detector:
         return Counts(len(snap.ids_of(self.users)), snap.threads_connected, checked_out)
 
 
-def _invalidate(checkout: Checkout) -> Callable[[], None]:
+def _detach(checkout: Checkout) -> Callable[[], None]:
     def undo() -> None:
         fairy = checkout.fairy() if checkout.fairy is not None else None
         if fairy is not None and fairy.dbapi_connection is not None:
-            fairy.invalidate()  # closes it and gives the pool its slot back
+            # Pool bookkeeping only, no statement: the pool gets its slot back and the
+            # holder keeps a working connection, closed for real when it is closed.
+            # (SQLAlchemy documents PoolProxiedConnection.detach() for this.)
+            fairy.detach()
 
     return undo
+
+
+def _holder_gone(opened: Opened) -> bool:
+    """Whether nobody can use a raw connection any more: its object was collected, or,
+    for a driver whose connections cannot be watched, the thread that opened it ended."""
+    if opened.ref is not None:
+        return opened.ref() is None
+    return not _holder_running(opened.thread)
 
 
 def _rollback(conn: ConnState) -> Callable[[], None]:

@@ -136,7 +136,8 @@ _TARGETS = (
 
 
 # Drivers' own pools: where a pooled connection was handed out names the line that used
-# it, e.g. for a transaction left open on it. (package, module, class, method, checked on)
+# it, e.g. for a transaction left open on it, or the acquire of one never released.
+# (package, module, class, method, checked on); the method may be a coroutine function.
 _HANDOUTS = (
     (
         "mysql.connector",
@@ -145,25 +146,108 @@ _HANDOUTS = (
         "get_connection",
         "mysql-connector-python 26.10.0",
     ),
+    ("aiomysql", "aiomysql.pool", "Pool", "_acquire", "aiomysql 0.3.2"),
+    ("asyncmy", "asyncmy.pool", "Pool", "_acquire", "asyncmy 0.2.18"),
+    ("mariadb", "mariadb.connectionpool", "ConnectionPool", "get_connection", "mariadb 1.1.14"),
 )
+
+
+@dataclass(frozen=True)
+class PoolTarget:
+    """A driver's own pool class: its creation is recorded, and its connections are read
+    from its attributes when a test is judged (idle ones are the pool's, not leaks)."""
+
+    package: str
+    module: str
+    cls: str
+    idle: str  # attribute path of the idle connections
+    used: str | None  # of those handed out; None: known from the handouts (see used_of)
+    checked_on: str
+
+
+_POOLS = (
+    PoolTarget("aiomysql", "aiomysql.pool", "Pool", "_free", "_used", "aiomysql 0.3.2"),
+    PoolTarget("asyncmy", "asyncmy.pool", "Pool", "_free", "_used", "asyncmy 0.2.18"),
+    PoolTarget(
+        "mysql.connector",
+        "mysql.connector.pooling",
+        "MySQLConnectionPool",
+        "_cnx_queue.queue",
+        None,
+        "mysql-connector-python 26.10.0",
+    ),
+    PoolTarget(
+        "mariadb",
+        "mariadb.connectionpool",
+        "ConnectionPool",
+        "_connections_free",
+        "_connections_used",
+        "mariadb 1.1.14",
+    ),
+)
+
+OnPool = Callable[[Any, "PoolTarget", tuple[Frame, ...]], None]
+
+
+def _attr(obj: Any, path: str) -> Any:
+    for name in path.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+def pool_connections(pool: Any, target: PoolTarget) -> tuple[list[Any], list[Any] | None]:
+    """(idle, handed out) connections of a driver's pool; handed out is None when the pool
+    does not list them (mysql-connector: its handouts say). Empty once the pool closed.
+
+    Raises DriverPoolMisfit when the attributes are not there any more."""
+    try:
+        idle = _attr(pool, target.idle)
+        used = _attr(pool, target.used) if target.used is not None else None
+    except AttributeError as exc:
+        raise DriverPoolMisfit(
+            f"{target.module}.{target.cls} has no {exc.name or target.idle} "
+            f"(checked on {target.checked_on})"
+        ) from None
+    return list(idle or ()), (list(used or ()) if target.used is not None else None)
+
+
+class DriverPoolMisfit(RuntimeError):
+    pass
+
+
+def handed_out_by(pool: Any, handouts: list[Any]) -> list[Any]:
+    """The connections `pool` handed out that were not given back, from the handouts
+    (mysql-connector's PooledMySQLConnection: ``_cnx_pool``, ``_cnx`` is None once
+    closed; checked on mysql-connector-python 26.10.0)."""
+    return [
+        cnx
+        for h in handouts
+        if getattr(h, "_cnx_pool", None) is pool and (cnx := getattr(h, "_cnx", None)) is not None
+    ]
 
 
 class DriverTracer:
     """Wraps the connect and close of every imported driver; restore() undoes it."""
 
     def __init__(
-        self, on_connect: OnConnect, on_close: OnClose, on_handout: OnConnect | None = None
+        self,
+        on_connect: OnConnect,
+        on_close: OnClose,
+        on_handout: OnConnect | None = None,
+        on_pool: OnPool | None = None,
     ) -> None:
         self._on_connect = on_connect
         self._on_close = on_close
         self._on_handout = on_handout
+        self._on_pool = on_pool
         self._done: set[str] = set()
         self._patches: list[tuple[type, str, Any]] = []
 
     def trace_imported(self) -> None:
-        if len(self._done) == len(_TARGETS) + len(_HANDOUTS):
+        if len(self._done) == len(_TARGETS) + len(_HANDOUTS) + len(_POOLS):
             return
         self._trace_handouts()
+        self._trace_pools()
         for target in _TARGETS:
             key = f"{target.module}.{target.cls}"
             if key in self._done or target.package not in sys.modules:
@@ -205,11 +289,47 @@ class DriverTracer:
             def traced_handout(
                 pool: Any, *args: Any, _original: Any = original, **kwargs: Any
             ) -> Any:
+                stack = capture_stack(1)  # a coroutine's: its frames lead to the user's await
                 conn = _original(pool, *args, **kwargs)
-                on_handout(conn, capture_stack(1))
+                if inspect.isawaitable(conn):
+                    return _handed_out_later(conn, stack, on_handout)
+                on_handout(conn, stack)
                 return conn
 
             self._patch(cls, method, traced_handout)
+
+    def _trace_pools(self) -> None:
+        on_pool = self._on_pool
+        if on_pool is None:
+            return
+        for target in _POOLS:
+            key = f"{target.module}.{target.cls}.__init__"
+            if key in self._done or target.package not in sys.modules:
+                continue
+            self._done.add(key)
+            try:
+                cls = getattr(importlib.import_module(target.module), target.cls)
+                original = cls.__init__
+            except (ImportError, AttributeError) as exc:
+                log.warning(
+                    "dbleak: cannot trace %s (checked on %s): %s", key, target.checked_on, exc
+                )
+                continue
+
+            @functools.wraps(original)
+            def traced_init(
+                pool: Any,
+                *args: Any,
+                _original: Any = original,
+                _target: PoolTarget = target,
+                **kwargs: Any,
+            ) -> None:
+                # Before the original: a pool that opens its connections in __init__
+                # (mysql-connector) is known by the time they appear.
+                on_pool(pool, _target, capture_stack(1))
+                _original(pool, *args, **kwargs)
+
+            self._patch(cls, "__init__", traced_init)
 
     def restore(self) -> None:
         for cls, name, original in reversed(self._patches):
@@ -277,6 +397,12 @@ class DriverTracer:
 
 
 _INHERITED = object()
+
+
+async def _handed_out_later(awaitable: Any, stack: tuple[Frame, ...], on_handout: OnConnect) -> Any:
+    conn = await awaitable
+    on_handout(conn, stack)
+    return conn
 
 
 def _restore(cls: type, name: str, original: Any) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from . import _pytest_seam, marks, reporting, verdict
 from .errors import DbleakError, Redactor, ServerGoneError
-from .results import CheckResult
+from .results import LOCK_WAIT, CheckResult, Leak
 from .runtime import Runtime
 from .settings import Settings
 from .signals import interrupts_held
@@ -26,6 +26,7 @@ from .signals import interrupts_held
 if TYPE_CHECKING:
     from .baseline import Baseline
     from .django_support import DjangoSupport
+    from .lockwatch import Resolution
     from .window import Window
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class _Check:
     placed: bool = False  # the window's end is queued behind the item's own finalizers
     closed: bool = False
     result: CheckResult | None = None
+    late: list[tuple[str, Leak]] = field(default_factory=list)  # earlier tests' late leaks
     reports: list[pytest.TestReport] = field(default_factory=list)  # setup, call
 
 
@@ -75,6 +77,7 @@ class DbleakManager:
         self.status = verdict.DeferredStatus()
         self._failed_reports: dict[str, pytest.TestReport] = {}  # nodeid -> setup/call
         self.leak_failures: set[str] = set()  # failed because of a leak only
+        self.late_failures: set[str] = set()  # passed, then a thread it left leaked
         self.other_failures: set[str] = set()
         self.baseline: Baseline | None = None
         self.recording = False  # --dbleak-baseline names a file that does not exist yet
@@ -88,6 +91,9 @@ class DbleakManager:
 
             self.django = DjangoSupport(config)
             config.pluginmanager.register(self.django, "dbleak_django")
+        self._resolutions: list[Resolution] = []  # what the lock watch ended or interrupted
+        self._awaiting_teardown: set[str] = set()  # call passed, no teardown report yet
+        self._stuck_lines: list[str] = []  # what the workers' lock watches stopped
 
     @property
     def is_worker(self) -> bool:
@@ -200,6 +206,44 @@ class DbleakManager:
             self._announced = True
             self.config.hook.pytest_dbleak_server(config=self.config, server=info)
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, Any, Any]:
+        try:
+            return (yield)
+        finally:
+            self._late_at_end()
+
+    def _late_at_end(self) -> None:
+        """Threads that outlived their test may open connections after the last test: on
+        an xdist worker, the controller hears of it through the worker's output."""
+        detector = self.runtime.detector
+        if detector is None or not self.settings.enabled:
+            return
+        try:
+            late = detector.late_at_end(self.settings.settle_timeout)
+        except ServerGoneError:
+            return
+        if self.is_worker:
+            output = self.config.workeroutput  # type: ignore[attr-defined]
+            output["dbleak_late"] = [
+                {"nodeid": nodeid, "leak": leak.as_dict()} for nodeid, leak in late
+            ]
+            lockwatch = self.runtime.lockwatch
+            # What the watch stopped (the last test's wider teardowns ran by now): the
+            # controller's summary says it.
+            output["dbleak_stuck"] = (
+                [r.line for r in lockwatch.resolutions] if lockwatch is not None else []
+            )
+        for nodeid, leak in late:
+            self._blame_late(nodeid, leak)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        output = getattr(node, "workeroutput", {})
+        for late in output.get("dbleak_late", ()):
+            self._blame_late(late["nodeid"], Leak.from_dict(late["leak"]))
+        self._stuck_lines.extend(output.get("dbleak_stuck", ()))
+
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         # pytest reports a Ctrl-C here as a raw traceback: hold it until the reports are
@@ -220,7 +264,7 @@ class DbleakManager:
                 session.exitstatus == pytest.ExitCode.TESTS_FAILED
                 and self.leak_failures
                 and not self.other_failures
-            ):
+            ) or (session.exitstatus == pytest.ExitCode.OK and self.late_failures):
                 session.exitstatus = EXIT_LEAKS_FOUND
         self.close()
 
@@ -231,6 +275,9 @@ class DbleakManager:
         if self.django is not None:
             self.django.close()
             self.config.pluginmanager.unregister(self.django)
+        lockwatch = self.runtime.lockwatch
+        if lockwatch is not None:
+            self._resolutions = list(lockwatch.resolutions)
         # Leaked connections that sit in reference cycles would otherwise be finalised at
         # interpreter exit, after the server is gone, with noisy tracebacks. A checked run
         # without a leak has none of those.
@@ -282,10 +329,17 @@ class DbleakManager:
         check = item.stash.get(CHECK, None)
         if check is not None and not check.placed:
             self._close_window(item, check)  # a parent's setup failed: nothing of it ran
+        interrupted = False
         try:
             return (yield)
+        except (KeyboardInterrupt, pytest.exit.Exception):
+            # Ctrl-C or a time limit inside a finalizer: the rest of them, the window's
+            # end among them, never ran. No verdict; --lf keeps the test (see
+            # pytest_keyboard_interrupt).
+            interrupted = True
+            raise
         finally:
-            if check is not None and not check.closed:
+            if check is not None and not check.closed and not interrupted:
                 pytest.exit(f"dbleak: {_pytest_seam.misfit_message()}", returncode=3)
             detector = self.runtime.detector
             if detector is not None and (check is None or not _same_parents(item, nextitem)):
@@ -335,7 +389,8 @@ class DbleakManager:
         except ServerGoneError as exc:
             check.gone = exc
         if self.runtime.lockwatch is not None:
-            self.runtime.lockwatch.arm()
+            seq = check.window.seq if check.window is not None else -1
+            self.runtime.lockwatch.arm(seq, item.nodeid)
         item.stash[CHECK] = check
         return check
 
@@ -344,7 +399,12 @@ class DbleakManager:
             return
         check.closed = True
         lockwatch = self.runtime.lockwatch
-        stuck = lockwatch.disarm() if lockwatch is not None else []
+        tracker = self.runtime.tracking
+        stuck = (
+            lockwatch.disarm(tracker.tick() if tracker is not None else None)
+            if lockwatch is not None
+            else []
+        )
         detector = self.runtime.detector
         if check.window is None or detector is None:
             return
@@ -360,6 +420,10 @@ class DbleakManager:
             check.gone = exc
             return
         check.result.leaks.extend(stuck)
+        check.late = detector.take_late()
+        if lockwatch is not None:
+            for nodeid, leak in check.late:
+                lockwatch.reported(leak.connection_ids, nodeid)
 
     def _judge(self, item: pytest.Item, check: _Check, report: pytest.TestReport) -> None:
         if check.gone is not None:
@@ -369,10 +433,22 @@ class DbleakManager:
             self.runtime.server_gone()  # no more checks against a dead server
             return
         result = check.result
+        if check.late:
+            # Not this test's: threads an earlier test started opened them after its
+            # window closed. They travel on this report to whoever keeps the results.
+            report.dbleak_late = [  # type: ignore[attr-defined]
+                {"nodeid": nodeid, "leak": leak.as_dict()} for nodeid, leak in check.late
+            ]
         if result is None:
             return
         if STRESS in item.stash:
             result.stress, result.runs = item.stash[STRESS]
+        lockwatch = self.runtime.lockwatch
+        if lockwatch is not None:
+            # What this test left blocked a wider fixture's teardown after its window
+            # closed, and was ended then: part of this test's verdict.
+            for resolution in lockwatch.take_resolutions(item.nodeid):
+                result.leaks.append(resolution.as_leak())
         result.report_only = self.settings.report_only
         if self.baseline is not None:
             self.baseline.judge(result)
@@ -394,6 +470,13 @@ class DbleakManager:
         if report.failed or not any(r.skipped for r in check.reports):
             # A skipped test was not checked (as reporting.checked() counts it).
             item.config.hook.pytest_dbleak_result(item=item, result=result)
+        if lockwatch is not None:
+            # Reported (failing, known or report-only alike): if it ever blocks a later
+            # statement, it is the culprit and its connection is ended.
+            lockwatch.reported(
+                [i for leak in result.leaks if leak.kind != LOCK_WAIT for i in leak.connection_ids],
+                item.nodeid,
+            )
         detector = self.runtime.detector
         if result.failed and not note and self.settings.reclaim and detector is not None:
             # Reported: now take it back, so the blame stays here and later tests do not
@@ -401,8 +484,20 @@ class DbleakManager:
             detector.reclaim(result)
 
     # -- collecting results (also on the xdist controller) -------------------------------
+    def pytest_keyboard_interrupt(self) -> None:
+        # Interrupted inside a test's teardown (Ctrl-C, a CI job's time limit): its
+        # verdict never came, so --lf must run it again.
+        try:
+            _pytest_seam.keep_for_last_failed(self.config, self._awaiting_teardown)
+        except DbleakError as exc:
+            log.warning("dbleak: %s", exc)
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         nodeid = report.nodeid
+        if report.when == "call" and getattr(report, "dbleak_checked", False):
+            self._awaiting_teardown.add(nodeid)
+        elif report.when == "teardown":
+            self._awaiting_teardown.discard(nodeid)
         if report.when == "teardown":
             verdict.carry_section(report, self._failed_reports.pop(nodeid, None))
         elif report.failed:
@@ -410,6 +505,8 @@ class DbleakManager:
         data = getattr(report, "dbleak", None)
         if data is not None:
             self.results[nodeid] = CheckResult.from_dict(data)
+        for late in getattr(report, "dbleak_late", None) or ():
+            self._blame_late(late["nodeid"], Leak.from_dict(late["leak"]))
         previous = self.outcomes.get(nodeid)
         if report.failed:
             if getattr(report, "dbleak_failed", False):
@@ -421,6 +518,21 @@ class DbleakManager:
             self.outcomes[nodeid] = "skipped"
         elif previous is None:
             self.outcomes[nodeid] = "passed"
+
+    def _blame_late(self, nodeid: str, leak: Leak) -> None:
+        """A leak opened after `nodeid` ended, by a thread it started: its own, not the
+        running test's (which passes)."""
+        result = self.results.get(nodeid)
+        if result is None:
+            result = self.results[nodeid] = CheckResult(nodeid)
+            result.report_only = self.settings.report_only
+        result.leaks.append(leak)
+        if self.baseline is not None:
+            self.baseline.judge(result)
+        if result.failed:
+            self.leak_failures.add(nodeid)
+            self.late_failures.add(nodeid)
+            self.outcomes[nodeid] = "failed"
 
     def pytest_report_header(self) -> list[str]:
         info = self.runtime.info
@@ -434,6 +546,11 @@ class DbleakManager:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self._baseline_line:
             terminalreporter.write_line(self.redact(self._baseline_line))
+        stuck = [r.line for r in self._resolutions] + self._stuck_lines
+        if stuck:
+            terminalreporter.write_sep("=", "dbleak: stuck behind a leak", yellow=True)
+            for line in stuck:
+                terminalreporter.write_line(self.redact(f"dbleak: {line}"))
         lines = reporting.summary_lines(self.results.values())
         if lines:
             title = f"dbleak: {reporting.plural(len(lines), 'test')} leaked connections"

@@ -26,8 +26,9 @@ from sqlalchemy.pool import Pool
 
 from . import _sqla_seam as seam
 from .children import CONNECT, FORK_SHARED, Children
-from .drivers import DriverTracer, in_transaction, server_thread_id
+from .drivers import DriverTracer, PoolTarget, in_transaction, server_thread_id
 from .stacks import Frame, capture_stack
+from .threads import ThreadStarts
 
 __all__ = ["ConnState", "Frame", "PoolState", "Tracker", "capture_stack", "server_thread_id"]
 
@@ -51,6 +52,7 @@ class PoolState:
     registered_seq: int = -1
     listener: Callable[..., None] = field(default=lambda *a: None, repr=False)
     origin: PoolState | None = None  # the pool that recreate() built this one from
+    late_for: str | None = None  # created by a thread that outlived this test's window
 
     @property
     def alive(self) -> bool:
@@ -69,6 +71,7 @@ class Checkout:
     thread: str
     owned: bool
     fairy: Callable[[], Any] | None  # weak reference to the pool's connection proxy
+    late_for: str | None = None  # taken by a thread that outlived this test's window
 
 
 @dataclass(eq=False)
@@ -101,9 +104,30 @@ class Opened:
     seq: int
     stack: tuple[Frame, ...]
     thread: str
+    # A weak reference to the driver's connection, where it takes one: whether its holder
+    # is gone (see Detector.reclaim).
+    ref: Callable[[], Any] | None = field(default=None, compare=False)
+    late_for: str | None = None  # opened by a thread that outlived this test's window
 
 
 _OPENED_LIMIT = 10_000
+
+
+@dataclass(eq=False)
+class DriverPoolState:
+    """A driver's own pool (aiomysql, asyncmy, mysql-connector, MariaDB Connector)."""
+
+    seq: int
+    owned: bool  # created while a wider-scoped fixture was being set up
+    stack: tuple[Frame, ...]
+    thread: str
+    ref: Callable[[], Any]
+    target: PoolTarget
+    late_for: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return f"{self.target.package} {self.target.cls}"
 
 
 @dataclass(frozen=True)
@@ -133,13 +157,18 @@ class Tracker:
         self.closed_thread_ids: deque[tuple[int, int]] = deque(maxlen=10_000)  # (seq, id)
         self.opened: OrderedDict[int, Opened] = OrderedDict()  # server thread id -> site
         self.handed_out: OrderedDict[int, Opened] = OrderedDict()  # by a driver's own pool
+        self.driver_pools: list[DriverPoolState] = []
         self.drivers = DriverTracer(
-            self._on_driver_connect, self._on_driver_close, self._on_driver_handout
+            self._on_driver_connect,
+            self._on_driver_close,
+            self._on_driver_handout,
+            self._on_driver_pool,
         )
         self._owner_depth = 0
         self._unknown_pool: PoolState | None = None
         self.children = Children()
         self.children.on_fork.append(self._after_fork_in_child)
+        self.threads = ThreadStarts(self.tick, lambda: self.owner_active)
 
     # -- sequence and ownership -------------------------------------------------
     def tick(self) -> int:
@@ -193,6 +222,7 @@ class Tracker:
             ) from None
         self.drivers.trace_imported()
         self.children.install(lambda: self.seq)
+        self.threads.install()
 
     def uninstall(self) -> None:
         if not self.installed:
@@ -205,6 +235,7 @@ class Tracker:
             seam.remove_connect(pool, state.listener)
         self.drivers.restore()
         self.children.uninstall()
+        self.threads.uninstall()
         self.installed = False
 
     def _after_fork_in_child(self) -> None:
@@ -226,6 +257,7 @@ class Tracker:
                 threading.current_thread().name,
             )
             state.registered_seq = seq
+            state.late_for = self.threads.blamed()
             state.listener = _ConnectListener(self, state)
             self.states[pool] = state
             self.pools.append(state)
@@ -382,7 +414,12 @@ class Tracker:
             except TypeError:
                 fairy = None
             state.checkout = Checkout(
-                self.tick(), stack, threading.current_thread().name, self.owner_active, fairy
+                self.tick(),
+                stack,
+                threading.current_thread().name,
+                self.owner_active,
+                fairy,
+                self.threads.blamed(),
             )
 
     def _on_checkin(self, dbapi_connection: Any, record: Any) -> None:
@@ -433,8 +470,14 @@ class Tracker:
         ident = server_thread_id(dbapi_connection)
         if ident is None:
             return
+        try:
+            ref: Callable[[], Any] | None = weakref.ref(dbapi_connection)
+        except TypeError:
+            ref = None
         with self._lock:
-            self.opened[ident] = Opened(self.tick(), stack, threading.current_thread().name)
+            self.opened[ident] = Opened(
+                self.tick(), stack, threading.current_thread().name, ref, self.threads.blamed()
+            )
             while len(self.opened) > _OPENED_LIMIT:
                 self.opened.popitem(last=False)
         if self.children.in_child:
@@ -444,11 +487,37 @@ class Tracker:
         ident = server_thread_id(pooled)
         if ident is None:
             return
+        try:
+            ref: Callable[[], Any] | None = weakref.ref(pooled)
+        except TypeError:
+            ref = None
         with self._lock:
-            self.handed_out[ident] = Opened(self.tick(), stack, threading.current_thread().name)
+            self.handed_out[ident] = Opened(
+                self.tick(), stack, threading.current_thread().name, ref, self.threads.blamed()
+            )
             self.handed_out.move_to_end(ident)
             while len(self.handed_out) > _OPENED_LIMIT:
                 self.handed_out.popitem(last=False)
+
+    def _on_driver_pool(self, pool: Any, target: PoolTarget, stack: tuple[Frame, ...]) -> None:
+        state = DriverPoolState(
+            self.tick(),
+            self.owner_active,
+            stack,
+            threading.current_thread().name,
+            weakref.ref(pool),
+            target,
+            self.threads.blamed(),
+        )
+        with self._lock:
+            self.driver_pools = [p for p in self.driver_pools if p.ref() is not None]
+            self.driver_pools.append(state)
+
+    def handed_out_objects(self) -> list[Any]:
+        """What drivers' pools handed out and is still referenced (their wrappers)."""
+        with self._lock:
+            refs = [h.ref for h in self.handed_out.values() if h.ref is not None]
+        return [obj for ref in refs if (obj := ref()) is not None]
 
     def _on_driver_close(self, ident: int | None) -> None:
         if ident is None:
