@@ -85,7 +85,7 @@ class Detector:
         # collection, which costs a large process a tenth of a second, only for a
         # suspicion that outlived them.
         for generation in (1, 2):
-            if not (leaks and settle > 0 and any(_gc_may_return(leak) for leak in leaks)):
+            if not (leaks and settle > 0 and any(self._gc_may_return(leak) for leak in leaks)):
                 break
             rechecked = True
             gc.collect(generation)
@@ -339,6 +339,13 @@ class Detector:
                 self._client_open.add(ident)
         return closing
 
+    def _gc_may_return(self, leak: Leak) -> bool:
+        if leak.kind == SERVER_CONNECTION and any(
+            self.tracker.opened_at(i) is None for i in leak.connection_ids
+        ):
+            return False  # not opened by this process: no collection here closes it
+        return leak.kind in (CHECKED_OUT, SERVER_CONNECTION) and not _holder_running(leak.thread)
+
     def _settled(self, leak: Leak) -> bool:
         """A server connection whose client socket is established will not go by itself."""
         return (
@@ -439,10 +446,6 @@ def _may_change(leak: Leak) -> bool:
     if leak.kind == SERVER_CONNECTION and not leak.stack and leak.thread is None:
         return True  # opened by nobody this process saw: may be a close the server lags on
     return _holder_running(leak.thread)
-
-
-def _gc_may_return(leak: Leak) -> bool:
-    return leak.kind in (CHECKED_OUT, SERVER_CONNECTION) and not _holder_running(leak.thread)
 
 
 def _connections(conns: list[ConnState]) -> str:
