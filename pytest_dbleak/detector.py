@@ -224,7 +224,19 @@ class Detector:
             # A connection the gc gave back is already one leak: count each connection once.
             counted = [c for c in held if id(c) in gc_returned]
             state = "still alive" if pool.alive else "reclaimed by the garbage collector"
-            what = f"{pool.pool_class} {state} without dispose(), holding {_connections(held)}"
+            # "holding" only what is still open (_evident checked it against the
+            # snapshot); a connection the collector took was closed by nobody else, and
+            # its row, if the server still shows one, is lag.
+            holding = [c for c in held if not c.collected]
+            by_gc = [c for c in held if c not in holding]
+            what = f"{pool.pool_class} {state} without dispose()"
+            if holding:
+                what += f", holding {_connections(holding)}"
+            if by_gc:
+                what += (
+                    f"{';' if holding else ','} {_connections(by_gc)}"
+                    f"{' more' if holding else ''} closed only by the garbage collector"
+                )
             if counted:
                 what += (
                     " (already counted as gc_return)"
