@@ -289,6 +289,7 @@ class Detector:
         self, w: Window, snap: ServerSnapshot, by_conn: dict[int, Leak]
     ) -> list[Leak]:
         tracker = self.tracker
+        self._client_open = set()
         new = snap.ids_of(self.users) - w.server.ids_of(self.users) - self.owned_ids
         if not new:
             return []
