@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from . import _pytest_seam, marks, reporting, verdict
-from .errors import DbleakError, Redactor, ServerGoneError
+from .errors import DbleakError, Redactor
 from .results import CheckResult
 from .runtime import Runtime
 from .settings import Settings
@@ -43,7 +43,7 @@ class _Check:
     settle: float
     patient: bool  # the test set its own settle time: wait it out for every suspicion
     window: Window | None = None
-    gone: ServerGoneError | None = None
+    gone: DbleakError | None = None  # the server died, or the instrumentation was taken
     placed: bool = False  # the window's end is queued behind the item's own finalizers
     closed: bool = False
     result: CheckResult | None = None
@@ -292,7 +292,7 @@ class DbleakManager:
         )
         try:
             check.window = detector.begin(reuse=True)
-        except ServerGoneError as exc:
+        except DbleakError as exc:  # ServerGoneError, or a SeamError from verify()
             check.gone = exc
         if self.runtime.lockwatch is not None:
             self.runtime.lockwatch.arm()
@@ -316,7 +316,7 @@ class DbleakManager:
                 settle=check.settle,
                 patient=check.patient,
             )
-        except ServerGoneError as exc:
+        except DbleakError as exc:  # ServerGoneError, or a SeamError from verify()
             check.gone = exc
             return
         check.result.leaks.extend(stuck)

@@ -249,3 +249,36 @@ def test_a_lagging_close_is_settled_without_waiting(pytester: pytest.Pytester) -
     assert waited["test_a_client_gone_while_its_row_lags"] == 0
     # The twin's client socket is established: judged at once, too.
     assert waited["test_a_client_that_keeps_its_connection"] == 0
+
+
+REPLACED = """
+from sqlalchemy.pool import Pool
+
+
+def own_new(cls, *args, **kwargs):
+    return object.__new__(cls)
+
+
+def test_that_puts_its_own_pool_new_in_place():
+    Pool.__new__ = staticmethod(own_new)
+
+
+def test_later(dbleak_mysql_url):
+    pass
+"""
+
+
+def test_a_pool_new_replaced_mid_session_stops_the_run_with_one_line_naming_it(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_replaced=REPLACED)
+    result = run(pytester)
+
+    result.stdout.fnmatch_lines(
+        [
+            "*dbleak: pytest-dbleak cannot watch SQLAlchemy 2.*: Pool.__new__ was replaced by "
+            "test_replaced.own_new (checked on *); stopping the run*"
+        ]
+    )
+    assert "test_later PASSED" not in result.stdout.str()
+    assert "INTERNALERROR" not in all_output(result)
