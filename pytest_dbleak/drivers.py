@@ -65,6 +65,12 @@ def _real_driver_classes() -> tuple[type, ...]:
     return _real_cache[1]
 
 
+def _forget_real_classes() -> None:
+    """Look the classes up again: a module reloaded in place keeps sys.modules' size."""
+    global _real_cache
+    _real_cache = (-1, ())
+
+
 # Classes that wrap a real driver connection (read through their `_cnx`).
 _WRAPPER_CLASSES = ("mysql.connector.pooling.PooledMySQLConnection",)
 
@@ -200,6 +206,7 @@ class DriverTracer:
         self._on_close = on_close
         self._on_handout = on_handout
         self._done: set[str] = set()
+        self._traced_classes: set[int] = set()  # id() of every class _trace() was given
         self._patches: list[tuple[type, str, Any, Any]] = []  # cls, name, original, ours
 
     def trace_imported(self) -> None:
@@ -264,12 +271,24 @@ class DriverTracer:
                 _restore(cls, name, original)
         self._patches.clear()
         self._done.clear()
+        self._traced_classes.clear()
 
     def verify(self) -> list[str]:
         """Put back every wrapper somebody removed or replaced (a monkeypatch undone, a
         test's own patch); returns what was missing, e.g. ``Connection.close``. A few
         dictionary lookups: it runs before every check."""
         missing = []
+        for target in _TARGETS:
+            # A driver module imported again (importlib.reload, a test that drops it from
+            # sys.modules) has a new class: trace that one too.
+            if f"{target.module}.{target.cls}" not in self._done:
+                continue
+            module = sys.modules.get(target.module)
+            cls = getattr(module, target.cls, None) if module is not None else None
+            if isinstance(cls, type) and id(cls) not in self._traced_classes:
+                _forget_real_classes()
+                self._trace(cls, target)
+                missing.append(f"{target.module}.{target.cls} (imported again)")
         for i, (cls, name, original, ours) in enumerate(self._patches):
             current = cls.__dict__.get(name, _INHERITED)
             if current is ours:
@@ -299,6 +318,7 @@ class DriverTracer:
         return ours
 
     def _trace(self, cls: type, target: _Target) -> None:
+        self._traced_classes.add(id(cls))
         connect = getattr(cls, target.connect, None)
         if connect is None:
             log.warning(
