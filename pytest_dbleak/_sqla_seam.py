@@ -167,21 +167,9 @@ def listen_connect(pool: Pool, fn: Callable[..., None]) -> None:
     Called from on_pool_created() hooks, before the pool's __init__: ``asyncio=False``
     keeps PoolEvents._listen from reading ``pool._dialect`` (not set yet). Pool.recreate()
     copies the listener to the new pool (``_dispatch=self.dispatch``): the tracker tells
-    the two apart (see inherited_connect_listeners()).
+    the two apart (see Tracker._on_pool_created()).
     """
     event.listen(pool, "connect", fn, asyncio=False)
-
-
-def inherited_connect_listeners(
-    pool: Pool, candidates: list[Callable[..., None]]
-) -> list[Callable[..., None]]:
-    """Those of `candidates` that `pool` carries: listeners recreate() copied to it."""
-    present = {id(fn) for fn in _connect_listeners(pool)}
-    return [fn for fn in candidates if id(fn) in present]
-
-
-def _connect_listeners(pool: Pool) -> list[Callable[..., None]]:
-    return list(pool.dispatch.connect)  # the class's and the pool's own listeners
 
 
 def remove_connect(pool: Pool, fn: Callable[..., None]) -> None:
