@@ -1,15 +1,25 @@
 """Every SQLAlchemy internal the tracker relies on, in one place.
 
 Public events are used where SQLAlchemy has them (pool events on the ``Pool`` class and
-on single pools, ``engine_disposed``). Four things have no public API, and live here:
+on single pools). Five things have no public API, and live here:
 
 - pool creation: SQLAlchemy has no pool-creation event, so ``Pool.__new__`` is replaced;
+  it also sees the ``_dispatch`` that ``Pool.recreate()`` (``Engine.dispose()``) hands
+  the new pool, and so which pool it replaces;
 - a listener attached to a pool before its ``__init__`` ran (the ``asyncio`` keyword
   spares the listen call from reading the pool's dialect, which ``__init__`` sets);
 - the listeners ``Pool.recreate()`` copied to the new pool: ``event.contains()`` does
   not see copied listeners (they are filed under the old pool), the pool's
   ``dispatch.connect`` collection does;
-- whether a pool resets connections on return (``Pool._reset_on_return``).
+- whether a pool resets connections on return (``Pool._reset_on_return``);
+- the pool of a connection record (``_ConnectionRecord.__pool``), for a connection
+  whose pool's connect listener somebody removed.
+
+Test suites clear SQLAlchemy's event registry (``Pool.dispatch._clear()``) in their
+teardowns: ``has_*()`` tell the tracker, in a few
+microseconds before every check, whether its listeners are still there
+(``Tracker.verify()`` puts them back), and every removal tolerates a listener that is
+gone already.
 
 Checked on the versions in ``CHECKED_ON``. ``Tracker.install()`` proves on a throw-away
 pool that each of them still behaves as described; when one does not, the run stops with
@@ -25,7 +35,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 from sqlalchemy.pool.base import reset_none
 
@@ -69,21 +78,28 @@ def misfit(what: str) -> SeamError:
 # stays once installed (deleting it again leaves CPython's slot pointing at
 # object.__new__ with arguments, which raises); without a hook it only calls
 # object.__new__.
-_CREATION_HOOKS: list[Callable[[Pool], None]] = []
+# A hook gets the pool and, for a pool built by Pool.recreate() (Engine.dispose()), the
+# dispatch of the pool it replaces (recreate() passes ``_dispatch=self.dispatch``, which
+# __init__ copies the listeners from): the recreated pool is told apart at creation,
+# with no listener on the Engine class - which would turn every engine's
+# ``_has_events`` on, something test suites assert on.
+_CREATION_HOOKS: list[Callable[[Pool, Any], None]] = []
 
 
 def _pool_new(cls: type[Pool], *args: Any, **kwargs: Any) -> Pool:
     pool = object.__new__(cls)
+    recreated_from = kwargs.get("_dispatch")
     for hook in _CREATION_HOOKS:
-        hook(pool)
+        hook(pool, recreated_from)
     return pool
 
 
 _pool_new.dbleak = True  # type: ignore[attr-defined]  # ours, also from a re-imported module
 
 
-def on_pool_created(hook: Callable[[Pool], None]) -> None:
-    """Call `hook(pool)` for every pool constructed from now on, before its __init__."""
+def on_pool_created(hook: Callable[[Pool, Any], None]) -> None:
+    """Call `hook(pool, recreated_from)` for every pool constructed from now on, before
+    its __init__; `recreated_from` is the dispatch of the pool recreate() replaces."""
     current = Pool.__dict__.get("__new__")
     ours = getattr(getattr(current, "__func__", None), "dbleak", False)
     if current is not None and not ours:
@@ -94,9 +110,24 @@ def on_pool_created(hook: Callable[[Pool], None]) -> None:
         _CREATION_HOOKS.append(hook)
 
 
-def remove_pool_created(hook: Callable[[Pool], None]) -> None:
+def remove_pool_created(hook: Callable[[Pool, Any], None]) -> None:
     if hook in _CREATION_HOOKS:
         _CREATION_HOOKS.remove(hook)
+
+
+def pool_creation_seen(hook: Callable[[Pool, Any], None]) -> bool:
+    """Whether Pool.__new__ is still ours and still calls `hook` (a dictionary lookup)."""
+    current = Pool.__dict__.get("__new__")
+    return getattr(current, "__func__", None) is _pool_new and hook in _CREATION_HOOKS
+
+
+def foreign_pool_new() -> str | None:
+    """The qualified name of a Pool.__new__ somebody else put there, if any."""
+    current = Pool.__dict__.get("__new__")
+    func = getattr(current, "__func__", current)
+    if current is None or getattr(func, "dbleak", False):
+        return None
+    return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
 
 
 # -- listeners -------------------------------------------------------------------------
@@ -105,7 +136,29 @@ def listen_pool_class(name: str, fn: Callable[..., None]) -> None:
 
 
 def remove_pool_class(name: str, fn: Callable[..., None]) -> None:
-    event.remove(Pool, name, fn)
+    # Gone already when the suite cleared Pool.dispatch: event.remove() would raise.
+    if event.contains(Pool, name, fn):
+        event.remove(Pool, name, fn)
+
+
+def has_pool_class(name: str, fn: Callable[..., None]) -> bool:
+    """Whether `fn` still listens to `name` on the Pool class: ``Pool.dispatch._clear()``
+    (which test suites call in teardowns) and ``event.remove`` take it away silently.
+    About 2 microseconds (a dictionary lookup in SQLAlchemy's event registry)."""
+    return event.contains(Pool, name, fn)
+
+
+def dispatch_of(pool: Pool) -> Any:
+    """The pool's own dispatch if it was made (SQLAlchemy caches it in the instance's
+    ``__dict__`` on first use), without making it."""
+    return pool.__dict__.get("dispatch")
+
+
+def pool_of_record(record: Any) -> Pool | None:
+    """The pool a connection record belongs to (``_ConnectionRecord.__pool``): for a
+    connection whose pool's connect event did not reach us (its listener was removed)."""
+    pool = getattr(record, "_ConnectionRecord__pool", None)
+    return pool if isinstance(pool, Pool) else None
 
 
 def listen_connect(pool: Pool, fn: Callable[..., None]) -> None:
@@ -114,21 +167,9 @@ def listen_connect(pool: Pool, fn: Callable[..., None]) -> None:
     Called from on_pool_created() hooks, before the pool's __init__: ``asyncio=False``
     keeps PoolEvents._listen from reading ``pool._dialect`` (not set yet). Pool.recreate()
     copies the listener to the new pool (``_dispatch=self.dispatch``): the tracker tells
-    the two apart (see inherited_connect_listeners()).
+    the two apart (see Tracker._on_pool_created()).
     """
     event.listen(pool, "connect", fn, asyncio=False)
-
-
-def inherited_connect_listeners(
-    pool: Pool, candidates: list[Callable[..., None]]
-) -> list[Callable[..., None]]:
-    """Those of `candidates` that `pool` carries: listeners recreate() copied to it."""
-    present = {id(fn) for fn in _connect_listeners(pool)}
-    return [fn for fn in candidates if id(fn) in present]
-
-
-def _connect_listeners(pool: Pool) -> list[Callable[..., None]]:
-    return list(pool.dispatch.connect)  # the class's and the pool's own listeners
 
 
 def remove_connect(pool: Pool, fn: Callable[..., None]) -> None:
@@ -138,13 +179,9 @@ def remove_connect(pool: Pool, fn: Callable[..., None]) -> None:
         event.remove(pool, "connect", fn)
 
 
-def listen_engine_disposed(fn: Callable[[Engine], None]) -> None:
-    event.listen(Engine, "engine_disposed", fn)
-
-
-def remove_engine_disposed(fn: Callable[[Engine], None]) -> None:
-    if event.contains(Engine, "engine_disposed", fn):
-        event.remove(Engine, "engine_disposed", fn)
+def has_connect(pool: Pool, fn: Callable[..., None]) -> bool:
+    """Whether `pool` still runs `fn` on connect (its own or a copied listener)."""
+    return any(f is fn for f in pool.dispatch.connect)
 
 
 # -- pool settings -----------------------------------------------------------------------
@@ -192,6 +229,8 @@ def prove(tracker: Tracking) -> None:
             raise misfit("a pool's connect event no longer reaches its listener")
         if conns[0].checkout is None:
             raise misfit("the checkout event on the Pool class no longer arrives")
+        if pool_of_record(getattr(proxy, "_connection_record", None)) is not pool:
+            raise misfit("_ConnectionRecord.__pool no longer names a record's pool")
         proxy.close()
         if conns[0].checkout is not None or conns[0].checkin_seq < mark:
             raise misfit("the checkin event on the Pool class no longer arrives")
@@ -202,7 +241,7 @@ def prove(tracker: Tracking) -> None:
         engine.dispose()
         recreated = tracker.states.get(engine.pool)
         if origin is None or recreated is None or recreated.origin is not origin:
-            raise misfit("engine_disposed no longer tells which pool was recreated")
+            raise misfit("Pool.recreate() no longer names the pool it replaces")
         pool.dispose()
         if state.open:
             raise misfit("the close event on the Pool class no longer arrives")

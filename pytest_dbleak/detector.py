@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .beyond_pools import BeyondPools
+from .clientsockets import client_port, client_states
 from .drivers import (
     DriverPoolMisfit,
     PoolTarget,
@@ -61,6 +62,9 @@ class Detector:
             tracker, monitor, users, self._leak, lambda stack: user_sites(stack, root)
         )
         self._last: ServerSnapshot | None = None
+        # Server connections whose client socket this machine sees established: open for
+        # sure, nothing to wait for (see _server_leaks).
+        self._client_open: set[int] = set()
         # How to take back each leak of the last collection, with the server connections
         # it holds: see reclaim().
         self._undo: list[Callable[[], None]] = []
@@ -90,27 +94,36 @@ class Detector:
         """The verdict of `window`. `patient`: re-check every suspicion for up to `settle`
         (the test asked for its settle time), not only those that can still change."""
         started = time.monotonic()
+        # Somebody may have removed listeners during the test (a teardown calling
+        # Pool.dispatch._clear()): put them back, and judge this window on the server only.
+        self.tracker.verify()
         leaks, snap = self._collect(window)
         rechecked = False
-        if settle > 0 and any(_gc_may_return(leak) for leak in self._own(leaks)):
+        # A connection nobody references any more but a reference cycle: a collection
+        # gives it back now, rather than some later test's. The young generations first
+        # (what the test just made lives there, and they cost microseconds); the full
+        # collection, which costs a large process a tenth of a second, only for a
+        # suspicion that outlived them.
+        for generation in (1, 2):
+            if not (settle > 0 and any(self._gc_may_return(leak) for leak in self._own(leaks))):
+                break
             rechecked = True
-            # A connection nobody references any more but a reference cycle: one
-            # collection gives it back now, rather than some later test's.
-            gc.collect()
+            gc.collect(generation)
             leaks, snap = self._collect(window)
         delay = 0.01
         threads = self.tracker.threads
-        # Re-check only what can still change - a server row that lags behind a close, a
-        # connection held by a thread that is still running - with backoff, for at most
-        # `settle`. A leak whose holder is gone is judged at once. A thread the test
-        # started and that still runs is the test's: it is waited for, leak or not, so
-        # that what it opens is judged here rather than blamed on a later test.
+        # Re-check only what can still change - a server row whose client this machine
+        # cannot see close, a connection held by a thread that is still running - with
+        # backoff, for at most `settle`. A leak whose holder is gone is judged at once. A
+        # thread the test started and that still runs is the test's: it is waited for,
+        # leak or not, so that what it opens is judged here rather than blamed on a later
+        # test.
         while (
             (own := self._own(leaks))
             and (
                 patient
                 or _started_threads_running(window)
-                or any(_may_change(leak) for leak in own)
+                or any(_may_change(leak) and not self._settled(leak) for leak in own)
             )
         ) or threads.running_since(window.seq):
             left = settle - (time.monotonic() - started)
@@ -238,7 +251,13 @@ class Detector:
                 leak.what += f" (after {blamed} ended, by a thread it started)"
             return leak
 
-        for conn in tracker.connections():
+        # Instrumentation was put back during this window: pool events may be missing, so
+        # what the pools show is unknown. Only the server judges this window.
+        partial = tracker.lost_seq >= w.seq
+        conns = [] if partial else [c for c in tracker.connections() if _evident(c, snap)]
+        self._ask_transactions(w, conns)
+
+        for conn in conns:
             co = conn.checkout
             if co is not None:
                 if co.seq >= w.seq and not co.owned:
@@ -266,8 +285,9 @@ class Detector:
                 undo[id(leak)] = _rollback(conn)
 
         gc_returned: set[int] = set()  # id() of ConnStates already counted as gc_return
-        for ret in tracker.gc_returns_since(w.seq):
-            if not ret.checkout.owned:
+        for ret in [] if partial else tracker.gc_returns_since(w.seq):
+            # A mock DBAPI's connection dropped without close() held nothing.
+            if not ret.checkout.owned and ret.conn.real:
                 gc_returned.add(id(ret.conn))
                 leaks.append(
                     late(
@@ -284,16 +304,34 @@ class Detector:
                     )
                 )
 
-        for pool in tracker.pools_created_since(w.seq):
+        for pool in [] if partial else tracker.pools_created_since(w.seq):
             if pool.owned:
                 continue
-            held = [c for c in pool.open.values() if c.checkout is None and not c.in_trx]
+            # Only connections the server (or SQLite) shows are held: a pool whose close
+            # events were missed, or a mock DBAPI's, holds nothing.
+            held = [
+                c
+                for c in pool.open.values()
+                if c.checkout is None and not c.in_trx and _evident(c, snap)
+            ]
             if not held:
                 continue
             # A connection the gc gave back is already one leak: count each connection once.
             counted = [c for c in held if id(c) in gc_returned]
             state = "still alive" if pool.alive else "reclaimed by the garbage collector"
-            what = f"{pool.pool_class} {state} without dispose(), holding {_connections(held)}"
+            # "holding" only what is still open (_evident checked it against the
+            # snapshot); a connection the collector took was closed by nobody else, and
+            # its row, if the server still shows one, is lag.
+            holding = [c for c in held if not c.collected]
+            by_gc = [c for c in held if c not in holding]
+            what = f"{pool.pool_class} {state} without dispose()"
+            if holding:
+                what += f", holding {_connections(holding)}"
+            if by_gc:
+                what += (
+                    f"{';' if holding else ','} {_connections(by_gc)}"
+                    f"{' more' if holding else ''} closed only by the garbage collector"
+                )
             if counted:
                 what += (
                     " (already counted as gc_return)"
@@ -324,6 +362,30 @@ class Detector:
                 leak.processlist.append(row.as_dict())
         return leaks, snap
 
+    def _ask_transactions(self, w: Window, conns: list[ConnState]) -> None:
+        """Whether connections given back to a pool that does not reset them still hold
+        an implicit transaction, asked of the server from the plugin's own connection
+        (never through the user's): only for those given back during the window."""
+        ask = {
+            c.thread_id: c
+            for c in conns
+            if c.ask_trx
+            and c.checkout is None
+            and not c.in_trx
+            and c.checkin_seq >= w.seq
+            and c.thread_id is not None
+        }
+        if not ask:
+            return
+        try:
+            found = self.monitor.transactions(set(ask))
+        except Exception:  # noqa: BLE001 - an unanswered question is no verdict
+            return
+        for ident, conn in ask.items():
+            if ident in found:
+                conn.in_trx = True
+            conn.ask_trx = False  # settled: the next checkin asks again
+
     def _server_leaks(
         self,
         w: Window,
@@ -333,12 +395,14 @@ class Detector:
         explained: set[int] = frozenset(),  # type: ignore[assignment]
     ) -> list[Leak]:
         tracker = self.tracker
+        self._client_open = set()
         new = snap.ids_of(self.users) - w.server.ids_of(self.users) - self.owned_ids
         for provider in self.kept if new else ():
             new -= set(provider())
         if not new:
             return []
         closing = tracker.closed_since(w.seq)
+        closing |= self._client_closing(snap, new - closing - set(by_conn))
         unexplained: list[ProcessRow] = []
         for ident in sorted(new):
             row = snap.rows[ident]
@@ -442,6 +506,41 @@ class Detector:
                 leaks.append(leak)
         return leaks, explained
 
+    def _client_closing(self, snap: ServerSnapshot, ids: set[int]) -> set[int]:
+        """Of the server connections `ids`, those whose client on this machine has let go
+        already (a row that lags behind its close): settled by the kernel's socket table,
+        not by waiting for the row to go. Those whose client socket is established are
+        noted as open for sure."""
+        self._client_open = set()
+        endpoint = self.monitor.endpoint
+        if not ids or not endpoint.is_local:
+            return set()
+        ports = {i: client_port(snap.rows[i].host) for i in ids}
+        states = client_states({p for p in ports.values() if p is not None}, endpoint.port)
+        closing = set()
+        for ident, port in ports.items():
+            state = states.get(port) if port is not None else None
+            if state is False:
+                closing.add(ident)
+            elif state is True:
+                self._client_open.add(ident)
+        return closing
+
+    def _gc_may_return(self, leak: Leak) -> bool:
+        if leak.kind == SERVER_CONNECTION and any(
+            self.tracker.opened_at(i) is None for i in leak.connection_ids
+        ):
+            return False  # not opened by this process: no collection here closes it
+        return leak.kind in (CHECKED_OUT, SERVER_CONNECTION) and not _holder_running(leak.thread)
+
+    def _settled(self, leak: Leak) -> bool:
+        """A server connection whose client socket is established will not go by itself."""
+        return (
+            leak.kind == SERVER_CONNECTION
+            and bool(leak.connection_ids)
+            and all(i in self._client_open for i in leak.connection_ids)
+        )
+
     def _leak(
         self, kind: str, count: int, what: str, stack: tuple[Frame, ...], thread: str | None
     ) -> Leak:
@@ -470,6 +569,19 @@ class Detector:
 
     def _counts(self, snap: ServerSnapshot, checked_out: int) -> Counts:
         return Counts(len(snap.ids_of(self.users)), snap.threads_connected, checked_out)
+
+
+def _evident(conn: ConnState, snap: ServerSnapshot) -> bool:
+    """Whether a tracked connection is a real resource now: a real driver's connection
+    whose server connection is in the snapshot, or one with no server id (SQLite). A
+    connection of a mock DBAPI never is; one whose id the server no longer lists was
+    closed (events of its close may have been lost), unless the garbage collector took
+    it (a connection closed by nobody but the collector is a leak)."""
+    if not conn.real:
+        return False
+    # Collected without a close event: closed by the garbage collector only - a leak
+    # whether or not the server has noticed yet.
+    return conn.thread_id is None or conn.collected or conn.thread_id in snap.rows
 
 
 def _detach(checkout: Checkout) -> Callable[[], None]:
@@ -532,10 +644,6 @@ def _may_change(leak: Leak) -> bool:
     if leak.kind == SERVER_CONNECTION and not leak.stack and leak.thread is None:
         return True  # opened by nobody this process saw: may be a close the server lags on
     return _holder_running(leak.thread)
-
-
-def _gc_may_return(leak: Leak) -> bool:
-    return leak.kind in (CHECKED_OUT, SERVER_CONNECTION) and not _holder_running(leak.thread)
 
 
 def _connections(conns: list[ConnState]) -> str:

@@ -18,6 +18,7 @@ import functools
 import importlib
 import inspect
 import logging
+import sqlite3
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,13 +33,69 @@ OnClose = Callable[[int | None], None]
 
 
 def driver_connection(dbapi_connection: Any) -> Any:
-    # Async dialects hand out an adapter whose real connection is driver_connection.
+    """The driver's own connection behind `dbapi_connection`.
+
+    Async dialects hand out an adapter whose real connection is ``driver_connection``.
+    Only an attribute the object's class declares is read: on a ``Mock`` any attribute
+    "exists", and the plugin must not make up children of a user's mock.
+    """
+    if inspect.getattr_static(type(dbapi_connection), "driver_connection", None) is None:
+        return dbapi_connection
     return getattr(dbapi_connection, "driver_connection", dbapi_connection)
 
 
-def server_thread_id(dbapi_connection: Any) -> int | None:
-    """The server's connection id (processlist ID) of a DBAPI connection, if known."""
+_REAL_CLASSES: dict[int, type] = {}  # id -> class; a re-imported driver adds its new class
+_real_cache: tuple[int, tuple[type, ...]] = (-1, ())
+
+
+def _real_driver_classes() -> tuple[type, ...]:
+    # Looked up in sys.modules only: a driver that is not imported has no connections.
+    # Looked up again only when a module was imported since (re-imports included).
+    global _real_cache
+    if _real_cache[0] == len(sys.modules):
+        return _real_cache[1]
+    names = [(t.module, t.cls) for t in _TARGETS]
+    names += [tuple(key.rsplit(".", 1)) for key in _WRAPPER_CLASSES]  # type: ignore[misc]
+    for module_name, cls_name in names:
+        module = sys.modules.get(module_name)
+        cls = getattr(module, cls_name, None) if module is not None else None
+        if isinstance(cls, type):
+            _REAL_CLASSES[id(cls)] = cls
+    _real_cache = (len(sys.modules), tuple(_REAL_CLASSES.values()))
+    return _real_cache[1]
+
+
+def _forget_real_classes() -> None:
+    """Look the classes up again: a module reloaded in place keeps sys.modules' size."""
+    global _real_cache
+    _real_cache = (-1, ())
+
+
+# Classes that wrap a real driver connection (read through their `_cnx`).
+_WRAPPER_CLASSES = ("mysql.connector.pooling.PooledMySQLConnection",)
+
+
+def is_real_connection(dbapi_connection: Any) -> bool:
+    """Whether `dbapi_connection` is a connection of a real driver: one of the traced
+    MySQL drivers' classes, or SQLite's (a real resource, with no server connection).
+    Anything else - a ``Mock``, a test suite's fake DBAPI - holds no resource."""
     conn = driver_connection(dbapi_connection)
+    if isinstance(conn, sqlite3.Connection):
+        return True
+    return isinstance(conn, _real_driver_classes())
+
+
+def server_thread_id(dbapi_connection: Any) -> int | None:
+    """The server's connection id (processlist ID) of a DBAPI connection, if known.
+
+    Read only from connections of the real driver classes, and only through attributes
+    that have no side effect - except mysqlclient's ``thread_id()``, a C accessor of the
+    real class. A mock's methods are never called (a test may assert its ``mock_calls``).
+    """
+    conn = driver_connection(dbapi_connection)
+    real = _real_driver_classes()
+    if not isinstance(conn, real):
+        return None
     conn = getattr(conn, "_cnx", conn)  # mysql-connector's PooledMySQLConnection
     ident = getattr(conn, "server_thread_id", None)  # PyMySQL, aiomysql, asyncmy
     if isinstance(ident, tuple) and ident:
@@ -47,10 +104,10 @@ def server_thread_id(dbapi_connection: Any) -> int | None:
     if isinstance(ident, int):
         return ident
     thread_id = getattr(conn, "thread_id", None)  # mysqlclient
-    if callable(thread_id):
+    if callable(thread_id) and isinstance(conn, real):
         try:
             return int(thread_id())
-        except Exception:  # noqa: BLE001 - a closed or foreign connection has no id
+        except Exception:  # noqa: BLE001 - a closed connection has no id
             return None
     return None
 
@@ -58,35 +115,26 @@ def server_thread_id(dbapi_connection: Any) -> int | None:
 _SERVER_STATUS_IN_TRANS = 1
 
 
-def in_transaction(dbapi_connection: Any, *, ask_server: bool) -> bool | None:
-    """Whether the connection has an open transaction; None when it cannot be told.
+def in_transaction(dbapi_connection: Any) -> bool | None:
+    """Whether the connection has an open transaction, from what the driver already
+    knows; None when it cannot be told this way.
 
     The status flag of the last server reply is free to read. MariaDB does not set it
     for an implicit read-only transaction (autocommit off, then a SELECT), which still
-    holds a snapshot and metadata locks, so for pools that do not reset connections on
-    return the server is asked (``@@in_transaction``) while the connection is ours.
+    holds a snapshot and metadata locks: the detector asks the server about those from
+    its own admin connection when it judges (never through the user's connection).
     """
     conn = driver_connection(dbapi_connection)
+    if not isinstance(conn, _real_driver_classes()):
+        return None
+    conn = getattr(conn, "_cnx", conn)
     flag = getattr(conn, "in_transaction", None)  # mysql-connector
     if isinstance(flag, bool):
         return flag
     status = getattr(conn, "server_status", None)  # PyMySQL, aiomysql, asyncmy
-    if isinstance(status, int) and status & _SERVER_STATUS_IN_TRANS:
-        return True
-    if not ask_server or not hasattr(dbapi_connection, "cursor"):
-        return False if isinstance(status, int) else None
-    try:
-        # The DBAPI connection, not the driver's: an async driver's adapter runs the
-        # query synchronously inside SQLAlchemy's greenlet.
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute("SELECT @@in_transaction")
-            row = cursor.fetchone()
-        finally:
-            cursor.close()
-    except Exception:  # noqa: BLE001 - MySQL lacks @@in_transaction; a broken link is not ours to report
-        return False if isinstance(status, int) else None
-    return bool(row and row[0])
+    if isinstance(status, int):
+        return bool(status & _SERVER_STATUS_IN_TRANS)
+    return None
 
 
 @dataclass(frozen=True)
@@ -241,7 +289,8 @@ class DriverTracer:
         self._on_handout = on_handout
         self._on_pool = on_pool
         self._done: set[str] = set()
-        self._patches: list[tuple[type, str, Any]] = []
+        self._traced_classes: set[int] = set()  # id() of every class _trace() was given
+        self._patches: list[tuple[type, str, Any, Any]] = []  # cls, name, original, ours
 
     def trace_imported(self) -> None:
         if len(self._done) == len(_TARGETS) + len(_HANDOUTS) + len(_POOLS):
@@ -285,18 +334,23 @@ class DriverTracer:
                 log.warning("dbleak: cannot trace %s (checked on %s): %s", key, checked_on, exc)
                 continue
 
-            @functools.wraps(original)
-            def traced_handout(
-                pool: Any, *args: Any, _original: Any = original, **kwargs: Any
-            ) -> Any:
-                stack = capture_stack(1)  # a coroutine's: its frames lead to the user's await
-                conn = _original(pool, *args, **kwargs)
-                if inspect.isawaitable(conn):
-                    return _handed_out_later(conn, stack, on_handout)
-                on_handout(conn, stack)
-                return conn
+            self._patch(cls, method, self._handout_wrapper(original))
 
-            self._patch(cls, method, traced_handout)
+    def _handout_wrapper(self, original: Any) -> Any:
+        on_handout = self._on_handout
+        assert on_handout is not None
+
+        @functools.wraps(original)
+        def traced_handout(pool: Any, *args: Any, **kwargs: Any) -> Any:
+            stack = capture_stack(1)  # a coroutine's: its frames lead to the user's await
+            conn = original(pool, *args, **kwargs)
+            if inspect.isawaitable(conn):
+                return _handed_out_later(conn, stack, on_handout)
+            on_handout(conn, stack)
+            return conn
+
+        traced_handout._dbleak_kind = "handout"  # type: ignore[attr-defined]
+        return traced_handout
 
     def _trace_pools(self) -> None:
         on_pool = self._on_pool
@@ -332,12 +386,59 @@ class DriverTracer:
             self._patch(cls, "__init__", traced_init)
 
     def restore(self) -> None:
-        for cls, name, original in reversed(self._patches):
-            _restore(cls, name, original)
+        for cls, name, original, ours in reversed(self._patches):
+            if cls.__dict__.get(name) is ours:  # never undo what somebody put over ours
+                _restore(cls, name, original)
         self._patches.clear()
         self._done.clear()
+        self._traced_classes.clear()
+
+    def verify(self) -> list[str]:
+        """Put back every wrapper somebody removed or replaced (a monkeypatch undone, a
+        test's own patch); returns what was missing, e.g. ``Connection.close``. A few
+        dictionary lookups: it runs before every check."""
+        missing = []
+        for target in _TARGETS:
+            # A driver module imported again (importlib.reload, a test that drops it from
+            # sys.modules) has a new class: trace that one too.
+            if f"{target.module}.{target.cls}" not in self._done:
+                continue
+            module = sys.modules.get(target.module)
+            cls = getattr(module, target.cls, None) if module is not None else None
+            if isinstance(cls, type) and id(cls) not in self._traced_classes:
+                _forget_real_classes()
+                self._trace(cls, target)
+                missing.append(f"{target.module}.{target.cls} (imported again)")
+        for i, (cls, name, original, ours) in enumerate(self._patches):
+            current = cls.__dict__.get(name, _INHERITED)
+            if current is ours:
+                continue
+            if getattr(current, "_dbleak_kind", None) is not None:
+                # An earlier wrapper of ours, put back by somebody's undo: it traces.
+                self._patches[i] = (cls, name, original, current)
+                continue
+            missing.append(f"{cls.__module__}.{cls.__qualname__}.{name}")
+            # Wrap what is there now (somebody's patch keeps working, under ours).
+            base = getattr(cls, name, None)
+            if base is None:
+                continue
+            wrapper = self._rewrap(name, base, ours)
+            setattr(cls, name, wrapper)
+            self._patches[i] = (cls, name, current, wrapper)
+        return missing
+
+    def _rewrap(self, name: str, base: Any, ours: Any) -> Any:
+        kind = getattr(ours, "_dbleak_kind", None)
+        if kind == "connect":
+            return self._traced_connect(base)
+        if kind == "close":
+            return self._traced_close(base)
+        if kind == "handout":
+            return self._handout_wrapper(base)
+        return ours
 
     def _trace(self, cls: type, target: _Target) -> None:
+        self._traced_classes.add(id(cls))
         connect = getattr(cls, target.connect, None)
         if connect is None:
             log.warning(
@@ -358,7 +459,7 @@ class DriverTracer:
         # The original as the class holds it (a staticmethod stays one when restored).
         original = cls.__dict__.get(name, _INHERITED)
         setattr(cls, name, wrapper)
-        self._patches.append((cls, name, original))
+        self._patches.append((cls, name, original, wrapper))
 
     def _traced_connect(self, connect: Any) -> Any:
         on_connect = self._on_connect
@@ -372,6 +473,7 @@ class DriverTracer:
                 on_connect(conn, stack)
                 return result
 
+            traced_async_connect._dbleak_kind = "connect"  # type: ignore[attr-defined]
             return traced_async_connect
 
         @functools.wraps(connect)
@@ -380,6 +482,7 @@ class DriverTracer:
             on_connect(conn, capture_stack(1))
             return result
 
+        traced_connect._dbleak_kind = "connect"  # type: ignore[attr-defined]
         return traced_connect
 
     def _traced_close(self, close: Any) -> Any:
@@ -393,6 +496,7 @@ class DriverTracer:
             finally:
                 on_close(ident)
 
+        traced_close._dbleak_kind = "close"  # type: ignore[attr-defined]
         return traced_close
 
 

@@ -46,7 +46,7 @@ class _Check:
     settle: float
     patient: bool  # the test set its own settle time: wait it out for every suspicion
     window: Window | None = None
-    gone: ServerGoneError | None = None
+    gone: DbleakError | None = None  # the server died, or the instrumentation was taken
     placed: bool = False  # the window's end is queued behind the item's own finalizers
     closed: bool = False
     result: CheckResult | None = None
@@ -386,7 +386,7 @@ class DbleakManager:
         )
         try:
             check.window = detector.begin(reuse=True)
-        except ServerGoneError as exc:
+        except DbleakError as exc:  # ServerGoneError, or a SeamError from verify()
             check.gone = exc
         if self.runtime.lockwatch is not None:
             seq = check.window.seq if check.window is not None else -1
@@ -416,7 +416,7 @@ class DbleakManager:
                 settle=check.settle,
                 patient=check.patient,
             )
-        except ServerGoneError as exc:
+        except DbleakError as exc:  # ServerGoneError, or a SeamError from verify()
             check.gone = exc
             return
         check.result.leaks.extend(stuck)

@@ -26,7 +26,13 @@ from sqlalchemy.pool import Pool
 
 from . import _sqla_seam as seam
 from .children import CONNECT, FORK_SHARED, Children
-from .drivers import DriverTracer, PoolTarget, in_transaction, server_thread_id
+from .drivers import (
+    DriverTracer,
+    PoolTarget,
+    in_transaction,
+    is_real_connection,
+    server_thread_id,
+)
 from .stacks import Frame, capture_stack
 from .threads import ThreadStarts
 
@@ -90,6 +96,12 @@ class ConnState:
     checkin_seq: int = -1
     in_trx: bool = False
     detached: bool = False
+    # A connection of a real driver (or SQLite): only these hold a resource. A Mock or a
+    # test suite's fake DBAPI never counts as a leak.
+    real: bool = True
+    # Given back to a pool that does not reset it, with no transaction the driver knows
+    # of: whether an implicit one is open is asked of the server when judging.
+    ask_trx: bool = False
 
     @property
     def collected(self) -> bool:
@@ -166,6 +178,10 @@ class Tracker:
         )
         self._owner_depth = 0
         self._unknown_pool: PoolState | None = None
+        # The sequence number at which lost instrumentation was last put back: events
+        # before it may be missing, so a window open then is judged on the server only.
+        self.lost_seq = -1
+        self.lost: list[str] = []  # what was found removed, the last time
         self.children = Children()
         self.children.on_fork.append(self._after_fork_in_child)
         self.threads = ThreadStarts(self.tick, lambda: self.owner_active)
@@ -181,7 +197,42 @@ class Tracker:
         # few dictionary lookups.
         self.drivers.trace_imported()
         self.children.trace_imported()
+        self.verify()
         return self.tick() + 1
+
+    def verify(self) -> bool:
+        """Put back whatever of the instrumentation somebody removed or replaced since the
+        last look (``Pool.dispatch._clear()``, ``Engine.dispatch._clear()``,
+        ``event.remove``, a monkeypatch undone); True when something was missing. Then
+        ``lost_seq`` says from when events can be trusted again. Microseconds: runs
+        before every check. Nothing listens on the Engine class (see _sqla_seam), so
+        ``Engine.dispatch._clear()`` takes nothing.
+
+        Raises SeamError when somebody put their own ``Pool.__new__`` in place of ours
+        (one line naming it): no pool created from then on would be seen.
+        """
+        if not self.installed:
+            return False
+        missing = []
+        if not seam.pool_creation_seen(self._on_pool_created):
+            foreign = seam.foreign_pool_new()
+            if foreign is not None:
+                raise seam.misfit(f"Pool.__new__ was replaced by {foreign}")
+            seam.on_pool_created(self._on_pool_created)
+            missing.append("Pool.__new__")
+        for name in seam.CLASS_EVENTS:
+            listener = getattr(self, f"_on_{name}")
+            if not seam.has_pool_class(name, listener):
+                seam.listen_pool_class(name, listener)
+                missing.append(f"Pool {name} listener")
+        missing += self.drivers.verify()
+        if not missing:
+            return False
+        with self._lock:
+            self.lost_seq = self.tick()
+            self.lost = missing
+        log.info("dbleak: put back instrumentation somebody removed: %s", ", ".join(missing))
+        return True
 
     @property
     def owner_active(self) -> bool:
@@ -208,7 +259,6 @@ class Tracker:
         seam.on_pool_created(self._on_pool_created)
         for name in seam.CLASS_EVENTS:
             seam.listen_pool_class(name, getattr(self, f"_on_{name}"))
-        seam.listen_engine_disposed(self._on_engine_disposed)
         self.installed = True
         try:
             seam.prove(self)
@@ -227,12 +277,15 @@ class Tracker:
     def uninstall(self) -> None:
         if not self.installed:
             return
+        # Each removal tolerates a listener the suite took away already.
         for name in seam.CLASS_EVENTS:
             seam.remove_pool_class(name, getattr(self, f"_on_{name}"))
-        seam.remove_engine_disposed(self._on_engine_disposed)
         seam.remove_pool_created(self._on_pool_created)
         for pool, state in list(self.states.items()):
-            seam.remove_connect(pool, state.listener)
+            try:
+                seam.remove_connect(pool, state.listener)
+            except Exception as exc:  # noqa: BLE001 - a pool in any state must not stop the end
+                log.debug("dbleak: connect listener of %r: %s", pool, exc)
         self.drivers.restore()
         self.children.uninstall()
         self.threads.uninstall()
@@ -243,8 +296,9 @@ class Tracker:
         self._lock = threading.RLock()
 
     # -- pools -----------------------------------------------------------------
-    def _on_pool_created(self, pool: Pool) -> None:
+    def _on_pool_created(self, pool: Pool, recreated_from: Any) -> None:
         # Called from Pool.__new__, before the pool's __init__ ran.
+        origin = self._recreated(recreated_from) if recreated_from is not None else None
         with self._lock:
             seq = self.tick()
             state = PoolState(
@@ -258,36 +312,29 @@ class Tracker:
             )
             state.registered_seq = seq
             state.late_for = self.threads.blamed()
-            state.listener = _ConnectListener(self, state)
             self.states[pool] = state
             self.pools.append(state)
             self._trim_pools()
+            if origin is not None and isinstance(origin.listener, _ConnectListener):
+                # Pool.recreate() (Engine.dispose()): same engine, same owner. __init__
+                # copies the replaced pool's listeners, ours among them: that one serves
+                # the new pool from now on, so an engine disposed a thousand times still
+                # has one listener.
+                self._adopt(state, origin)
+                origin.listener.state = weakref.ref(state)
+                state.listener = origin.listener
+                return
+            state.listener = _ConnectListener(self, state)
         seam.listen_connect(pool, state.listener)
 
-    def _on_engine_disposed(self, engine: Any) -> None:
-        # Engine.dispose() swapped in pool.recreate(): same engine, same owner. The new
-        # pool carries the listener of the pool it was recreated from (recreate() copies
-        # listeners): that one serves the new pool from now on, and the new pool's own
-        # goes, so an engine disposed a thousand times still has one listener.
-        pool = engine.pool
+    def _recreated(self, dispatch: Any) -> PoolState | None:
+        """The tracked pool whose dispatch `dispatch` is: the one recreate() replaces."""
         with self._lock:
-            state = self.states.get(pool)
-            if state is None:
-                return
-            # The pool it came from may be gone already: look among all pools seen.
-            others = [s for s in self.pools if s is not state]
-        inherited = seam.inherited_connect_listeners(pool, [s.listener for s in others])
-        origins = [s for s in others if s.listener in inherited]
-        if not origins:
-            return
-        origin = max(origins, key=lambda s: s.registered_seq)
-        listener = origin.listener
-        if isinstance(listener, _ConnectListener) and listener is not state.listener:
-            seam.remove_connect(pool, state.listener)
-            listener.state = weakref.ref(state)
-            state.listener = listener
-        with self._lock:
-            self._adopt(state, origin)
+            candidates = list(self.states.items())
+        for pool, state in candidates:
+            if seam.dispatch_of(pool) is dispatch:
+                return state
+        return None
 
     @staticmethod
     def _adopt(state: PoolState, origin: PoolState) -> None:
@@ -373,6 +420,7 @@ class Tracker:
             self.owner_active or pstate.created_seq < 0,
             stack,
             ref,
+            real=is_real_connection(dbapi_connection),
         )
         self.open[id(dbapi_connection)] = state
         pstate.open[state.serial] = state
@@ -387,8 +435,18 @@ class Tracker:
             return None
         state = self._known(dbapi_connection)
         if state is None:
-            # Opened before install() by a pool created before it: its pool is unknown.
-            state = self._new_conn(dbapi_connection, self._unknown(), -1, ())
+            pool = seam.pool_of_record(record)
+            pstate = self.states.get(pool) if pool is not None else None
+            if pstate is None or pstate.created_seq < 0:
+                # Opened before install() by a pool created before it: its pool is unknown.
+                return self._new_conn(dbapi_connection, self._unknown(), -1, ())
+            # A pool of ours opened it without telling us: somebody removed its connect
+            # listener. Put it back; events before now may be missing.
+            if pool is not None and not seam.has_connect(pool, pstate.listener):
+                seam.listen_connect(pool, pstate.listener)
+            self.lost_seq = self.tick()
+            self.lost = [f"connect listener of {pstate.pool_class}"]
+            state = self._new_conn(dbapi_connection, pstate, self.lost_seq, ())
         return state
 
     def _unknown(self) -> PoolState:
@@ -440,10 +498,13 @@ class Tracker:
             # The fork bug: this process uses a pooled connection its parent opened (and
             # got through to the checkin, so no pid check in a checkout event stopped it).
             children.report(FORK_SHARED, state.thread_id, checkout.stack, state.stack)
-        # Outside the lock: asking the server is I/O. The connection is still ours here:
-        # the checkin event runs before the pool puts it back in its queue.
-        trx = in_transaction(dbapi_connection, ask_server=not pstate.resets_on_return)
+        # Only what the driver already knows: nothing runs through the user's connection.
+        # An implicit transaction the status flag does not show (MariaDB, autocommit off,
+        # then a SELECT) survives only a pool that does not reset on return: the detector
+        # asks the server about those from its own connection, when it judges.
+        trx = in_transaction(dbapi_connection)
         state.in_trx = bool(trx)
+        state.ask_trx = not trx and state.thread_id is not None and not pstate.resets_on_return
 
     def _on_close(self, dbapi_connection: Any, record: Any) -> None:
         self._forget(dbapi_connection)
@@ -526,6 +587,13 @@ class Tracker:
             self.opened.pop(ident, None)
             self.handed_out.pop(ident, None)
             self.closed_thread_ids.append((self.tick(), ident))
+            conn = self.by_thread_id.get(ident)
+        if conn is not None and conn.detached and conn.ref is not None:
+            # Detached from its pool, then closed by its owner: the pool will never send
+            # a close event for it, and nothing is left.
+            dbapi = conn.ref()
+            if dbapi is not None:
+                self._forget(dbapi)
 
     def _forget(self, dbapi_connection: Any) -> None:
         with self._lock:
@@ -585,7 +653,7 @@ class Tracker:
 
 class _ConnectListener:
     """A pool's connect listener; it knows its pool's state, which Engine.dispose() moves
-    on to the recreated pool (see Tracker._on_engine_disposed)."""
+    on to the recreated pool (see Tracker._on_pool_created)."""
 
     __slots__ = ("__weakref__", "state", "tracker")
 

@@ -261,7 +261,7 @@ def test_an_engine_created_during_the_test_and_never_disposed_fails_the_test(
         "test_leaky_engine_reclaimed_by_the_garbage_collector",
         f"dbleak: 1 connection leaked (1 undisposed_engine) at test_engines.py:{line}",
         "engine created and never disposed: QueuePool reclaimed by the garbage collector "
-        "without dispose(), holding 1 server connection",
+        "without dispose(), 1 server connection closed only by the garbage collector",
     )
 
 

@@ -25,20 +25,22 @@ sqlalchemy.pool.Pool.__new__ = staticmethod(lambda cls, *a, **k: object.__new__(
 """,
         "Pool defines its own __new__",
     ),
-    "an Engine.dispose that no longer fires engine_disposed": (
+    "a Pool.recreate that no longer hands its dispatch on": (
         """
-from sqlalchemy.engine import Engine
+from sqlalchemy.pool import QueuePool
+
+recreate = QueuePool.recreate
 
 
-def dispose(self, close=True):
-    if close:
-        self.pool.dispose()
-    self.pool = self.pool.recreate()
+def without_dispatch(self):
+    new = recreate(self)
+    new.__dict__.pop("dispatch", None)
+    return type(self)(self._creator, pool_size=self._pool.maxsize, dialect=self._dialect)
 
 
-Engine.dispose = dispose
+QueuePool.recreate = without_dispatch
 """,
-        "engine_disposed no longer tells which pool was recreated",
+        "Pool.recreate() no longer names the pool it replaces",
     ),
     "a pool without the reset_on_return setting": (
         """
