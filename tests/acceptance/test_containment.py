@@ -3,8 +3,6 @@ server, and the blame stays on the test that leaked."""
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
-
 import pytest
 
 from tests.acceptance.helpers import FAST, MODULE_ENGINE, ONLY_DBLEAK, PREAMBLE
@@ -27,44 +25,33 @@ def test_a_leaky(engine, n):
 
 @pytest.mark.parametrize("n", range(5))
 def test_b_clean(engine, n):
+    # The leaks before were taken back: every slot is free, nothing to wait for.
+    assert engine.pool.checkedout() == 0
     with engine.connect() as conn:
         conn.execute(sa.text("SELECT 1"))
 """
 )
 
 
-def clean_test_times(path: str) -> dict[str, float]:
-    root = ET.parse(path).getroot()
-    return {
-        case.get("name", ""): float(case.get("time", "0"))
-        for case in root.iter("testcase")
-        if "test_b_clean" in case.get("name", "")
-    }
-
-
 def test_leaks_that_exhaust_a_small_pool_are_reclaimed_and_later_tests_pass_at_once(
     pytester: pytest.Pytester, backend_args: list[str]
 ) -> None:
     pytester.makepyfile(test_pool=SMALL_POOL)
-    result = pytester.runpytest_subprocess(
-        "--dbleak", *backend_args, FAST, "--junitxml=j.xml", *ONLY_DBLEAK
-    )
+    result = pytester.runpytest_subprocess("--dbleak", *backend_args, FAST, *ONLY_DBLEAK)
     result.assert_outcomes(failed=5, passed=5)
-    times = clean_test_times(str(pytester.path / "j.xml"))
-    assert len(times) == 5
-    assert all(t < 1.0 for t in times.values()), times  # pool_timeout is 3 s
 
 
-def test_without_reclaiming_the_same_leaks_make_innocent_tests_time_out(
+def test_without_reclaiming_the_same_leaks_leave_innocent_tests_an_exhausted_pool(
     pytester: pytest.Pytester,
 ) -> None:
     pytester.makepyfile(test_pool=SMALL_POOL.replace("pool_timeout=3", "pool_timeout=0.5"))
     result = pytester.runpytest_subprocess(
         "--dbleak", "--dbleak-backend=process", FAST, "--no-dbleak-reclaim", *ONLY_DBLEAK
     )
-    # Two leaks fill the pool; the next three leaky tests and every clean one time out.
+    # Two leaks fill the pool; the next three leaky tests time out, every clean one finds
+    # the pool full.
     result.assert_outcomes(failed=10)
-    result.stdout.fnmatch_lines(["FAILED test_pool.py::test_b_clean[[]0[]] - *TimeoutError*"])
+    result.stdout.fnmatch_lines(["FAILED test_pool.py::test_b_clean[[]0[]] - assert 2 == 0*"])
 
 
 EACH_KIND = (
