@@ -165,7 +165,11 @@ def _header(
         cards.append(_card("peak server connections", peak.after.server_connections))
     outcome_text = ", ".join(f"{n} {name}" for name, n in sorted(tally.items())) or "none"
 
-    facts = [("pytest outcomes", esc(outcome_text))]
+    facts = []
+    run = meta.get("run")
+    if isinstance(run, Mapping) and run:
+        facts.append(("run", _run_fact(run, esc)))
+    facts.append(("pytest outcomes", esc(outcome_text)))
     server = meta.get("server")
     if isinstance(server, Mapping) and server:
         where = ""
@@ -188,7 +192,7 @@ def _header(
             )
         )
     for key, value in meta.items():
-        if key in ("tool", "server", "settings") or _SECRET_KEY.search(str(key)):
+        if key in ("tool", "run", "server", "settings") or _SECRET_KEY.search(str(key)):
             continue
         shown = value if isinstance(value, str) else json.dumps(value, default=str)
         facts.append((esc(key), esc(shown)))
@@ -200,6 +204,18 @@ def _header(
         + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)
         + "</dl>\n</header>"
     )
+
+
+def _run_fact(run: Mapping[str, Any], esc: _Escaper) -> str:
+    """When the run started (a machine-readable <time>) and how long it took."""
+    import datetime
+
+    text = esc(reporting.run_line(run))
+    started = run.get("started")
+    if not isinstance(started, (int, float)):
+        return f'<span id="run">{text}</span>'
+    stamp = datetime.datetime.fromtimestamp(started, tz=datetime.timezone.utc).isoformat()
+    return f'<time id="run" datetime="{esc(stamp)}">{text}</time>'
 
 
 def _card(label: str, value: int, tone: str = "") -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -78,6 +79,7 @@ class DbleakManager:
         self.recording = False  # --dbleak-baseline names a file that does not exist yet
         self._baseline_line = ""
         self._closed = False
+        self._started = time.time()  # for the reports: when the run happened, how long
 
     @property
     def is_worker(self) -> bool:
@@ -99,6 +101,7 @@ class DbleakManager:
     # -- session hooks -----------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self._started = time.time()
         if not self.settings.enabled:
             return
         if self.settings.baseline:
@@ -410,11 +413,16 @@ class DbleakManager:
                 recorded = baseline.save(self.settings.baseline, results)
                 self._baseline_line = baseline.recorded_line(self.settings.baseline, recorded)
             elif self.baseline is not None:
-                self._baseline_line = self.baseline.summary(results)
+                # A recorded test that was skipped or not run here (another shard, -k)
+                # says nothing about its leak: only checked tests can call one gone.
+                self._baseline_line = self.baseline.summary(
+                    reporting.checked(results, self.outcomes)
+                )
         if not (self.settings.report or self.settings.html) or not results:
             return
         meta = {
             "tool": "pytest-dbleak",
+            "run": {"started": self._started, "duration": time.time() - self._started},
             "server": self._server_meta(),
             "settings": {
                 "allow": self.settings.allow,
@@ -430,6 +438,7 @@ class DbleakManager:
                 meta,
                 self.redact,
                 leak_failed=self.leak_failures,
+                other_failed=len(self.other_failures),
             )
         if self.settings.html:
             html_report.write(

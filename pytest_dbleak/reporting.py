@@ -165,35 +165,69 @@ def summary_lines(results: Iterable[CheckResult]) -> list[str]:
     return lines
 
 
-def write_json(
-    path: str | os.PathLike[str],
+def report_document(
     results: list[CheckResult],
-    outcomes: dict[str, str],
-    meta: dict[str, Any],
-    redact: Callable[[str], str],
+    outcomes: Mapping[str, str],
+    meta: Mapping[str, Any],
     leak_failed: Collection[str] | None = None,
-) -> None:
-    """`leak_failed`: the tests that failed because of a leak and nothing else (a test that
-    failed on its own and also leaked is not one); by default, every result over its limit."""
+    other_failed: int = 0,
+) -> dict[str, Any]:
+    """The JSON report as a dict: what ``write_json`` writes and ``merge`` reads back.
+
+    `leak_failed`: the tests that failed because of a leak and nothing else (a test that
+    failed on its own and also leaked is not one); by default, every result over its limit.
+    `other_failed`: how many tests of the run failed for another reason (checked or not),
+    so that merged shard reports give the exit status one run would have."""
+    if leak_failed is None:
+        leak_failed = {r.nodeid for r in results if r.failed}
     tests = []
     for result in results:
         entry = result.as_dict()
         entry["outcome"] = outcomes.get(result.nodeid, "unknown")
+        entry["leak_failed"] = result.nodeid in leak_failed
         tests.append(entry)
-    document = {
+    return {
         "version": REPORT_VERSION,
         **meta,
         "summary": {
             "tests": len(results),
             "leaking_tests": sum(1 for r in results if r.leaks),
-            "failed_tests": (
-                sum(1 for r in results if r.failed)
-                if leak_failed is None
-                else sum(1 for r in results if r.nodeid in leak_failed)
-            ),
+            "failed_tests": sum(1 for r in results if r.nodeid in leak_failed),
+            "other_failed_tests": other_failed,
             "leaked_connections": sum(r.leaked for r in results),
         },
         "tests": tests,
     }
+
+
+def write_json(
+    path: str | os.PathLike[str],
+    results: list[CheckResult],
+    outcomes: Mapping[str, str],
+    meta: Mapping[str, Any],
+    redact: Callable[[str], str],
+    leak_failed: Collection[str] | None = None,
+    other_failed: int = 0,
+) -> None:
+    """Write :func:`report_document` to path, redacted, atomically."""
+    document = report_document(results, outcomes, meta, leak_failed, other_failed)
     text = redact(json.dumps(document, indent=2, sort_keys=False, default=str))
     write_atomic(path, text + "\n")
+
+
+def run_line(run: Mapping[str, Any]) -> str:
+    """'2026-12-05 11:30:03 UTC, 12.3 s': when a run started and how long it took."""
+    import datetime
+
+    parts = []
+    started = run.get("started")
+    if isinstance(started, (int, float)):
+        when = datetime.datetime.fromtimestamp(started, tz=datetime.timezone.utc)
+        parts.append(when.strftime("%Y-%m-%d %H:%M:%S UTC"))
+    duration = run.get("duration")
+    if isinstance(duration, (int, float)):
+        parts.append(f"{duration:.1f} s" if duration < 120 else f"{duration / 60:.1f} min")
+    shards = run.get("shards")
+    if isinstance(shards, int) and shards > 1:
+        parts.append(f"{shards} shards merged")
+    return ", ".join(parts)
