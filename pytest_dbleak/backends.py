@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .containers import docker_available
 from .embedded import (
     find_mysqld,
     launch_process,
@@ -104,7 +103,7 @@ def launch(
     if backend == "docker":
         return Launch(lambda: start_docker(image, timeout))
     binary = find_mysqld(mysqld)
-    if backend == "auto" and docker_available():
+    if backend == "auto" and _docker_available():
         return Launch(lambda: _docker_else_process(image, binary, cache, timeout))
     if backend == "process" or binary is not None:
         if reuse:
@@ -116,6 +115,12 @@ def launch(
         "no MySQL server available: give --dbleak-mysql-url (url backend), start Docker "
         "(docker backend), or install mariadbd/mysqld (process backend)"
     )
+
+
+def _docker_available() -> bool:
+    from .containers import docker_available  # only auto asks: process runs skip it
+
+    return docker_available()
 
 
 def _docker_else_process(

@@ -239,6 +239,7 @@ def _timeline(results: list[CheckResult], esc: _Escaper) -> str:
 
     parts = [
         f'<svg id="timeline" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
+        f'data-left="{LEFT}" data-plot-width="{PLOT_W}" data-tests="{n}" '
         f'aria-label="server and checked-out connections after each of {n} tests">',
         f"<title>Connections after each test ({n} tests)</title>",
         f'<rect class="plot" x="{LEFT}" y="{TOP}" width="{PLOT_W}" height="{PLOT_H}"/>',
@@ -280,6 +281,10 @@ def _timeline(results: list[CheckResult], esc: _Escaper) -> str:
             points = " ".join(f"{x:g},{y:g}" for x, y in _series_points(values, y_of))
             parts.append(f'<polyline class="series {cls}" points="{points}"/>')
         parts.extend(_markers(results, y_of, esc))
+        parts.append(
+            f'<line id="hover-line" x1="0" y1="{TOP}" x2="0" y2="{TOP + PLOT_H}" '
+            'visibility="hidden"/>'
+        )
     parts.append("</svg>")
 
     legend = (
@@ -293,10 +298,36 @@ def _timeline(results: list[CheckResult], esc: _Escaper) -> str:
         + "</ul>"
     )
     return (
-        f'<section id="chart"><h2>Timeline</h2>\n{"".join(parts)}\n{legend}\n'
-        '<p class="hint">Counts after each test. Click a marker for that test\'s leak.</p>'
-        "</section>"
+        f'<section id="chart"><h2>Timeline</h2>\n<div class="plot-box">{"".join(parts)}'
+        '<div id="hover" role="tooltip" hidden></div></div>\n'
+        f"{legend}\n{_tests_data(results, esc)}\n"
+        '<p class="hint">Counts after each test. Hover for a test\'s name; click a marker '
+        "for that test's leak.</p></section>"
     )
+
+
+def _tests_data(results: Sequence[CheckResult], esc: _Escaper) -> str:
+    """Every test's name and counts as one JSON text that the hover reads: one element
+    for the whole run, never a DOM node per test."""
+    # A test's module is written once: "tests/test_orders.py::test_x" is module 3 + name.
+    modules: dict[str, int] = {}
+    module_of, names = [], []
+    for result in results:
+        module, sep, name = esc.redact(result.nodeid).partition("::")
+        if not sep:
+            module, name = "", module
+        module_of.append(modules.setdefault(module, len(modules)))
+        names.append(name)
+    data = {
+        "modules": list(modules),
+        "module": module_of,
+        "names": names,
+        "server": [r.after.server_connections for r in results],
+        "checked": [r.after.checked_out for r in results],
+    }
+    # Inside <script>, only "</" (and "<!--") could end or upset the element.
+    text = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
+    return f'<script type="application/json" id="tests-data">{text}</script>'
 
 
 def _markers(

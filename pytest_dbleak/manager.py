@@ -405,10 +405,10 @@ class DbleakManager:
             terminalreporter.write_line(self.redact(line))
 
     def _write_reports(self, session: pytest.Session) -> None:
-        from . import baseline, html_report
-
         results = list(self.results.values())
         if self.settings.baseline and self.settings.enabled:
+            from . import baseline  # imported when asked for: a quick run never pays it
+
             if self.recording:
                 recorded = baseline.save(self.settings.baseline, results)
                 self._baseline_line = baseline.recorded_line(self.settings.baseline, recorded)
@@ -441,6 +441,8 @@ class DbleakManager:
                 other_failed=len(self.other_failures),
             )
         if self.settings.html:
+            from . import html_report
+
             html_report.write(
                 self.settings.html,
                 results,

@@ -240,8 +240,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     ),
     OptionSpec(
         "reuse_idle",
-        "seconds a reused server stays up with no session before it stops itself "
-        "(default: 900).",
+        "seconds a reused server stays up with no session before it stops itself (default: 900).",
         _parse_startup,
         900.0,
         "--dbleak-reuse-idle",
