@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -145,16 +146,24 @@ def _discard(state: State) -> None:
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
+    """Wait for another process (not our child) to exit: a pidfd turns readable then."""
     from .embedded import _alive
 
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while _alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(delay)  # no event tells us another session's child has exited
-        delay = min(delay * 2, 0.1)
-    return True
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # gone already, or no pidfd (Linux < 5.3)
+        fd = None
+    if fd is not None:
+        try:
+            select.select([fd], [], [], timeout)
+        finally:
+            os.close(fd)
+    else:
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    # A zombie is gone for us: its parent (the watcher, or init) reaps it.
+    return not _alive(pid)
 
 
 def _hold_session(paths: _Paths) -> IO[str]:
