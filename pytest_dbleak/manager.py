@@ -325,6 +325,18 @@ class DbleakManager:
         check.result.leaks.extend(stuck)
 
     def _judge(self, item: pytest.Item, check: _Check, report: pytest.TestReport) -> None:
+        try:
+            self._judge_check(item, check, report)
+        finally:
+            # The item outlives its test (pytest keeps every item): what the check held
+            # (snapshots, thread sets, reports) would grow the run by kilobytes per test.
+            check.window = None
+            check.reports = []
+            check.result = None  # the report carries it on
+            if item.stash.get(CHECK, None) is check:
+                del item.stash[CHECK]
+
+    def _judge_check(self, item: pytest.Item, check: _Check, report: pytest.TestReport) -> None:
         if check.gone is not None:
             message = self.redact(f"dbleak: {check.gone}; stopping the run")
             verdict.server_gone(report, message, _location(item))
@@ -370,6 +382,10 @@ class DbleakManager:
         data = getattr(report, "dbleak", None)
         if data is not None:
             self.results[nodeid] = CheckResult.from_dict(data)
+            if not self.is_worker:
+                # pytest keeps every report to the end of the run: the copy in results
+                # is enough (a worker's report still has to travel to the controller).
+                del report.dbleak
         previous = self.outcomes.get(nodeid)
         if report.failed:
             if getattr(report, "dbleak_failed", False):
