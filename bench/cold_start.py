@@ -23,7 +23,9 @@ stopped at the end.
 from __future__ import annotations
 
 import argparse
+import collections
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -89,13 +91,19 @@ def main() -> None:
     }
 
     def once(cmd: list[str]) -> float:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t = time.perf_counter()
         done = subprocess.run(cmd, cwd=work.path, env=env, capture_output=True, text=True)
         elapsed = time.perf_counter() - t
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if done.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}")
+        cpu[cmd[-1] + " ".join(cmd)].append(
+            after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+        )
         return elapsed
 
+    cpu: dict[str, list[float]] = collections.defaultdict(list)
     try:
         for cmd in runs.values():  # warm: bytecode, the template, the reused server
             once(cmd)
@@ -112,22 +120,38 @@ def main() -> None:
             check=False,
         )
     floor = c.median(times["floor (SQLite, no server)"])
+    floor_cpu = c.median(
+        cpu[runs["floor (SQLite, no server)"][-1] + " ".join(runs["floor (SQLite, no server)"])]
+    )
     rows = []
     for name, values in times.items():
         m = c.median(values)
+        cmd = runs[name]
+        spent = c.median(cpu[cmd[-1] + " ".join(cmd)])
         rows.append(
             (
                 name,
                 c.s(m),
                 f"{c.s(min(values))}-{c.s(max(values))}",
-                f"+{c.s(m - floor)}" if m is not floor else "",
+                f"+{c.s(m - floor)}" if name != "floor (SQLite, no server)" else "",
                 f"{m / floor:.2f}x",
+                f"{c.s(spent)} (+{c.s(spent - floor_cpu)})",
             )
         )
     print(f"## One-test session, whole process, medians of {args.runs}\n")
     print(c.machine_table())
     print()
-    print(c.table(("session", "median s", "range s", "over the floor s", "ratio"), rows))
+    print(
+        c.table(
+            ("session", "median s", "range s", "over the floor s", "ratio", "CPU s (over floor)"),
+            rows,
+        )
+    )
+    print(
+        "\nCPU: user + system time of the pytest process and the processes it waited for "
+        "(a cold session's server included; a reused server is not the session's child, "
+        "so its share is not counted). Less sensitive than wall time to a busy machine."
+    )
     print()
     print(phases(cache, args.runs))
     print()
