@@ -107,6 +107,7 @@ def main() -> None:
     try:
         for cmd in runs.values():  # warm: bytecode, the template, the reused server
             once(cmd)
+        cpu.clear()
         times: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(args.runs):
             c.sample_load()
