@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from .files import write_atomic
@@ -178,14 +178,25 @@ def report_document(
     failed on its own and also leaked is not one); by default, every result over its limit.
     `other_failed`: how many tests of the run failed for another reason (checked or not),
     so that merged shard reports give the exit status one run would have."""
-    if leak_failed is None:
-        leak_failed = {r.nodeid for r in results if r.failed}
-    tests = []
-    for result in results:
-        entry = result.as_dict()
-        entry["outcome"] = outcomes.get(result.nodeid, "unknown")
-        entry["leak_failed"] = result.nodeid in leak_failed
-        tests.append(entry)
+    leak_failed = _leak_failed(results, leak_failed)
+    return {
+        **_head(results, meta, leak_failed, other_failed),
+        "tests": [_entry(r, outcomes, leak_failed) for r in results],
+    }
+
+
+def _leak_failed(
+    results: list[CheckResult], leak_failed: Collection[str] | None
+) -> Collection[str]:
+    return {r.nodeid for r in results if r.failed} if leak_failed is None else leak_failed
+
+
+def _head(
+    results: list[CheckResult],
+    meta: Mapping[str, Any],
+    leak_failed: Collection[str],
+    other_failed: int,
+) -> dict[str, Any]:
     return {
         "version": REPORT_VERSION,
         **meta,
@@ -196,8 +207,16 @@ def report_document(
             "other_failed_tests": other_failed,
             "leaked_connections": sum(r.leaked for r in results),
         },
-        "tests": tests,
     }
+
+
+def _entry(
+    result: CheckResult, outcomes: Mapping[str, str], leak_failed: Collection[str]
+) -> dict[str, Any]:
+    entry = result.as_dict()
+    entry["outcome"] = outcomes.get(result.nodeid, "unknown")
+    entry["leak_failed"] = result.nodeid in leak_failed
+    return entry
 
 
 def write_json(
@@ -209,10 +228,33 @@ def write_json(
     leak_failed: Collection[str] | None = None,
     other_failed: int = 0,
 ) -> None:
-    """Write :func:`report_document` to path, redacted, atomically."""
-    document = report_document(results, outcomes, meta, leak_failed, other_failed)
-    text = redact(json.dumps(document, indent=2, sort_keys=False, default=str))
-    write_atomic(path, text + "\n")
+    """Write :func:`report_document` to path, redacted, atomically.
+
+    Test by test: at 20,000 tests the whole document as dicts and one string would cost
+    the run about 100 MB at its very end; entries are made, written and dropped in turn.
+    """
+    leak_failed = _leak_failed(results, leak_failed)
+    head = _head(results, meta, leak_failed, other_failed)
+    # The head's text with an empty "tests" list, split where the entries go.
+    text = json.dumps({**head, "tests": [None]}, indent=2, default=str)
+    before, after = text.rsplit("null", 1)
+
+    def pieces() -> Iterator[str]:
+        yield redact(before.rstrip(" "))
+        for index, result in enumerate(results):
+            entry = json.dumps(_entry(result, outcomes, leak_failed), indent=2, default=str)
+            sep = ",\n" if index else ""
+            yield sep + redact(_ENTRY_INDENT + entry.replace("\n", "\n" + _ENTRY_INDENT))
+        yield redact(after.lstrip(" ") if results else after) + "\n"
+
+    if not results:  # "tests": [] as json.dumps writes it
+        text = json.dumps({**head, "tests": []}, indent=2, default=str)
+        write_atomic(path, redact(text) + "\n")
+        return
+    write_atomic(path, pieces())
+
+
+_ENTRY_INDENT = "    "  # an entry of the top-level "tests" list, as indent=2 places it
 
 
 def run_line(run: Mapping[str, Any]) -> str:
