@@ -211,7 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dbleak: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:  # an output path that cannot be written
-        print(f"dbleak: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"dbleak: cannot write the output{where}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
 
 
