@@ -1,8 +1,33 @@
 """pytest-dbleak: fail the test that leaks a database connection."""
 
-from .backends import ServerInfo
-from .fixtures import DbleakHandle, PoolStatus, Snapshot
-from .results import CheckResult, Leak
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .backends import ServerInfo
+    from .fixtures import DbleakHandle, PoolStatus, Snapshot
+    from .results import CheckResult, Leak
 
 __all__ = ["CheckResult", "DbleakHandle", "Leak", "PoolStatus", "ServerInfo", "Snapshot"]
 __version__ = "0.1.0"
+
+# Imported on first use: `python -m pytest_dbleak merge` runs without pytest, and the
+# plugin's own start does not pay for modules a run may never need.
+_HOMES = {
+    "CheckResult": "results",
+    "Leak": "results",
+    "ServerInfo": "servers",
+    "DbleakHandle": "fixtures",
+    "PoolStatus": "fixtures",
+    "Snapshot": "fixtures",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    return getattr(import_module(f".{home}", __name__), name)

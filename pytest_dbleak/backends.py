@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .containers import docker_available
 from .embedded import (
     find_mysqld,
     launch_process,
@@ -86,10 +85,14 @@ def launch(
     cache: Path,
     timeout: float,
     redactor: Redactor,
+    reuse: bool = False,
+    reuse_idle: float = 900.0,
 ) -> Launch:
     """Set off the server the settings ask for; DbleakError says why it cannot be had.
 
     Only the process backend does work before ``wait()``; the others do it all there.
+    With `reuse`, the process backend joins (or leaves behind) a server that outlives the
+    session: see reuse.py.
     """
     if mysql_url:
         redactor.add(parse_mysql_url(mysql_url).password)
@@ -100,14 +103,24 @@ def launch(
     if backend == "docker":
         return Launch(lambda: start_docker(image, timeout))
     binary = find_mysqld(mysqld)
-    if backend == "auto" and docker_available():
+    if backend == "auto" and _docker_available():
         return Launch(lambda: _docker_else_process(image, binary, cache, timeout))
     if backend == "process" or binary is not None:
+        if reuse:
+            from . import reuse as reused
+
+            return reused.launch(binary, cache, timeout, reuse_idle)
         return launch_process(binary, cache, timeout)
     raise DbleakError(
         "no MySQL server available: give --dbleak-mysql-url (url backend), start Docker "
         "(docker backend), or install mariadbd/mysqld (process backend)"
     )
+
+
+def _docker_available() -> bool:
+    from .containers import docker_available  # only auto asks: process runs skip it
+
+    return docker_available()
 
 
 def _docker_else_process(

@@ -327,12 +327,42 @@ rm -rf "$dir"
 """
 
 
+def server_root(template: Path, prefix: str = "dbleak-") -> Path:
+    """A fresh folder for one server: a copy of the template's datadir, and a tmp."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir=_session_parent()))
+    try:
+        shutil.copytree(template / "data", root / "data")
+        (root / "tmp").mkdir()
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    return root
+
+
+def server_command(binary: str, root: Path, port: int) -> list[str]:
+    """The server's command line, everything of it under root."""
+    return [
+        binary,
+        "--no-defaults",
+        f"--datadir={root / 'data'}",
+        f"--socket={root / 'mysqld.sock'}",
+        f"--port={port}",
+        "--bind-address=127.0.0.1",
+        f"--pid-file={root / 'mysqld.pid'}",
+        f"--log-error={root / 'error.log'}",
+        f"--tmpdir={root / 'tmp'}",
+        *_user_flags(),
+        *_INNODB_FILES,
+        *_FAST_FLAGS,
+    ]
+
+
 def launch_process(binary: str | None, cache: Path, timeout: float) -> Launch:
     """Copy the template and spawn mariadbd under its reaper; do not wait for it."""
     if binary is None:
         raise DbleakError("no mariadbd or mysqld found on PATH (or give --dbleak-mysqld)")
     template = ensure_template(binary, cache)
-    root = Path(tempfile.mkdtemp(prefix="dbleak-", dir=_session_parent()))
+    root = server_root(template)
     reaper: subprocess.Popen[str] | None = None
 
     def cancel() -> None:
@@ -341,25 +371,9 @@ def launch_process(binary: str | None, cache: Path, timeout: float) -> Launch:
             shutil.rmtree(root, ignore_errors=True)
 
     try:
-        datadir = root / "data"
-        shutil.copytree(template / "data", datadir)
-        (root / "tmp").mkdir()
         sock = str(root / "mysqld.sock")
         port = free_port()
-        cmd = [
-            binary,
-            "--no-defaults",
-            f"--datadir={datadir}",
-            f"--socket={sock}",
-            f"--port={port}",
-            "--bind-address=127.0.0.1",
-            f"--pid-file={root / 'mysqld.pid'}",
-            f"--log-error={root / 'error.log'}",
-            f"--tmpdir={root / 'tmp'}",
-            *_user_flags(),
-            *_INNODB_FILES,
-            *_FAST_FLAGS,
-        ]
+        cmd = server_command(binary, root, port)
         reaper = subprocess.Popen(
             ["/bin/sh", "-c", _REAPER, "dbleak-reaper", str(root), *cmd],
             stdin=subprocess.PIPE,

@@ -165,7 +165,11 @@ def _header(
         cards.append(_card("peak server connections", peak.after.server_connections))
     outcome_text = ", ".join(f"{n} {name}" for name, n in sorted(tally.items())) or "none"
 
-    facts = [("pytest outcomes", esc(outcome_text))]
+    facts = []
+    run = meta.get("run")
+    if isinstance(run, Mapping) and run:
+        facts.append(("run", _run_fact(run, esc)))
+    facts.append(("pytest outcomes", esc(outcome_text)))
     server = meta.get("server")
     if isinstance(server, Mapping) and server:
         where = ""
@@ -188,7 +192,7 @@ def _header(
             )
         )
     for key, value in meta.items():
-        if key in ("tool", "server", "settings") or _SECRET_KEY.search(str(key)):
+        if key in ("tool", "run", "server", "settings") or _SECRET_KEY.search(str(key)):
             continue
         shown = value if isinstance(value, str) else json.dumps(value, default=str)
         facts.append((esc(key), esc(shown)))
@@ -200,6 +204,18 @@ def _header(
         + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)
         + "</dl>\n</header>"
     )
+
+
+def _run_fact(run: Mapping[str, Any], esc: _Escaper) -> str:
+    """When the run started (a machine-readable <time>) and how long it took."""
+    import datetime
+
+    text = esc(reporting.run_line(run))
+    started = run.get("started")
+    if not isinstance(started, (int, float)):
+        return f'<span id="run">{text}</span>'
+    stamp = datetime.datetime.fromtimestamp(started, tz=datetime.timezone.utc).isoformat()
+    return f'<time id="run" datetime="{esc(stamp)}">{text}</time>'
 
 
 def _card(label: str, value: int, tone: str = "") -> str:
@@ -223,6 +239,7 @@ def _timeline(results: list[CheckResult], esc: _Escaper) -> str:
 
     parts = [
         f'<svg id="timeline" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
+        f'data-left="{LEFT}" data-plot-width="{PLOT_W}" data-tests="{n}" '
         f'aria-label="server and checked-out connections after each of {n} tests">',
         f"<title>Connections after each test ({n} tests)</title>",
         f'<rect class="plot" x="{LEFT}" y="{TOP}" width="{PLOT_W}" height="{PLOT_H}"/>',
@@ -264,6 +281,10 @@ def _timeline(results: list[CheckResult], esc: _Escaper) -> str:
             points = " ".join(f"{x:g},{y:g}" for x, y in _series_points(values, y_of))
             parts.append(f'<polyline class="series {cls}" points="{points}"/>')
         parts.extend(_markers(results, y_of, esc))
+        parts.append(
+            f'<line id="hover-line" x1="0" y1="{TOP}" x2="0" y2="{TOP + PLOT_H}" '
+            'visibility="hidden"/>'
+        )
     parts.append("</svg>")
 
     legend = (
@@ -277,10 +298,36 @@ def _timeline(results: list[CheckResult], esc: _Escaper) -> str:
         + "</ul>"
     )
     return (
-        f'<section id="chart"><h2>Timeline</h2>\n{"".join(parts)}\n{legend}\n'
-        '<p class="hint">Counts after each test. Click a marker for that test\'s leak.</p>'
-        "</section>"
+        f'<section id="chart"><h2>Timeline</h2>\n<div class="plot-box">{"".join(parts)}'
+        '<div id="hover" role="tooltip" hidden></div></div>\n'
+        f"{legend}\n{_tests_data(results, esc)}\n"
+        '<p class="hint">Counts after each test. Hover for a test\'s name; click a marker '
+        "for that test's leak.</p></section>"
     )
+
+
+def _tests_data(results: Sequence[CheckResult], esc: _Escaper) -> str:
+    """Every test's name and counts as one JSON text that the hover reads: one element
+    for the whole run, never a DOM node per test."""
+    # A test's module is written once: "tests/test_orders.py::test_x" is module 3 + name.
+    modules: dict[str, int] = {}
+    module_of, names = [], []
+    for result in results:
+        module, sep, name = esc.redact(result.nodeid).partition("::")
+        if not sep:
+            module, name = "", module
+        module_of.append(modules.setdefault(module, len(modules)))
+        names.append(name)
+    data = {
+        "modules": list(modules),
+        "module": module_of,
+        "names": names,
+        "server": [r.after.server_connections for r in results],
+        "checked": [r.after.checked_out for r in results],
+    }
+    # Inside <script>, only "</" (and "<!--") could end or upset the element.
+    text = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
+    return f'<script type="application/json" id="tests-data">{text}</script>'
 
 
 def _markers(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -94,6 +95,7 @@ class DbleakManager:
         self._resolutions: list[Resolution] = []  # what the lock watch ended or interrupted
         self._awaiting_teardown: set[str] = set()  # call passed, no teardown report yet
         self._stuck_lines: list[str] = []  # what the workers' lock watches stopped
+        self._started = time.time()  # for the reports: when the run happened, how long
 
     @property
     def is_worker(self) -> bool:
@@ -115,6 +117,7 @@ class DbleakManager:
     # -- session hooks -----------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self._started = time.time()
         if not self.settings.enabled:
             return
         if self.settings.baseline:
@@ -426,6 +429,18 @@ class DbleakManager:
                 lockwatch.reported(leak.connection_ids, nodeid)
 
     def _judge(self, item: pytest.Item, check: _Check, report: pytest.TestReport) -> None:
+        try:
+            self._judge_check(item, check, report)
+        finally:
+            # The item outlives its test (pytest keeps every item): what the check held
+            # (snapshots, thread sets, reports) would grow the run by kilobytes per test.
+            check.window = None
+            check.reports = []
+            check.result = None  # the report carries it on
+            if item.stash.get(CHECK, None) is check:
+                del item.stash[CHECK]
+
+    def _judge_check(self, item: pytest.Item, check: _Check, report: pytest.TestReport) -> None:
         if check.gone is not None:
             message = self.redact(f"dbleak: {check.gone}; stopping the run")
             verdict.server_gone(report, message, _location(item))
@@ -505,6 +520,10 @@ class DbleakManager:
         data = getattr(report, "dbleak", None)
         if data is not None:
             self.results[nodeid] = CheckResult.from_dict(data)
+            if not self.is_worker:
+                # pytest keeps every report to the end of the run: the copy in results
+                # is enough (a worker's report still has to travel to the controller).
+                del report.dbleak
         for late in getattr(report, "dbleak_late", None) or ():
             self._blame_late(late["nodeid"], Leak.from_dict(late["leak"]))
         previous = self.outcomes.get(nodeid)
@@ -565,16 +584,19 @@ class DbleakManager:
             terminalreporter.write_line(f"dbleak: {written}")
 
     def _write_reports(self, session: pytest.Session) -> None:
-        from . import baseline, html_report
-
         results = list(self.results.values())
         if self.settings.baseline and self.settings.enabled:
+            from . import baseline  # imported when asked for: a quick run never pays it
+
             if self.recording:
                 recorded = baseline.save(self.settings.baseline, results)
                 self._baseline_line = baseline.recorded_line(self.settings.baseline, recorded)
             elif self.baseline is not None:
-                self._baseline_line = self.baseline.summary(results)
-                if self.baseline.gone(results):
+                checked = reporting.checked(results, self.outcomes)
+                # A recorded test that was skipped or not run here (another shard, -k)
+                # says nothing about its leak: only checked tests can call one gone.
+                self._baseline_line = self.baseline.summary(checked)
+                if self.baseline.gone(checked):
                     path = self.settings.baseline
                     self._baseline_line += (
                         f"; to shrink the baseline, delete {path} and run again to re-record it"
@@ -583,6 +605,7 @@ class DbleakManager:
             return
         meta = {
             "tool": "pytest-dbleak",
+            "run": {"started": self._started, "duration": time.time() - self._started},
             "server": self._server_meta(),
             "settings": {
                 "allow": self.settings.allow,
@@ -598,9 +621,12 @@ class DbleakManager:
                 meta,
                 self.redact,
                 leak_failed=self.leak_failures,
+                other_failed=len(self.other_failures),
             )
             self._written.append(f"JSON report written to {self.settings.report}")
         if self.settings.html:
+            from . import html_report
+
             html_report.write(
                 self.settings.html,
                 results,

@@ -6,6 +6,7 @@ As pytest-django does for ``django_db``: calling the signature with the marker's
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -133,17 +134,20 @@ def misspelt(names: Iterable[str]) -> list[str]:
 
     Only near misses (`dbleak_job`, `no_dbleaks`): a project's own markers are its own.
     """
-    errors = []
-    for name in names:
-        if name in MARKERS:
-            continue
-        close = nearest(name, MARKERS, cutoff=0.8)
-        if close:
-            errors.append(
-                f"@pytest.mark.{name} is not a marker of pytest-dbleak; "
-                f"did you mean @pytest.mark.{close}?"
-            )
-    return errors
+    return [text for text in map(_misspelt, names) if text]
+
+
+@functools.lru_cache(maxsize=1024)
+def _misspelt(name: str) -> str:
+    # Cached: every test of a 20,000-test suite carries the same few marker names.
+    if name in MARKERS:
+        return ""
+    close = nearest(name, MARKERS, cutoff=0.8)
+    if not close:
+        return ""
+    return (
+        f"@pytest.mark.{name} is not a marker of pytest-dbleak; did you mean @pytest.mark.{close}?"
+    )
 
 
 _UNEXPECTED = re.compile(r"unexpected keyword argument '(?P<word>\w+)'")

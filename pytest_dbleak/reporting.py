@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from .files import write_atomic
@@ -165,35 +165,111 @@ def summary_lines(results: Iterable[CheckResult]) -> list[str]:
     return lines
 
 
-def write_json(
-    path: str | os.PathLike[str],
+def report_document(
     results: list[CheckResult],
-    outcomes: dict[str, str],
-    meta: dict[str, Any],
-    redact: Callable[[str], str],
+    outcomes: Mapping[str, str],
+    meta: Mapping[str, Any],
     leak_failed: Collection[str] | None = None,
-) -> None:
-    """`leak_failed`: the tests that failed because of a leak and nothing else (a test that
-    failed on its own and also leaked is not one); by default, every result over its limit."""
-    tests = []
-    for result in results:
-        entry = result.as_dict()
-        entry["outcome"] = outcomes.get(result.nodeid, "unknown")
-        tests.append(entry)
-    document = {
+    other_failed: int = 0,
+) -> dict[str, Any]:
+    """The JSON report as a dict: what ``write_json`` writes and ``merge`` reads back.
+
+    `leak_failed`: the tests that failed because of a leak and nothing else (a test that
+    failed on its own and also leaked is not one); by default, every result over its limit.
+    `other_failed`: how many tests of the run failed for another reason (checked or not),
+    so that merged shard reports give the exit status one run would have."""
+    leak_failed = _leak_failed(results, leak_failed)
+    return {
+        **_head(results, meta, leak_failed, other_failed),
+        "tests": [_entry(r, outcomes, leak_failed) for r in results],
+    }
+
+
+def _leak_failed(
+    results: list[CheckResult], leak_failed: Collection[str] | None
+) -> Collection[str]:
+    return {r.nodeid for r in results if r.failed} if leak_failed is None else leak_failed
+
+
+def _head(
+    results: list[CheckResult],
+    meta: Mapping[str, Any],
+    leak_failed: Collection[str],
+    other_failed: int,
+) -> dict[str, Any]:
+    return {
         "version": REPORT_VERSION,
         **meta,
         "summary": {
             "tests": len(results),
             "leaking_tests": sum(1 for r in results if r.leaks),
-            "failed_tests": (
-                sum(1 for r in results if r.failed)
-                if leak_failed is None
-                else sum(1 for r in results if r.nodeid in leak_failed)
-            ),
+            "failed_tests": sum(1 for r in results if r.nodeid in leak_failed),
+            "other_failed_tests": other_failed,
             "leaked_connections": sum(r.leaked for r in results),
         },
-        "tests": tests,
     }
-    text = redact(json.dumps(document, indent=2, sort_keys=False, default=str))
-    write_atomic(path, text + "\n")
+
+
+def _entry(
+    result: CheckResult, outcomes: Mapping[str, str], leak_failed: Collection[str]
+) -> dict[str, Any]:
+    entry = result.as_dict()
+    entry["outcome"] = outcomes.get(result.nodeid, "unknown")
+    entry["leak_failed"] = result.nodeid in leak_failed
+    return entry
+
+
+def write_json(
+    path: str | os.PathLike[str],
+    results: list[CheckResult],
+    outcomes: Mapping[str, str],
+    meta: Mapping[str, Any],
+    redact: Callable[[str], str],
+    leak_failed: Collection[str] | None = None,
+    other_failed: int = 0,
+) -> None:
+    """Write :func:`report_document` to path, redacted, atomically.
+
+    Test by test: at 20,000 tests the whole document as dicts and one string would cost
+    the run about 100 MB at its very end; entries are made, written and dropped in turn.
+    """
+    leak_failed = _leak_failed(results, leak_failed)
+    head = _head(results, meta, leak_failed, other_failed)
+    # The head's text with an empty "tests" list, split where the entries go.
+    text = json.dumps({**head, "tests": [None]}, indent=2, default=str)
+    before, after = text.rsplit("null", 1)
+
+    def pieces() -> Iterator[str]:
+        yield redact(before.rstrip(" "))
+        for index, result in enumerate(results):
+            entry = json.dumps(_entry(result, outcomes, leak_failed), indent=2, default=str)
+            sep = ",\n" if index else ""
+            yield sep + redact(_ENTRY_INDENT + entry.replace("\n", "\n" + _ENTRY_INDENT))
+        yield redact(after.lstrip(" ") if results else after) + "\n"
+
+    if not results:  # "tests": [] as json.dumps writes it
+        text = json.dumps({**head, "tests": []}, indent=2, default=str)
+        write_atomic(path, redact(text) + "\n")
+        return
+    write_atomic(path, pieces())
+
+
+_ENTRY_INDENT = "    "  # an entry of the top-level "tests" list, as indent=2 places it
+
+
+def run_line(run: Mapping[str, Any]) -> str:
+    """'2026-12-05 11:30:03 UTC, 12.3 s': when a run started and how long it took."""
+    import datetime
+
+    parts = []
+    started = run.get("started")
+    if isinstance(started, (int, float)):
+        when = datetime.datetime.fromtimestamp(started, tz=datetime.timezone.utc)
+        parts.append(when.strftime("%Y-%m-%d %H:%M:%S UTC"))
+    duration = run.get("duration")
+    if isinstance(duration, (int, float)):
+        parts.append(f"{duration:.1f} s" if duration < 120 else f"{duration / 60:.1f} min")
+    shards = run.get("shards")
+    if isinstance(shards, int) and shards > 1:
+        parts.append(f"{shards} shards merged")
+    return ", ".join(parts)

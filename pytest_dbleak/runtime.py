@@ -119,6 +119,8 @@ class Runtime:
                     cache=s.template_cache,
                     timeout=s.startup_timeout,
                     redactor=self.redact,
+                    reuse=s.reuse,
+                    reuse_idle=s.reuse_idle,
                 )
             except DbleakError as exc:
                 self._error = DbleakError(self.redact(str(exc)))

@@ -239,6 +239,23 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "DIR",
     ),
     OptionSpec(
+        "reuse",
+        "keep the process backend's server running after the session, and use the "
+        "one a previous session left (same binary, cache folder and OS user); each session "
+        "still gets its own database and user. `python -m pytest_dbleak stop` stops it.",
+        _parse_bool,
+        False,
+        "--dbleak-reuse",
+    ),
+    OptionSpec(
+        "reuse_idle",
+        "seconds a reused server stays up with no session before it stops itself (default: 900).",
+        _parse_startup,
+        900.0,
+        "--dbleak-reuse-idle",
+        "SECONDS",
+    ),
+    OptionSpec(
         "startup_timeout",
         "seconds to wait for the server to accept a login (default: 30).",
         _parse_startup,
@@ -267,6 +284,8 @@ class Settings:
     reclaim: bool = True
     lock_wait: float = 5.0
     cache_dir: str | None = None
+    reuse: bool = False
+    reuse_idle: float = 900.0
     startup_timeout: float = 30.0
 
     @property

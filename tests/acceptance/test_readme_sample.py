@@ -123,6 +123,8 @@ _VARYING_FIELDS = {
     "db",
     "time",
     "waited",
+    "started",
+    "duration",
 }
 
 

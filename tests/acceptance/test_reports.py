@@ -142,8 +142,10 @@ def test_the_json_report_has_one_entry_per_test_with_its_leaks_and_counts(
         "tests": len(CLEAN) + len(LEAKY),
         "leaking_tests": 2,
         "failed_tests": 2,
+        "other_failed_tests": 0,
         "leaked_connections": 2,
     }
+    assert report["run"]["duration"] >= 0
     tests = {entry["nodeid"]: entry for entry in report["tests"]}
     assert sorted(tests) == sorted(f"test_reported.py::{n}" for n in (*CLEAN, *LEAKY))
     for entry in tests.values():
@@ -470,4 +472,10 @@ def test_the_summary_counts_checked_tests_and_the_json_counts_leak_failures_only
     mixed.assert_outcomes(passed=1, skipped=2, failed=2)
     assert mixed.ret == 1  # one test is broken on its own: not the leaks-only exit code
     summary = json.loads((pytester.path / "r.json").read_text())["summary"]
-    assert summary == {"tests": 5, "leaking_tests": 2, "failed_tests": 1, "leaked_connections": 2}
+    assert summary == {
+        "tests": 5,
+        "leaking_tests": 2,
+        "failed_tests": 1,
+        "other_failed_tests": 1,
+        "leaked_connections": 2,
+    }

@@ -8,6 +8,7 @@ that could reach out is turned off; the page's own CSP forbids fetches anyway.
 
 from __future__ import annotations
 
+import html
 import itertools
 import logging
 import re
@@ -161,6 +162,8 @@ META = {
         "version": "11.8.3-MariaDB",
     },
     "settings": {"allow": 0, "settle_timeout": 1.0, "report_only": False},
+    # 2026-12-05 11:30:03 UTC, 83.4 s
+    "run": {"started": 1796470203.0, "duration": 83.4},
 }
 
 
@@ -268,6 +271,69 @@ def test_screenshot_shows_the_chart(browser: Browser, tmp_path: Path) -> None:
     # Red is no evidence: the FAILED badges and a card border are red too.
     assert count_near(colours, SERVER_BLUE) > 300
     assert count_near(colours, CHECKED_GREEN) > 300
+
+
+def test_the_header_shows_when_the_run_happened_and_how_long_it_took(
+    browser: Browser, tmp_path: Path
+) -> None:
+    report = write_report(tmp_path / "report.html", sample_run())
+    dom = browser.dump_dom(report.as_uri())
+    [run] = re.findall(r'<time id="run" datetime="([^"]*)">([^<]*)</time>', dom)
+    assert run == ("2026-12-05T11:30:03+00:00", "2026-12-05 11:30:03 UTC, 83.4 s")
+
+
+def hover(browser: Browser, report: Path, fraction: float) -> str:
+    """The tooltip's text after a real mousemove at `fraction` of the plot's width.
+
+    A copy of the report gets one more inline script (its CSP allows them) that moves
+    the pointer over the chart through the page's own handler and writes what shows.
+    """
+    probe = f"""<script>
+    var svg = document.getElementById("timeline");
+    var box = svg.getBoundingClientRect();
+    var scale = box.width / svg.viewBox.baseVal.width;
+    var left = +svg.getAttribute("data-left"), plot = +svg.getAttribute("data-plot-width");
+    svg.dispatchEvent(new MouseEvent("mousemove", {{bubbles: true,
+      clientX: box.left + (left + {fraction} * plot) * scale, clientY: box.top + 100}}));
+    var tip = document.getElementById("hover");
+    document.documentElement.setAttribute("data-hover", tip.hidden ? "" : tip.textContent);
+    </script></body>"""
+    copy = report.with_name("hover.html")
+    copy.write_text(report.read_text().replace("</body>", probe))
+    dom = browser.dump_dom(copy.as_uri())
+    match = re.search(r'<html[^>]*\sdata-hover="([^"]*)"', dom)
+    assert match, "the probe did not run"
+    return html.unescape(match.group(1))
+
+
+@pytest.mark.parametrize("n", [40, 20_000])
+def test_hovering_the_timeline_names_the_test_under_the_pointer(
+    browser: Browser, tmp_path: Path, n: int
+) -> None:
+    results = (
+        sample_run()
+        if n == 40
+        else [
+            CheckResult(f"tests/t.py::test_{i}", after=Counts(3 + i % 4, 0, i % 2))
+            for i in range(n)
+        ]
+    )
+    report = write_report(tmp_path / "report.html", results)
+    aimed = n * 3 // 4 + 1  # 1-based: the middle of its slot
+    text = hover(browser, report, (aimed - 0.5) / n)
+    match = re.fullmatch(r"#(\d+) (\S+) \u2014 (\d+) server, (\d+) checked out", text)
+    assert match, text
+    index = int(match.group(1))
+    # A pixel of the chart spans several tests at 20,000 (the page is 1280 px wide at
+    # most): the pointer names the test under it at that resolution.
+    assert abs(index - aimed) <= n // 1000
+    r = results[index - 1]
+    assert match.groups()[1:] == (
+        r.nodeid,
+        str(r.after.server_connections),
+        str(r.after.checked_out),
+    )
+    assert hover(browser, report, 1.5) == ""  # right of the plot: nothing shown
 
 
 # -- a tiny PNG reader: enough for Chromium's 8-bit RGB(A) screenshots ----------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -147,7 +148,8 @@ def test_report_is_one_self_contained_document(mixed: list[CheckResult]) -> None
     [csp] = [m for m in doc.find("meta") if m.attrs.get("http-equiv") == "Content-Security-Policy"]
     assert "default-src 'none'" in csp.attrs["content"]
     assert len(doc.find("style")) == 1
-    assert len(doc.find("script")) == 1
+    scripts = doc.find("script")
+    assert [e.attrs.get("type") for e in scripts] == ["application/json", None]  # data, code
 
 
 def test_every_text_is_escaped() -> None:
@@ -393,7 +395,17 @@ def test_twenty_thousand_tests_stay_small_and_keep_spikes() -> None:
     results[12_345].leaks = [leak()]
     results[19_999].leaks = [leak()]
     text = hr.render(results, {}, {}, identity)
-    assert len(text) < 120_000
+    # The chart and the leaks stay bounded; the hover's names grow with the run, a few
+    # bytes over each name (its module is written once).
+    data = re.search(r'<script type="application/json" id="tests-data">(.*?)</script>', text)
+    assert data is not None
+    assert len(text) - len(data.group(0)) < 120_000
+    names = sum(len(r.nodeid.partition("::")[2]) for r in results)
+    assert len(data.group(0)) < names + 12 * len(results)
+    hover = json.loads(data.group(1))
+    assert hover["modules"] == ["tests/t.py"]
+    assert hover["names"][12_345] == "test_12345"
+    assert hover["server"][12_345] == 40
     doc = parse(text)
     [server] = doc.find("polyline", "series-server")
     [checked] = doc.find("polyline", "series-checked-out")

@@ -183,9 +183,11 @@ def test_the_json_report_has_every_result_its_outcome_and_a_summary(tmp_path: Pa
         "tests": 2,
         "leaking_tests": 1,
         "failed_tests": 1,
+        "other_failed_tests": 0,
         "leaked_connections": 1,
     }
     leaky, clean = document["tests"]
+    assert (leaky["leak_failed"], clean["leak_failed"]) == (True, False)
     assert leaky["outcome"] == "unknown"
     assert clean["outcome"] == "passed"
     assert (leaky["leaked"], leaky["failed"], leaky["waited"]) == (1, True, 1.0)

@@ -173,6 +173,7 @@ def test_a_cli_false_switches_the_check_off_over_the_environment_and_the_ini_fil
         "--no-dbleak",
         "--no-dbleak-report-only",
         "--no-dbleak-reclaim",
+        "--no-dbleak-reuse",
     ]
 
 
@@ -193,3 +194,13 @@ def test_zero_is_a_valid_settle_timeout() -> None:
 def test_an_infinite_settle_timeout_is_refused(value: str) -> None:
     with pytest.raises(DbleakError, match="expected a number of seconds >= 0"):
         settings(cli={"dbleak_settle_timeout": value})
+
+
+def test_reuse_is_off_by_default_and_set_from_the_cli_env_or_ini() -> None:
+    assert settings().reuse is False
+    assert settings(env={"DBLEAK_REUSE": "1"}).reuse is True
+    assert settings(ini={"dbleak_reuse": "true"}).reuse is True
+    assert settings(cli={"dbleak_reuse": False}, env={"DBLEAK_REUSE": "1"}).reuse is False
+    assert settings(env={"DBLEAK_REUSE_IDLE": "30"}).reuse_idle == 30.0
+    with pytest.raises(DbleakError, match="DBLEAK_REUSE_IDLE"):
+        settings(env={"DBLEAK_REUSE_IDLE": "0"})
