@@ -327,6 +327,23 @@ rm -rf "$dir"
 """
 
 
+def spawn_under_reaper(root: Path, cmd: list[str]) -> tuple[subprocess.Popen[str], int]:
+    """Start `cmd` under a reaper that kills it and removes `root` once pytest ends;
+    returns the reaper and the server's pid."""
+    reaper = subprocess.Popen(
+        ["/bin/sh", "-c", _REAPER, "dbleak-reaper", str(root), *cmd],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    keep_out_of_forks(reaper.stdin)
+    assert reaper.stdout is not None
+    pid = int(reaper.stdout.readline())
+    reaper.stdout.close()
+    return reaper, pid
+
+
 def server_root(template: Path, prefix: str = "dbleak-") -> Path:
     """A fresh folder for one server: a copy of the template's datadir, and a tmp."""
     root = Path(tempfile.mkdtemp(prefix=prefix, dir=_session_parent()))
@@ -373,18 +390,7 @@ def launch_process(binary: str | None, cache: Path, timeout: float) -> Launch:
     try:
         sock = str(root / "mysqld.sock")
         port = free_port()
-        cmd = server_command(binary, root, port)
-        reaper = subprocess.Popen(
-            ["/bin/sh", "-c", _REAPER, "dbleak-reaper", str(root), *cmd],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        keep_out_of_forks(reaper.stdin)
-        assert reaper.stdout is not None
-        pid = int(reaper.stdout.readline())
-        reaper.stdout.close()
+        reaper, pid = spawn_under_reaper(root, server_command(binary, root, port))
     except BaseException:
         cancel()
         raise

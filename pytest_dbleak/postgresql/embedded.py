@@ -30,9 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..embedded import _REAPER, _alive, _session_parent, _stop_reaper, free_port, usable_cache
+from ..embedded import (
+    _alive,
+    _session_parent,
+    _stop_reaper,
+    free_port,
+    spawn_under_reaper,
+    usable_cache,
+)
 from ..errors import DbleakError
-from ..signals import keep_out_of_forks
 
 log = logging.getLogger(__name__)
 
@@ -242,17 +248,7 @@ def start_postgres(binary: str | None, cache: Path, timeout: float) -> PgServer:
             ],
             account,
         )
-        reaper = subprocess.Popen(
-            ["/bin/sh", "-c", _REAPER, "dbleak-reaper", str(root), *cmd],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        keep_out_of_forks(reaper.stdin)
-        assert reaper.stdout is not None
-        pid = int(reaper.stdout.readline())
-        reaper.stdout.close()
+        reaper, pid = spawn_under_reaper(root, cmd)
         password = secrets.token_hex(16)
         local = PgEndpoint("127.0.0.1", port, ADMIN_ROLE, "", socket_dir=str(root))
         version = _wait_and_secure(local, pid, password, timeout)
