@@ -110,8 +110,10 @@ def world(app: Flask) -> World:
 
 
 @pytest.fixture
-def live_server(app: Flask) -> Iterator[str]:
-    """The app on a real port (HTTP and Socket.IO), stopped cleanly."""
+def served_app(app: Flask) -> Iterator[str]:
+    """The app on a real port (HTTP and Socket.IO), stopped cleanly. Not named
+    live_server: pytest-django (installed for the Django tests) treats a fixture of that
+    name as its own and skips the test outside a Django project."""
     server: BaseWSGIServer = make_server(
         "127.0.0.1", 0, app, threaded=True, request_handler=RequestHandler
     )
@@ -128,9 +130,9 @@ def live_server(app: Flask) -> Iterator[str]:
 
 
 @pytest.fixture
-def sockets(live_server: str) -> Iterator[SocketClients]:
+def sockets(served_app: str) -> Iterator[SocketClients]:
     """Real python-socketio clients; any still connected are closed at the end."""
-    clients = SocketClients(live_server)
+    clients = SocketClients(served_app)
     yield clients
     clients.disconnect_all()
 

@@ -184,18 +184,18 @@ def test_unknown_requests_are_404_json(client: FlaskClient, world: World, path: 
     assert response.is_json
 
 
-def test_two_drivers_race_for_one_request(app: Flask, live_server: str, world: World) -> None:
+def test_two_drivers_race_for_one_request(app: Flask, served_app: str, world: World) -> None:
     """Row locks on a real server: exactly one of two concurrent accepts wins."""
     status, request = http(
         "POST",
-        f"{live_server}/api/requests",
+        f"{served_app}/api/requests",
         {"location_id": world.locations[0]},
         world.guest.token,
     )
     assert status == 201
     for index in range(2):
         online(app, world, driver=index)
-    url = f"{live_server}/api/requests/{request['id']}/accept"
+    url = f"{served_app}/api/requests/{request['id']}/accept"
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(lambda d: http("POST", url, None, d.token), world.drivers))
     assert sorted(status for status, _ in results) == [200, 409]

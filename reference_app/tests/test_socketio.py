@@ -59,7 +59,7 @@ def test_a_connected_driver_makes_the_buggy_available(
 
 
 def test_guests_hear_about_their_own_request_only(
-    live_server: str, sockets: SocketClients, world: World
+    served_app: str, sockets: SocketClients, world: World
 ) -> None:
     _, driver = sockets.connect(world.driver.token)
     _, mine = sockets.connect(world.guests[0].token)
@@ -67,7 +67,7 @@ def test_guests_hear_about_their_own_request_only(
 
     status, created = http(
         "POST",
-        f"{live_server}/api/requests",
+        f"{served_app}/api/requests",
         {"location_id": world.locations[0]},
         world.guests[0].token,
     )
@@ -75,7 +75,7 @@ def test_guests_hear_about_their_own_request_only(
     assert driver.wait_for("request_created")["id"] == created["id"]
 
     status, _ = http(
-        "POST", f"{live_server}/api/requests/{created['id']}/accept", None, world.driver.token
+        "POST", f"{served_app}/api/requests/{created['id']}/accept", None, world.driver.token
     )
     assert status == 200
     seen = mine.wait_for("request_updated", lambda r: r["status"] == "accepted")
@@ -84,7 +84,7 @@ def test_guests_hear_about_their_own_request_only(
     # The other guest's own request is a marker that their stream is flowing.
     http(
         "POST",
-        f"{live_server}/api/requests",
+        f"{served_app}/api/requests",
         {"location_id": world.locations[1]},
         world.guests[1].token,
     )
@@ -94,18 +94,18 @@ def test_guests_hear_about_their_own_request_only(
 
 
 def test_location_updates(
-    app: Flask, live_server: str, sockets: SocketClients, world: World
+    app: Flask, served_app: str, sockets: SocketClients, world: World
 ) -> None:
     driver_client, _ = sockets.connect(world.driver.token)
     _, guest = sockets.connect(world.guest.token)
     guest_client = sockets.clients[-1]
     _, created = http(
         "POST",
-        f"{live_server}/api/requests",
+        f"{served_app}/api/requests",
         {"location_id": world.locations[0]},
         world.guest.token,
     )
-    http("POST", f"{live_server}/api/requests/{created['id']}/accept", None, world.driver.token)
+    http("POST", f"{served_app}/api/requests/{created['id']}/accept", None, world.driver.token)
 
     ack = driver_client.call("location_update", {"location_id": world.locations[1]}, timeout=5)
     assert ack["ok"] is True
@@ -130,18 +130,18 @@ def test_location_updates(
 
 
 def test_a_driver_disconnect_puts_everything_back(
-    app: Flask, live_server: str, sockets: SocketClients, world: World
+    app: Flask, served_app: str, sockets: SocketClients, world: World
 ) -> None:
     _, admin = sockets.connect(world.admin.token)
     driver_client, _ = sockets.connect(world.driver.token)
     _, guest = sockets.connect(world.guest.token)
     _, created = http(
         "POST",
-        f"{live_server}/api/requests",
+        f"{served_app}/api/requests",
         {"location_id": world.locations[0]},
         world.guest.token,
     )
-    http("POST", f"{live_server}/api/requests/{created['id']}/accept", None, world.driver.token)
+    http("POST", f"{served_app}/api/requests/{created['id']}/accept", None, world.driver.token)
     assert request_row(app, created["id"]) == ("accepted", world.driver.id)
 
     driver_client.disconnect()
@@ -188,7 +188,7 @@ def test_shutdown_runs_the_disconnect_of_drivers_still_connected(
 
 
 def test_a_hundred_clients_come_and_go(
-    app: Flask, live_server: str, sockets: SocketClients, world: World
+    app: Flask, served_app: str, sockets: SocketClients, world: World
 ) -> None:
     """The seed's WebSocket stress check: 100 clients connect, then disconnect."""
     tokens = [world.guests[i % 2].token for i in range(98)] + [d.token for d in world.drivers]
@@ -201,6 +201,6 @@ def test_a_hundred_clients_come_and_go(
         assert buggy(app, world.buggies[driver.id])[0] == "offline"
     with app.app_context():
         assert queue_pool().checkedout() == 0
-    status, report = http("GET", f"{live_server}/db-pool-status")
+    status, report = http("GET", f"{served_app}/db-pool-status")
     assert status == 200
     assert report["pool"]["checked_out"] <= 1
