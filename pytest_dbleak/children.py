@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .clientsockets import tcp_sockets
 from .results import FORK_SHARED
 from .signals import interrupt_deferred
 from .stacks import Frame, capture_stack
@@ -267,22 +268,9 @@ def owner_pid(client_port: int, server_port: int, among: list[int]) -> int | Non
 
 
 def _socket_inode(client_port: int, server_port: int) -> int | None:
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) < 10:
-                continue
-            local, remote, inode = fields[1], fields[2], fields[9]
-            if (
-                int(local.rsplit(":", 1)[1], 16) == client_port
-                and int(remote.rsplit(":", 1)[1], 16) == server_port
-                and inode != "0"
-            ):
-                return int(inode)
+    for lport, rport, _state, inode in tcp_sockets():
+        if lport == client_port and rport == server_port and inode != 0:
+            return inode
     return None
 
 

@@ -14,6 +14,7 @@ No pytest import.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 _TABLES = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
@@ -29,12 +30,9 @@ def client_port(host: str) -> int | None:
     return int(port)
 
 
-def client_states(ports: set[int], server_port: int) -> dict[int, bool]:
-    """For each of `ports` this machine has a client socket for (remote end on
-    `server_port`): True while it is established, False once it is closing."""
-    if not ports:
-        return {}
-    found: dict[int, bool] = {}
+def tcp_sockets() -> Iterator[tuple[int, int, str, int]]:
+    """Every TCP socket of this machine's network namespace, from the kernel's tables:
+    (local port, remote port, state, inode); nothing where there is no procfs."""
     for table in _TABLES:
         try:
             lines = table.read_text().splitlines()[1:]
@@ -42,14 +40,24 @@ def client_states(ports: set[int], server_port: int) -> dict[int, bool]:
             continue
         for line in lines:
             fields = line.split()
-            if len(fields) < 4:
+            if len(fields) < 10:
                 continue
-            local, remote, state = fields[1], fields[2], fields[3]
             try:
-                lport = int(local.rpartition(":")[2], 16)
-                rport = int(remote.rpartition(":")[2], 16)
+                lport = int(fields[1].rpartition(":")[2], 16)
+                rport = int(fields[2].rpartition(":")[2], 16)
+                inode = int(fields[9])
             except ValueError:
                 continue
-            if lport in ports and rport == server_port and state != _LISTEN:
-                found[lport] = found.get(lport, False) or state == _ESTABLISHED
+            yield lport, rport, fields[3], inode
+
+
+def client_states(ports: set[int], server_port: int) -> dict[int, bool]:
+    """For each of `ports` this machine has a client socket for (remote end on
+    `server_port`): True while it is established, False once it is closing."""
+    if not ports:
+        return {}
+    found: dict[int, bool] = {}
+    for lport, rport, state, _inode in tcp_sockets():
+        if lport in ports and rport == server_port and state != _LISTEN:
+            found[lport] = found.get(lport, False) or state == _ESTABLISHED
     return found
