@@ -130,8 +130,14 @@ class Detector:
             if left <= 0:
                 break
             rechecked = True
-            time.sleep(min(delay, left))
-            delay = min(delay * 2, 0.05)  # notice a suspicion clearing within 50 ms
+            if own:
+                time.sleep(min(delay, left))
+                delay = min(delay * 2, 0.05)  # notice a suspicion clearing within 50 ms
+            else:
+                # Nothing suspected: only threads the test started still run. Their end is
+                # the event to await, not the server's next answer.
+                for thread in threads.running_since(window.seq):
+                    thread.join(max(0.0, settle - (time.monotonic() - started)))
             leaks, snap = self._collect(window)
         # Still running after the settle time: what they open from now on is this test's.
         threads.blame(threads.running_since(window.seq), nodeid)
