@@ -103,13 +103,13 @@ class LockWatch:
         tracker: Tracker,
         root: Path,
         bound: float,
+        own_ids: set[int] | None = None,
     ) -> None:
         self.users = users
         self.tracker = tracker
         self.root = root
         self.bound = bound
-        self._monitor = Monitor(endpoint, where)
-        self.connection_id = self._monitor.connection_id
+        self._monitor = Monitor(endpoint, where, own_ids)
         self._armed_at: float | None = None
         self._running: tuple[int, str] | None = None  # (window start seq, nodeid)
         self._phase_at = time.monotonic()  # when the current window or gap began

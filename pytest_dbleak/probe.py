@@ -196,38 +196,75 @@ def server_version(handshake: str) -> str:
 class Monitor:
     """An administrative connection used for snapshots and for our own DDL."""
 
-    def __init__(self, endpoint: Endpoint, where: str) -> None:
+    def __init__(self, endpoint: Endpoint, where: str, own_ids: set[int] | None = None) -> None:
         self.endpoint = endpoint
         self.where = where  # "host:port" for messages; never includes a password
         self._lock = threading.Lock()
-        self._conn: Any = endpoint.connect()
+        self._conn: Any = endpoint.connect()  # None after a drop, until the next query
         self.connection_id: int = self._conn.thread_id()
         # The plugin's own connections (this one, the lock watch's): never the session's.
-        self.own_ids: set[int] = {self.connection_id}
+        # Shared between the monitors of one server, so a reconnect of either is known.
+        self.own_ids: set[int] = own_ids if own_ids is not None else set()
+        self.own_ids.add(self.connection_id)
         self.version: str = server_version(self._conn.get_server_info())
         self._mdl_query: str | None = None  # None: not tried yet; "": none works here
 
     def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    def _drop(self) -> None:
         import pymysql
 
+        conn, self._conn = self._conn, None
         # Already gone means nothing is left to release.
-        with self._lock, contextlib.suppress(pymysql.err.Error):
-            self._conn.close()
+        if conn is not None:
+            with contextlib.suppress(pymysql.err.Error, OSError):
+                conn.close()
+
+    def _reconnect(self) -> None:
+        import pymysql
+
+        try:
+            self._conn = self.endpoint.connect()
+        except (pymysql.err.OperationalError, pymysql.err.InterfaceError, OSError) as exc:
+            raise ServerGoneError(
+                f"the MySQL server at {self.where} stopped answering ({_reason(exc)})"
+            ) from None
+        self.own_ids.discard(self.connection_id)
+        self.connection_id = self._conn.thread_id()
+        self.own_ids.add(self.connection_id)
 
     def query(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+        """Run `sql` on the admin connection.
+
+        A broken admin connection is not a gone server: a Ctrl-C that lands mid-read
+        leaves the protocol out of step, and a network blip closes the socket. The
+        connection is dropped then and opened again once; only a server that refuses
+        the new connection is gone.
+        """
         import pymysql
 
         with self._lock:
-            try:
-                with self._conn.cursor() as cursor:
-                    cursor.execute(sql, args)
-                    return list(cursor.fetchall())
-            except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
-                if _is_disconnect(exc):
-                    raise ServerGoneError(
-                        f"the MySQL server at {self.where} stopped answering ({_reason(exc)})"
-                    ) from None
-                raise
+            for attempt in (1, 2):
+                try:
+                    if self._conn is None:
+                        self._reconnect()
+                    with self._conn.cursor() as cursor:
+                        cursor.execute(sql, args)
+                        return list(cursor.fetchall())
+                except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
+                    if not _is_disconnect(exc):
+                        raise
+                    self._drop()
+                    if attempt == 2:
+                        raise ServerGoneError(
+                            f"the MySQL server at {self.where} stopped answering ({_reason(exc)})"
+                        ) from None
+                except BaseException:
+                    self._drop()  # interrupted mid-statement: never reuse this connection
+                    raise
+            raise AssertionError("unreachable")
 
     def snapshot(self) -> ServerSnapshot:
         """Every client connection but ours: one round trip (SHOW PROCESSLIST)."""
@@ -468,7 +505,7 @@ def _is_disconnect(exc: Exception) -> bool:
     return isinstance(exc, pymysql.err.InterfaceError) or code in (2003, 2006, 2013, 2055, 1927)
 
 
-def _reason(exc: Exception) -> str:
-    if len(exc.args) >= 2:
-        return str(exc.args[1]).splitlines()[0]
-    return type(exc).__name__
+def _reason(exc: BaseException) -> str:
+    # pymysql raises InterfaceError(0, "") for a connection it already closed.
+    text = str(exc.args[1]).strip() if len(exc.args) >= 2 else ""
+    return text.splitlines()[0] if text else "connection closed"

@@ -189,12 +189,8 @@ class Runtime:
                 tracker,
                 self._root,
                 self.settings.lock_wait,
+                server.monitor.own_ids,
             )
-            try:
-                server.monitor.own_ids.add(lockwatch.connection_id)
-            except BaseException:
-                lockwatch.close()
-                raise
         self._checks = Checks(database, tracker, detector, lockwatch)
         return self._checks
 

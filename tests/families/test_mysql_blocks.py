@@ -1,0 +1,97 @@
+"""The MySQL family's admin monitor against a real ``mariadbd`` it starts.
+
+In process, with a real server and real PyMySQL connections.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pytest_dbleak.embedded import find_mysqld, start_process
+from pytest_dbleak.errors import ServerGoneError
+from pytest_dbleak.probe import Monitor
+from pytest_dbleak.servers import RunningServer
+from pytest_dbleak.settings import Settings
+
+CACHE = Path(Settings(cache_dir=os.environ.get("DBLEAK_CACHE_DIR")).template_cache)
+
+
+@pytest.fixture
+def server() -> Iterator[RunningServer]:
+    binary = find_mysqld(None)
+    if binary is None:
+        pytest.skip("no mariadbd or mysqld on PATH")
+    running = start_process(binary, CACHE, 30)
+    yield running
+    running.stop()
+
+
+def test_a_monitor_whose_connection_was_killed_opens_a_new_one_and_still_answers(
+    server: RunningServer,
+) -> None:
+    monitor = Monitor(server.endpoint, server.where)
+    watch = Monitor(server.endpoint, server.where, monitor.own_ids)
+    try:
+        first = monitor.connection_id
+        watch.query(f"KILL CONNECTION {first}")
+
+        snap = monitor.snapshot()
+
+        assert monitor.connection_id != first
+        assert monitor.own_ids == {monitor.connection_id, watch.connection_id}
+        assert monitor.connection_id not in snap.rows
+        assert watch.connection_id not in snap.rows
+    finally:
+        monitor.close()
+        watch.close()
+
+
+def test_a_monitor_interrupted_mid_statement_never_reads_that_statements_answer(
+    server: RunningServer,
+) -> None:
+    """A Ctrl-C inside the socket read leaves the answer of the interrupted statement
+    on the wire; reusing that connection would hand it to the next query."""
+    monitor = Monitor(server.endpoint, server.where)
+    watch = Monitor(server.endpoint, server.where, monitor.own_ids)
+    main = threading.main_thread().ident
+    assert main == threading.get_ident(), "signals reach the main thread only"
+    sent = threading.Event()
+
+    def interrupt_once_running() -> None:
+        while not sent.is_set():  # the server offers no event: poll its processlist
+            rows = watch.query(
+                "SELECT INFO FROM information_schema.PROCESSLIST WHERE ID = %s",
+                (monitor.connection_id,),
+            )
+            if rows and str(rows[0][0] or "").startswith("SELECT SLEEP"):
+                signal.pthread_kill(main, signal.SIGINT)
+                sent.set()
+
+    poller = threading.Thread(target=interrupt_once_running)
+    poller.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            monitor.query("SELECT SLEEP(3), 'stale'")
+        poller.join()
+
+        assert monitor.query("SELECT 'fresh'") == [("fresh",)]
+    finally:
+        sent.set()
+        poller.join()
+        monitor.close()
+        watch.close()
+
+
+def test_a_monitor_of_a_server_that_stopped_says_so_in_one_line(server: RunningServer) -> None:
+    monitor = Monitor(server.endpoint, server.where)
+    server.stop()
+
+    with pytest.raises(ServerGoneError, match=r"stopped answering \(.+\)$"):
+        monitor.snapshot()
+    monitor.close()
