@@ -14,7 +14,7 @@ LOCAL_MYSQL_URL = os.environ.get("DBLEAK_TEST_MYSQL_URL", "mysql://root@127.0.0.
 
 
 def _local_mysql_reachable() -> bool:
-    from pytest_dbleak.backends import parse_mysql_url
+    from pytest_dbleak.families.mysql.family import parse_mysql_url
 
     endpoint = parse_mysql_url(LOCAL_MYSQL_URL)
     try:
@@ -51,7 +51,7 @@ _docker_skip: list[str] = []  # the reason, once known; [""] when Docker is usab
 @pytest.fixture
 def docker_test_image(monkeypatch: pytest.MonkeyPatch) -> str:
     """The docker backend's test image, or a skip that names Docker and says why."""
-    from pytest_dbleak.containers import docker_available, ensure_image
+    from pytest_dbleak.families.mysql.containers import docker_available, ensure_image
 
     if DOCKER_TEST_HOST:
         monkeypatch.setenv("DOCKER_HOST", DOCKER_TEST_HOST)

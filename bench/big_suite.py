@@ -206,8 +206,9 @@ def main() -> None:
 def reports(work: Path | Any, reps: int) -> str:
     """Write the leaky run's results as JSON and HTML; time it; load the page in Chromium."""
     sys.path.insert(0, str(c.REPO))
-    from pytest_dbleak import html_report, reporting
-    from pytest_dbleak.results import CheckResult
+    from pytest_dbleak.engine.results import CheckResult
+    from pytest_dbleak.reports import html as html_report
+    from pytest_dbleak.reports import reporting
 
     rows = []
     pages = {}

@@ -163,8 +163,8 @@ def main() -> None:
 def phases(cache: Path, runs: int) -> str:
     """Where a cold session's server time goes, measured in this process."""
     sys.path.insert(0, str(c.REPO))
-    from pytest_dbleak import embedded
-    from pytest_dbleak.probe import Monitor
+    from pytest_dbleak.families.mysql import embedded
+    from pytest_dbleak.families.mysql.monitor import Monitor
 
     binary = embedded.find_mysqld(None)
     template = embedded.ensure_template(binary, cache)

@@ -57,7 +57,8 @@ def main() -> int:
     os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "true"
 
     sys.path.insert(0, str(c.REPO))
-    from pytest_dbleak import backends, containers, embedded
+    from pytest_dbleak.families.mysql import containers, embedded
+    from pytest_dbleak.families.mysql import family as backends
 
     if not containers.docker_available():
         print("no Docker daemon answers (set DOCKER_HOST or --docker-host)", file=sys.stderr)

@@ -49,7 +49,7 @@ def _instrument(config):
     # Time the plugin's own check (Detector.begin + finish) directly. Internals: if they
     # change, the direct numbers are just missing and the differences still stand.
     try:
-        from pytest_dbleak.manager import MANAGER
+        from pytest_dbleak.pytest_layer.manager import MANAGER
 
         detector = config.stash[MANAGER].runtime.detector
     except Exception:

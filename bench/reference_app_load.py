@@ -17,7 +17,7 @@ Measures, on this machine:
 
 The requests go through ``pytest_dbleak.stress`` (``HttpLoad``, ``SocketChurn``): the
 runners of the stress fixtures, serving the app with Werkzeug's threaded server on
-127.0.0.1. The database server is ``pytest_dbleak.embedded.start_process`` (a private
+127.0.0.1. The database server is ``pytest_dbleak.families.mysql.embedded.start_process`` (a private
 ``mariadbd`` from the warm template cache), stopped at the end; its datadir lives in the
 script's private work directory, which is removed with anything still running from it.
 """
@@ -190,8 +190,8 @@ def main() -> int:
         print("mariadbd not found", file=sys.stderr)
         return 2
 
-    from pytest_dbleak.embedded import start_process
-    from pytest_dbleak.settings import Settings
+    from pytest_dbleak.engine.settings import Settings
+    from pytest_dbleak.families.mysql.embedded import start_process
     from reference_app import shutdown_app
 
     start_load = c.load()

@@ -279,8 +279,8 @@ def main() -> int:
         print("needs mariadbd and ab (apt-get install apache2-utils)", file=sys.stderr)
         return 2
 
-    from pytest_dbleak.embedded import start_process
-    from pytest_dbleak.settings import Settings
+    from pytest_dbleak.engine.settings import Settings
+    from pytest_dbleak.families.mysql.embedded import start_process
     from reference_app import shutdown_app
 
     start_load = c.load()

@@ -8,7 +8,7 @@ Measures, on this machine:
   ``SELECT 1``: through ``dbleak_mysql_url`` (``--dbleak --dbleak-backend=process``, warm
   template cache) and through pytest-mysql's ``mysql_proc``/``mysql`` fixtures (MariaDB
   via its ini options), plus a no-database baseline; N runs each, interleaved; medians;
-* the server's share for our plugin: ``pytest_dbleak.embedded.start_process`` called
+* the server's share for our plugin: ``pytest_dbleak.families.mysql.embedded.start_process`` called
   in-process N times (copy the template, start mariadbd, wait for a real login), and the
   same with two candidate fixes applied by monkeypatching (labelled "what-if");
 * the template's one-time cost: sessions with an empty ``--dbleak-cache-dir`` (one per
@@ -136,7 +136,7 @@ import types
 
 import pymysql
 
-from pytest_dbleak import embedded
+from pytest_dbleak.families.mysql import embedded
 
 embedded.pymysql = types.SimpleNamespace(
     connect=functools.partial(pymysql.connect, ssl_disabled=True), err=pymysql.err
@@ -478,7 +478,7 @@ def server_share(
 ) -> list[tuple[str, str, str, int]]:
     import pymysql
 
-    from pytest_dbleak import embedded
+    from pytest_dbleak.families.mysql import embedded
 
     binary = embedded.find_mysqld(None)
     shm = None
@@ -559,7 +559,7 @@ def template_cost(
     work: c.Workdir, runs: int, deadline: c.Deadline, failures: dict[str, list[str]]
 ) -> list[tuple[str, str, int]]:
 
-    from pytest_dbleak import embedded
+    from pytest_dbleak.families.mysql import embedded
 
     binary = embedded.find_mysqld(None)
     times = []

@@ -63,7 +63,7 @@ def pytest_sessionstart(session):
     config = session.config
     admin = os.environ.get("SQLA_BENCH_ADMIN_URL")
     if not admin:
-        from pytest_dbleak.manager import MANAGER
+        from pytest_dbleak.pytest_layer.manager import MANAGER
 
         manager = config.stash[MANAGER]
         admin = manager.runtime.server().info.admin_url
@@ -211,11 +211,11 @@ def main() -> int:
 
     runs = {}
     if args.only in ("baseline", "both"):
-        from pytest_dbleak.embedded import start_process
+        from pytest_dbleak.families.mysql.embedded import start_process
 
         server = start_process(c.MARIADBD, work / "template-cache", 120.0)
         try:
-            from pytest_dbleak.backends import describe
+            from pytest_dbleak.families.mysql.family import describe
 
             admin = describe(server, "").admin_url
             runs["baseline"] = run_suite(

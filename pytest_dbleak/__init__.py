@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .backends import ServerInfo
-    from .fixtures import DbleakHandle, PoolStatus, Snapshot
-    from .results import CheckResult, Leak
+    from pytest_dbleak.engine.results import CheckResult, Leak
+    from pytest_dbleak.families.base import ServerInfo
+    from pytest_dbleak.pytest_layer.fixtures import DbleakHandle, PoolStatus, Snapshot
 
 __all__ = ["CheckResult", "DbleakHandle", "Leak", "PoolStatus", "ServerInfo", "Snapshot"]
 __version__ = "0.1.0"

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import reporting
-from .errors import DbleakError
-from .results import CheckResult
+from pytest_dbleak.engine.errors import DbleakError
+from pytest_dbleak.engine.results import CheckResult
+from pytest_dbleak.reports import reporting
 
 EXIT_OK = 0
 EXIT_TESTS_FAILED = 1
@@ -124,7 +124,7 @@ def merge(
     paths: Sequence[str], report: str, html: str | None = None, baseline_path: str | None = None
 ) -> int:
     """Merge shard reports into one report (and page, and baseline); the exit status."""
-    from . import baseline
+    from pytest_dbleak.reports import baseline
 
     merged = Merged()
     for path in paths:
@@ -152,7 +152,7 @@ def merge(
         other_failed=merged.other_failed,
     )
     if html:
-        from . import html_report
+        from pytest_dbleak.reports import html as html_report
 
         html_report.write(
             html, results, merged.outcomes, meta, _no_redaction, leak_failed=merged.leak_failed
@@ -219,8 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _stop(cache_dir: str | None) -> int:
     import os
 
-    from . import reuse
-    from .settings import Settings
+    from pytest_dbleak.engine.settings import Settings
+    from pytest_dbleak.families.mysql import reuse
 
     cache = Settings(cache_dir=cache_dir or os.environ.get("DBLEAK_CACHE_DIR")).template_cache
     stopped = reuse.stop_all(cache)

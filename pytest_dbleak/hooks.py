@@ -7,7 +7,7 @@ Implement them in a ``conftest.py`` or a plugin like any pytest hook::
         if result.leaks:
             print(item.nodeid, result.leaked)
 
-Results are ``pytest_dbleak.results.CheckResult`` objects: read them, do not change them.
+Results are ``pytest_dbleak.engine.results.CheckResult`` objects: read them, do not change them.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from .backends import ServerInfo
-    from .results import CheckResult
+    from pytest_dbleak.engine.results import CheckResult
+    from pytest_dbleak.families.base import ServerInfo
 
 
 @pytest.hookspec

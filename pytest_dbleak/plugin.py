@@ -9,9 +9,10 @@ import os
 
 import pytest
 
-from . import marks
-from .errors import DbleakError
-from .fixtures import (
+from pytest_dbleak.engine.errors import DbleakError
+from pytest_dbleak.engine.settings import OPTIONS, resolve
+from pytest_dbleak.pytest_layer import marks
+from pytest_dbleak.pytest_layer.fixtures import (
     dbleak,
     dbleak_database,
     dbleak_http_load,
@@ -20,8 +21,7 @@ from .fixtures import (
     dbleak_server,
     dbleak_socket_churn,
 )
-from .manager import MANAGER, DbleakManager
-from .settings import OPTIONS, resolve
+from pytest_dbleak.pytest_layer.manager import MANAGER, DbleakManager
 
 __all__ = [
     "dbleak",
@@ -60,7 +60,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
-    from . import hooks
+    from pytest_dbleak import hooks
 
     pluginmanager.add_hookspecs(hooks)
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._common import (
+from pytest_dbleak.stress._common import (
     HttpLoadResult,
     LatencyMs,
     SocketChurnError,
@@ -34,12 +34,12 @@ from ._common import (
     StressError,
     StressResult,
 )
-from .jobs import JobRunner
+from pytest_dbleak.stress.jobs import JobRunner
 
 if TYPE_CHECKING:
-    from .http_load import HttpLoadRunner
-    from .socket_churn import SocketChurnRunner
-    from .wsgi import serve_wsgi
+    from pytest_dbleak.stress.http_load import HttpLoadRunner
+    from pytest_dbleak.stress.socket_churn import SocketChurnRunner
+    from pytest_dbleak.stress.wsgi import serve_wsgi
 
     SocketChurn = SocketChurnRunner
     HttpLoad = HttpLoadRunner

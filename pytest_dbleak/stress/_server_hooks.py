@@ -7,8 +7,8 @@ import threading
 from collections.abc import Callable, Collection
 from typing import Any
 
-from . import _upstream
-from ._common import join_all, remaining
+from pytest_dbleak.stress import _upstream
+from pytest_dbleak.stress._common import join_all, remaining
 
 _UNSET = object()
 

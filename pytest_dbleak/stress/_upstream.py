@@ -59,8 +59,8 @@ from simple_websocket import ConnectionClosed
 from wsproto.connection import ConnectionState
 from wsproto.utilities import LocalProtocolError
 
-from ._common import StressError
-from .wsgi import RequestHandler
+from pytest_dbleak.stress._common import StressError
+from pytest_dbleak.stress.wsgi import RequestHandler
 
 _log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from ._common import HttpLoadResult, LatencyMs, require_positive
-from .wsgi import serve_wsgi
+from pytest_dbleak.stress._common import HttpLoadResult, LatencyMs, require_positive
+from pytest_dbleak.stress.wsgi import serve_wsgi
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication

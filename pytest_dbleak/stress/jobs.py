@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from ._common import StressResult, require_positive
+from pytest_dbleak.stress._common import StressResult, require_positive
 
 _log = logging.getLogger(__name__)
 

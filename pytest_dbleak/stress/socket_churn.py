@@ -11,10 +11,16 @@ from typing import TYPE_CHECKING, Any
 
 from socketio.exceptions import ConnectionError as SocketIOConnectionError
 
-from . import _upstream
-from ._common import SocketChurnError, SocketChurnResult, join_all, names, require_positive
-from ._server_hooks import SocketIOServerHooks
-from .wsgi import serve_wsgi
+from pytest_dbleak.stress import _upstream
+from pytest_dbleak.stress._common import (
+    SocketChurnError,
+    SocketChurnResult,
+    join_all,
+    names,
+    require_positive,
+)
+from pytest_dbleak.stress._server_hooks import SocketIOServerHooks
+from pytest_dbleak.stress.wsgi import serve_wsgi
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication

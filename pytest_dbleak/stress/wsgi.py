@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
-from ._common import LOOPBACK, StressError, join_all, names, require_positive
+from pytest_dbleak.stress._common import LOOPBACK, StressError, join_all, names, require_positive
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbleak.settings import OPTIONS, Settings
+from pytest_dbleak.engine.settings import OPTIONS, Settings
 
 from .regressions import ENV_VAR, REGRESSIONS
 

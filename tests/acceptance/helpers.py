@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbleak.settings import OPTIONS, Settings
+from pytest_dbleak.engine.settings import OPTIONS, Settings
 
 # Short re-checks keep leaky runs fast; clean tests must pass even so.
 FAST = "--dbleak-settle-timeout=0.2"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pymysql
 import pytest
 
-from pytest_dbleak.backends import parse_mysql_url
+from pytest_dbleak.families.mysql.family import parse_mysql_url
 from tests.acceptance.helpers import FAST, ONLY_DBLEAK, PREAMBLE
 
 FIXTURES = """

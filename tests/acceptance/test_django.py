@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbleak.backends import parse_mysql_url
+from pytest_dbleak.families.mysql.family import parse_mysql_url
 from tests.acceptance.helpers import FAST, line_of, only_dbleak_and, run_pytest_in
 
 pytest.importorskip("pytest_django", reason="the django extra is not installed")

@@ -10,7 +10,7 @@ from typing import Any
 import pymysql
 import pytest
 
-from pytest_dbleak.containers import LABEL
+from pytest_dbleak.families.mysql.containers import LABEL
 
 # Quotes and a backslash: the entrypoint must quote what it hands to SQL.
 PASSWORD = "p'w\\\"x"

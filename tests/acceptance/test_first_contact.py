@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbleak.embedded import _template_key, ensure_template, find_mysqld
-from pytest_dbleak.errors import DbleakError
-from pytest_dbleak.settings import OPTIONS
+from pytest_dbleak.engine.errors import DbleakError
+from pytest_dbleak.engine.settings import OPTIONS
+from pytest_dbleak.families.mysql.embedded import _template_key, ensure_template, find_mysqld
 from tests.acceptance.helpers import FAST, ONLY_DBLEAK, PREAMBLE, all_output
 
 MARIADBD = find_mysqld(os.environ.get("DBLEAK_MYSQLD") or None)

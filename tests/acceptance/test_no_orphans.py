@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbleak.backends import parse_mysql_url
-from pytest_dbleak.containers import LABEL
+from pytest_dbleak.families.mysql.containers import LABEL
+from pytest_dbleak.families.mysql.family import parse_mysql_url
 from tests.acceptance.helpers import ONLY_DBLEAK
 
 WAIT_TO_BE_KILLED = """

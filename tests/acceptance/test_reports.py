@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbleak.reporting import TIMES
+from pytest_dbleak.reports.reporting import TIMES
 from tests.acceptance.helpers import ONLY_DBLEAK, PREAMBLE, failure_of, line_of, run_pytest_in
 
 REPORTED = '''

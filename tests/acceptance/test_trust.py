@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbleak.backends import parse_mysql_url
+from pytest_dbleak.families.mysql.family import parse_mysql_url
 from tests.acceptance.helpers import FAST, PREAMBLE, all_output
 
 SCENARIOS = (

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbleak import html_report
-from pytest_dbleak.errors import Redactor
-from pytest_dbleak.results import (
+from pytest_dbleak.engine.errors import Redactor
+from pytest_dbleak.engine.results import (
     CHECKED_OUT,
     OPEN_TRANSACTION,
     SERVER_CONNECTION,
@@ -32,6 +31,7 @@ from pytest_dbleak.results import (
     Leak,
     Site,
 )
+from pytest_dbleak.reports import html as html_report
 
 log = logging.getLogger(__name__)
 

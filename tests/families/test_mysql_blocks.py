@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbleak.embedded import find_mysqld, start_process
-from pytest_dbleak.errors import ServerGoneError
-from pytest_dbleak.probe import Monitor
-from pytest_dbleak.servers import RunningServer
-from pytest_dbleak.settings import Settings
+from pytest_dbleak.engine.errors import ServerGoneError
+from pytest_dbleak.engine.settings import Settings
+from pytest_dbleak.families.base import RunningServer
+from pytest_dbleak.families.mysql.embedded import find_mysqld, start_process
+from pytest_dbleak.families.mysql.monitor import Monitor
 
 CACHE = Path(Settings(cache_dir=os.environ.get("DBLEAK_CACHE_DIR")).template_cache)
 

@@ -23,10 +23,10 @@ import pytest
 
 psycopg = pytest.importorskip("psycopg", reason="the postgresql extra is not installed")
 
-from pytest_dbleak.errors import DbleakError  # noqa: E402
-from pytest_dbleak.postgresql.embedded import PgServer, find_postgres, start_postgres  # noqa: E402
-from pytest_dbleak.postgresql.monitor import PgMonitor  # noqa: E402
-from pytest_dbleak.settings import Settings  # noqa: E402
+from pytest_dbleak.engine.errors import DbleakError  # noqa: E402
+from pytest_dbleak.engine.settings import Settings  # noqa: E402
+from pytest_dbleak.families.postgresql.embedded import PgServer, find_postgres, start_postgres  # noqa: E402
+from pytest_dbleak.families.postgresql.monitor import PgMonitor  # noqa: E402
 
 CACHE = Path(Settings(cache_dir=os.environ.get("DBLEAK_CACHE_DIR")).template_cache)
 SESSION = "dbleak_main_a1b2c3"
@@ -166,7 +166,7 @@ def test_a_killed_parent_leaves_no_server_and_no_folder() -> None:
         f"""
         import sys
         from pathlib import Path
-        from pytest_dbleak.postgresql.embedded import find_postgres, start_postgres
+        from pytest_dbleak.families.postgresql.embedded import find_postgres, start_postgres
         server = start_postgres(find_postgres(None), Path({str(CACHE)!r}), 30)
         print(server.pid, server.root, flush=True)
         sys.stdin.read()  # until killed

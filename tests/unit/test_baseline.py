@@ -10,9 +10,15 @@ from typing import Any
 
 import pytest
 
-from pytest_dbleak import baseline as bl
-from pytest_dbleak.errors import DbleakError
-from pytest_dbleak.results import CHECKED_OUT, GC_RETURN, SERVER_CONNECTION, CheckResult, Leak
+from pytest_dbleak.engine.errors import DbleakError
+from pytest_dbleak.engine.results import (
+    CHECKED_OUT,
+    GC_RETURN,
+    SERVER_CONNECTION,
+    CheckResult,
+    Leak,
+)
+from pytest_dbleak.reports import baseline as bl
 
 
 def result(nodeid: str, *leaks: tuple[str, int], **kwargs: Any) -> CheckResult:
@@ -167,7 +173,7 @@ def test_load_keeps_unknown_kinds_with_a_warning(
 ) -> None:
     path = tmp_path / "baseline.json"
     path.write_text('{"version": 1, "tests": {"t::x": {"future_kind": 1, "checked_out": 0}}}')
-    with caplog.at_level(logging.WARNING, logger="pytest_dbleak.baseline"):
+    with caplog.at_level(logging.WARNING, logger="pytest_dbleak.reports.baseline"):
         loaded = bl.load(path)
     assert loaded is not None
     assert loaded.tests == {"t::x": {"future_kind": 1}}  # zero counts dropped

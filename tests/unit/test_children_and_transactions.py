@@ -7,8 +7,8 @@ import socket
 
 import pytest
 
-from pytest_dbleak.children import Children, _ppid, client_port, owner_pid
-from pytest_dbleak.probe import TrxInfo
+from pytest_dbleak.engine.children import Children, _ppid, client_port, owner_pid
+from pytest_dbleak.families.mysql.monitor import TrxInfo
 
 
 @pytest.mark.parametrize(
@@ -113,7 +113,7 @@ FILE I/O
 
 
 def test_started_transactions_are_read_from_the_innodb_status_of_mariadb_and_mysql() -> None:
-    from pytest_dbleak.probe import parse_innodb_transactions
+    from pytest_dbleak.families.mysql.monitor import parse_innodb_transactions
 
     assert [
         (t.thread_id, t.trx_id, t.started, t.rows_locked, t.rows_modified)

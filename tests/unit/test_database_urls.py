@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.engine import make_url
 
-from pytest_dbleak.database import DRIVERS, Database
-from pytest_dbleak.errors import DbleakError
+from pytest_dbleak.engine.database import DRIVERS, Database
+from pytest_dbleak.engine.errors import DbleakError
 
 DB = Database("dbleak_main_1", "dbleak_main_1", "s3cret-pw", "127.0.0.1", 40123)
 REMOTE = Database("d", "u", "p", "db.example", 3306, local=False)

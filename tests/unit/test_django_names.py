@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from pytest_dbleak import _django_seam
-from pytest_dbleak.django_support import _tag
-from pytest_dbleak.errors import DbleakError
-from pytest_dbleak.probe import _prefix_pattern
+from pytest_dbleak.engine import _django_seam
+from pytest_dbleak.engine.errors import DbleakError
+from pytest_dbleak.families.mysql.monitor import _prefix_pattern
+from pytest_dbleak.pytest_layer.django_support import _tag
 
 
 def test_each_alias_gets_its_own_short_identifier_safe_tag() -> None:

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbleak import html_report as hr
-from pytest_dbleak.errors import Redactor
-from pytest_dbleak.results import (
+from pytest_dbleak.engine.errors import Redactor
+from pytest_dbleak.engine.results import (
     CHECKED_OUT,
     GC_RETURN,
     SERVER_CONNECTION,
@@ -23,6 +22,7 @@ from pytest_dbleak.results import (
     Leak,
     Site,
 )
+from pytest_dbleak.reports import html as hr
 
 SECRET = "s3cr3t&<pw>"  # HTML-special characters: must be redacted before escaping
 

@@ -13,10 +13,10 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.pool import Pool, QueuePool
 
-from pytest_dbleak import _sqla_seam as seam
-from pytest_dbleak.clientsockets import client_port, client_states
-from pytest_dbleak.drivers import in_transaction, is_real_connection, server_thread_id
-from pytest_dbleak.tracking import Tracker
+from pytest_dbleak.engine import _sqla_seam as seam
+from pytest_dbleak.engine.clientsockets import client_port, client_states
+from pytest_dbleak.engine.drivers import in_transaction, is_real_connection, server_thread_id
+from pytest_dbleak.engine.tracking import Tracker
 
 
 @pytest.fixture

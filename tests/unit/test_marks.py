@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_dbleak import marks
-from pytest_dbleak.errors import DbleakError
-from pytest_dbleak.marks import LeakMark
+from pytest_dbleak.engine.errors import DbleakError
+from pytest_dbleak.pytest_layer import marks
+from pytest_dbleak.pytest_layer.marks import LeakMark
 
 
 def test_dbleak_without_arguments_changes_nothing() -> None:

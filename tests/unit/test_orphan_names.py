@@ -7,8 +7,8 @@ import signal
 
 import pytest
 
-from pytest_dbleak.probe import _SESSION_NAME
-from pytest_dbleak.signals import sigterm_as_interrupt
+from pytest_dbleak.engine.signals import sigterm_as_interrupt
+from pytest_dbleak.families.mysql.monitor import _SESSION_NAME
 
 
 @pytest.mark.parametrize("name", ["dbleak_main_9a1dbd", "dbleak_gw0_000fff", "dbleak_gw12_abcdef"])

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_dbleak.backends import RunningServer, ServerInfo, connect_error, parse_mysql_url
-from pytest_dbleak.errors import DbleakError, Redactor, mask_url
-from pytest_dbleak.probe import Endpoint
+from pytest_dbleak.engine.errors import DbleakError, Redactor, mask_url
+from pytest_dbleak.families.mysql.family import (
+    RunningServer,
+    ServerInfo,
+    connect_error,
+    parse_mysql_url,
+)
+from pytest_dbleak.families.mysql.monitor import Endpoint
 
 
 @pytest.mark.parametrize(
@@ -110,7 +115,7 @@ def test_a_mysql_url_becomes_an_admin_endpoint() -> None:
 
 
 def test_a_missing_module_of_an_extra_names_the_extra_and_the_top_level_module() -> None:
-    from pytest_dbleak.errors import missing_extra
+    from pytest_dbleak.engine.errors import missing_extra
 
     exc = ModuleNotFoundError("No module named 'werkzeug.serving'", name="werkzeug.serving")
     assert missing_extra(exc, "stress", "dbleak_http_load") == (

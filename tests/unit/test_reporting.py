@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbleak import reporting
-from pytest_dbleak.errors import Redactor
-from pytest_dbleak.results import CheckResult, Counts, Leak, Site
+from pytest_dbleak.engine.errors import Redactor
+from pytest_dbleak.engine.results import CheckResult, Counts, Leak, Site
+from pytest_dbleak.reports import reporting
 
 ROW = {
     "id": 42,
@@ -335,7 +335,7 @@ def test_the_header_names_backend_server_version_and_address() -> None:
     ],
 )
 def test_the_server_version_drops_mariadbs_protocol_prefix(handshake: str, version: str) -> None:
-    from pytest_dbleak.probe import server_version
+    from pytest_dbleak.families.mysql.monitor import server_version
 
     assert server_version(handshake) == version
 
@@ -375,7 +375,7 @@ def test_kinds_that_add_no_connection_are_left_out_of_the_counts() -> None:
 
 
 def test_a_statement_stuck_behind_a_lock_without_a_leaked_connection_says_so() -> None:
-    from pytest_dbleak.results import LOCK_WAIT, CheckResult, Leak
+    from pytest_dbleak.engine.results import LOCK_WAIT, CheckResult, Leak
 
     stuck = Leak(LOCK_WAIT, 0, "statement on server connection 8 waited 5 s")
     result = CheckResult("t.py::test_x", [stuck], runs=50)

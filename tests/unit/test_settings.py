@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbleak.errors import DbleakError
-from pytest_dbleak.settings import OPTIONS, Settings, resolve
+from pytest_dbleak.engine.errors import DbleakError
+from pytest_dbleak.engine.settings import OPTIONS, Settings, resolve
 
 
 def settings(cli=None, env=None, ini=None) -> Settings:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 
-from pytest_dbleak.threads import ThreadStarts
+from pytest_dbleak.engine.threads import ThreadStarts
 
 
 def make() -> tuple[ThreadStarts, list[bool]]:

@@ -7,8 +7,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from pytest_dbleak.results import Site
-from pytest_dbleak.sites import user_sites
+from pytest_dbleak.engine.results import Site
+from pytest_dbleak.engine.sites import user_sites
 
 ROOT = Path("/srv/project")
 SCRIPTS = sysconfig.get_path("scripts")

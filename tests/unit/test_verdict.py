@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from pytest_dbleak import verdict
-from pytest_dbleak.results import CHECKED_OUT, CheckResult, Leak, Site
+from pytest_dbleak.engine.results import CHECKED_OUT, CheckResult, Leak, Site
+from pytest_dbleak.pytest_layer import verdict
 
 
 def report(when: str, outcome: str = "passed", **extra: Any) -> pytest.TestReport:

@@ -125,7 +125,7 @@ def _site(site: str) -> str:
 
 def _runs(item: pytest.Item | None) -> int | None:
     """How many runs the item's stress marker asks for (its requests, clients or runs)."""
-    from pytest_dbleak import marks
+    from pytest_dbleak.pytest_layer import marks
 
     if item is None:
         return None

@@ -1,0 +1,159 @@
+"""Leaks no SQLAlchemy pool of this process tells of: transactions left open on other
+connections, and connections of the test's child processes.
+
+- A transaction that began during the window on an idle server connection that no
+  tracked pool holds (another driver's pool, a raw connection of a wider-scoped fixture)
+  is an ``open_transaction`` leak, unless a wider-scoped fixture began it. The server
+  says when it began and what it locks (``ServerMonitor.transactions``).
+- A connection a child process holds carries the child's connect line (a forked child
+  reports it) or the line that started the child; the fork bug (a parent's pooled
+  connection used in a forked child) is a ``fork_shared`` leak.
+
+Used by the Detector; no pytest import.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from pytest_dbleak.engine.results import FORK_SHARED, OPEN_TRANSACTION, Leak, Site
+from pytest_dbleak.engine.stacks import Frame
+from pytest_dbleak.engine.tracking import Tracker
+from pytest_dbleak.families.base import ProcessRow, ServerMonitor, ServerSnapshot
+
+if TYPE_CHECKING:
+    from pytest_dbleak.engine.window import Window
+
+# (kind, count, what, stack, thread) -> Leak, with the user's sites
+LeakFactory = Callable[[str, int, str, tuple[Frame, ...], "str | None"], Leak]
+Sites = Callable[[tuple[Frame, ...]], list[Site]]  # the user's frames, outermost first
+
+
+class BeyondPools:
+    def __init__(
+        self,
+        tracker: Tracker,
+        monitor: ServerMonitor,
+        users: frozenset[str] | None,
+        leak: LeakFactory,
+        sites: Sites,
+    ) -> None:
+        self.tracker = tracker
+        self.monitor = monitor
+        self.users = users
+        self._leak = leak
+        self._sites = sites
+        self.owned_trx: set[tuple[int, str]] = set()  # (thread id, trx id) fixtures began
+
+    # -- transactions on connections no pool holds ----------------------------------
+    def _untracked_idle(self, snap: ServerSnapshot) -> set[int]:
+        """Idle connections of the session's user that no tracked pool holds."""
+        pooled = self.tracker.by_thread_id
+        return {
+            r.id
+            for r in snap.rows.values()
+            if (self.users is None or r.user in self.users)
+            and r.command == "Sleep"
+            and (r.id not in pooled or pooled[r.id].collected)
+        }
+
+    def transactions_before(self, snap: ServerSnapshot) -> dict[int, str]:
+        """Open transactions (thread id -> trx id) of those connections at a window's start."""
+        ids = self._untracked_idle(snap)
+        if not ids:
+            return {}  # nothing but tracked pools: no query
+        infos = self.monitor.transactions(ids)
+        return {ident: info.trx_id for ident, info in infos.items()}
+
+    def note_owned_transactions(self, snap: ServerSnapshot) -> None:
+        """After a wider-scoped fixture's setup: the transactions it began are its own."""
+        infos = self.monitor.transactions(self._untracked_idle(snap))
+        self.owned_trx |= {(ident, info.trx_id) for ident, info in infos.items()}
+
+    def transaction_leaks(
+        self, w: Window, snap: ServerSnapshot, by_conn: dict[int, Leak], owned_ids: set[int]
+    ) -> list[Leak]:
+        """Transactions begun during the window on idle connections that existed before it
+        (or that a wider-scoped fixture opened) and that no pool holds."""
+        if w.server_trx is None:
+            return []
+        # Busy during the window: processlist Time (seconds in the current state) is at
+        # most the window's length. Connections opened during the window are
+        # server_connection leaks already.
+        elapsed = time.monotonic() - w.started + 1
+        candidates = {
+            ident
+            for ident in self._untracked_idle(snap)
+            if ident not in by_conn
+            and snap.rows[ident].time <= elapsed
+            and (ident in w.server.rows or ident in owned_ids)
+        }
+        if not candidates:
+            return []
+        leaks = []
+        for ident, info in sorted(self.monitor.transactions(candidates).items()):
+            if w.server_trx.get(ident) == info.trx_id or (ident, info.trx_id) in self.owned_trx:
+                continue  # open before the window, or begun by a wider-scoped fixture
+            row = snap.rows[ident]
+            site = self.tracker.handed_out_since(ident, w.seq) or self.tracker.opened_at(ident)
+            leak = self._leak(
+                OPEN_TRANSACTION,
+                1,
+                f"server connection {ident} ({row.user}@{row.host}) idle inside a transaction "
+                f"that began during the test ({info.describe()}); no pool of this process "
+                "holds it",
+                site.stack if site else (),
+                site.thread if site else None,
+            )
+            leak.connection_ids.append(ident)
+            leak.processlist.append({**row.as_dict(), "trx_started": info.started})
+            by_conn[ident] = leak
+            leaks.append(leak)
+        return leaks
+
+    # -- child processes -----------------------------------------------------------------
+    def child_site(self, row: ProcessRow) -> tuple[tuple[Frame, ...], str | None, str]:
+        """Site, thread and a note for a connection a child process of the test holds: the
+        child's own connect line when it was forked (it reports), else the line that
+        started it."""
+        children = self.tracker.children
+        reported = children.opened_by_child(row.id)
+        if reported is not None:
+            return reported.stack, reported.thread, f" (child process {reported.pid})"
+        pid = children.owner_of(row.host, self.monitor.endpoint.port)
+        if pid is None:
+            return (), None, ""
+        started = children.starter_of(pid)
+        if started is None:
+            return (), None, f" (child process {pid})"
+        return started.stack, started.thread, f" (child process {pid}, started here)"
+
+    def fork_shared_leaks(self, since_seq: int) -> list[Leak]:
+        """The fork bug: a child forked during the window used a pooled connection that
+        this process opened; both now talk over one socket."""
+        leaks: list[Leak] = []
+        seen: set[tuple[int, int | None]] = set()
+        for event in self.tracker.children.events():
+            if event.kind != FORK_SHARED or event.fork_seq < since_seq:
+                continue
+            if (event.pid, event.thread_id) in seen:
+                continue
+            seen.add((event.pid, event.thread_id))
+            parent = self._sites(event.parent_stack)
+            opened = f" opened at {parent[-1].file}:{parent[-1].line}" if parent else ""
+            ident = f"server connection {event.thread_id}" if event.thread_id else "a connection"
+            leak = self._leak(
+                FORK_SHARED,
+                1,
+                f"{ident}{opened} by this process, used by child process {event.pid} "
+                "(forked during the test): both talk over one socket; call "
+                "engine.dispose(close=False) in the child",
+                event.stack,
+                f"{event.thread} of child process {event.pid}",
+            )
+            if event.thread_id is not None:
+                leak.connection_ids.append(event.thread_id)
+            leaks.append(leak)
+        return leaks

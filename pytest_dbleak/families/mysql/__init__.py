@@ -1,0 +1,1 @@
+"""The MySQL family: MySQL and MariaDB servers (``family.FAMILY``)."""

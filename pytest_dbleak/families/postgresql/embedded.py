@@ -1,0 +1,300 @@
+"""PostgreSQL's process backend: ``postgres`` started from a cached ``initdb`` template.
+
+No pytest import. The same life as the MariaDB process backend (embedded.py): a template
+initialised once per binary, copied per session (to /dev/shm where it can), a server on
+127.0.0.1 and a unix socket in the session's own 0700 folder, owned by a reaper that
+outlives SIGKILL and Ctrl-C, and a wait for a real login.
+
+``postgres`` refuses to run as root: as root, the template, the copy and the server
+belong to the unprivileged ``nobody`` account, and the server is started through
+``setpriv``. The admin role logs in without a password over the unix socket only (the
+socket's folder is the session's, closed to other users) and with a random password
+over TCP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import hashlib
+import logging
+import os
+import pwd
+import re
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_dbleak.engine.errors import DbleakError
+from pytest_dbleak.families._process import (
+    alive,
+    free_port,
+    session_parent,
+    spawn_under_reaper,
+    stop_reaper,
+    usable_cache,
+)
+
+log = logging.getLogger(__name__)
+
+ADMIN_ROLE = "dbleak_admin"
+# Where distributions put the server binaries: Debian and Ubuntu keep each major version
+# in its own folder, outside PATH; the highest version wins.
+_DISTRIBUTION_GLOBS = ("/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin", "/usr/local/pgsql/bin")
+# A throwaway server needs no durability: these make DDL and commits cheap.
+_FAST_SETTINGS = (
+    "fsync=off",
+    "synchronous_commit=off",
+    "full_page_writes=off",
+    "logging_collector=off",
+    "max_connections=200",
+)
+_UNPRIVILEGED = "nobody"
+
+
+@dataclass(frozen=True)
+class PgEndpoint:
+    """How to reach a PostgreSQL server as its administrator."""
+
+    host: str
+    port: int
+    user: str
+    password: str = field(repr=False)
+    socket_dir: str | None = None
+
+    def connect(self, *, dbname: str = "postgres", timeout: float = 5.0) -> Any:
+        """An autocommit psycopg connection: a snapshot read inside a transaction would be
+        frozen at its first statement."""
+        import psycopg  # on first use: a run that never needs PostgreSQL does not pay it
+
+        host = self.socket_dir or self.host
+        return psycopg.connect(
+            host=host,
+            port=self.port,
+            user=self.user,
+            password=self.password if self.socket_dir is None else None,
+            dbname=dbname,
+            autocommit=True,
+            connect_timeout=max(1, round(timeout)),
+        )
+
+
+@dataclass
+class PgServer:
+    """A PostgreSQL server the session started; ``stop`` ends it and removes its files."""
+
+    endpoint: PgEndpoint
+    version: str
+    root: Path
+    pid: int
+    _reaper: subprocess.Popen[str] | None = field(default=None, repr=False)
+
+    def stop(self) -> None:
+        stop_reaper(self._reaper)
+
+
+def find_postgres(explicit: str | None) -> str | None:
+    """The ``postgres`` binary: the one named, else PATH, else a distribution's place."""
+    if explicit:
+        path = shutil.which(explicit) or (explicit if os.access(explicit, os.X_OK) else None)
+        if path is None:
+            raise DbleakError(f"--dbleak-postgres: {explicit} is not an executable file")
+        return path
+    found = shutil.which("postgres")
+    if found:
+        return found
+    candidates = [
+        Path(folder) / "postgres"
+        for pattern in _DISTRIBUTION_GLOBS
+        for folder in glob.glob(pattern)
+    ]
+    runnable = [c for c in candidates if os.access(c, os.X_OK)]
+    return str(max(runnable, key=_version_key)) if runnable else None
+
+
+def _version_key(path: Path) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", str(path.parent.parent)))
+
+
+def _run_as() -> pwd.struct_passwd | None:
+    """The account the server runs as when we are root (postgres refuses root)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(_UNPRIVILEGED)
+    except KeyError:
+        raise DbleakError(
+            f"postgres cannot run as root, and there is no '{_UNPRIVILEGED}' account "
+            "to run it as; run pytest as an unprivileged user"
+        ) from None
+
+
+def _as_user(cmd: list[str], account: pwd.struct_passwd | None) -> list[str]:
+    if account is None:
+        return cmd
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise DbleakError("postgres cannot run as root, and setpriv (util-linux) is not on PATH")
+    return [
+        setpriv,
+        f"--reuid={account.pw_uid}",
+        f"--regid={account.pw_gid}",
+        "--clear-groups",
+        *cmd,
+    ]
+
+
+def _give(path: Path, account: pwd.struct_passwd | None) -> None:
+    """Hand `path` and everything under it to `account` (a no-op when not root)."""
+    if account is None:
+        return
+    os.chown(path, account.pw_uid, account.pw_gid)
+    for folder, dirs, files in os.walk(path):
+        for name in (*dirs, *files):
+            os.chown(os.path.join(folder, name), account.pw_uid, account.pw_gid)
+
+
+def _template_key(binary: str, account: pwd.struct_passwd | None) -> str:
+    real = os.path.realpath(binary)
+    st = os.stat(real)
+    uid = account.pw_uid if account is not None else os.geteuid()
+    raw = f"postgres:{real}:{st.st_size}:{int(st.st_mtime)}:{uid}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def ensure_template(binary: str, cache: Path) -> Path:
+    """An initdb'd datadir for `binary`, built once, appearing atomically by rename."""
+    import fcntl
+
+    usable_cache(cache)
+    account = _run_as()
+    template = cache / f"pg-template-{_template_key(binary, account)}"
+    if (template / "READY").exists():
+        return template
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (template / "READY").exists():
+            return template
+        # As root, initdb runs as the unprivileged account, which may not enter the
+        # cache (~root is 0700): it builds in a folder of its own, moved in when done.
+        build = Path(tempfile.mkdtemp(prefix="building-pg-", dir=None if account else cache))
+        try:
+            _give(build, account)
+            _initdb(binary, build / "data", account)
+            (build / "READY").write_text(binary + "\n")
+            shutil.rmtree(template, ignore_errors=True)
+            shutil.move(build, template)  # a rename within the cache, a copy from /tmp
+        finally:
+            shutil.rmtree(build, ignore_errors=True)
+    return template
+
+
+def _initdb(binary: str, datadir: Path, account: pwd.struct_passwd | None) -> None:
+    initdb = Path(os.path.realpath(binary)).with_name("initdb")
+    if not os.access(initdb, os.X_OK):
+        raise DbleakError(f"the postgresql process backend needs initdb next to {binary}")
+    cmd = _as_user(
+        [
+            str(initdb),
+            f"--pgdata={datadir}",
+            f"--username={ADMIN_ROLE}",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+            "--no-sync",
+            "--no-instructions",
+        ],
+        account,
+    )
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    if done.returncode != 0 or not (datadir / "PG_VERSION").exists():
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise DbleakError(f"initialising a datadir with {initdb} failed: {' | '.join(tail)}")
+
+
+def start_postgres(binary: str | None, cache: Path, timeout: float) -> PgServer:
+    """Copy the template, start postgres under its reaper, wait for a login."""
+    if binary is None:
+        raise DbleakError(
+            "no postgres found on PATH or in /usr/lib/postgresql/*/bin (or give --dbleak-postgres)"
+        )
+    template = ensure_template(binary, cache)
+    account = _run_as()
+    root = Path(tempfile.mkdtemp(prefix="dbleak-pg-", dir=session_parent()))
+    reaper: subprocess.Popen[str] | None = None
+    try:
+        datadir = root / "data"
+        shutil.copytree(template / "data", datadir)
+        _give(root, account)
+        port = free_port()
+        cmd = _as_user(
+            [
+                binary,
+                "-D",
+                str(datadir),
+                "-k",
+                str(root),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                *(arg for setting in _FAST_SETTINGS for arg in ("-c", setting)),
+            ],
+            account,
+        )
+        reaper, pid = spawn_under_reaper(root, cmd)
+        password = secrets.token_hex(16)
+        local = PgEndpoint("127.0.0.1", port, ADMIN_ROLE, "", socket_dir=str(root))
+        version = _wait_and_secure(local, pid, password, timeout)
+    except BaseException:
+        stop_reaper(reaper)
+        with contextlib.suppress(OSError):
+            shutil.rmtree(root)
+        raise
+    endpoint = PgEndpoint("127.0.0.1", port, ADMIN_ROLE, password, socket_dir=str(root))
+    return PgServer(endpoint, version, root, pid, reaper)
+
+
+def _wait_and_secure(local: PgEndpoint, pid: int, password: str, timeout: float) -> str:
+    """Wait for a login over the socket, then give the admin role its TCP password."""
+    import psycopg
+
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        try:
+            conn = local.connect(timeout=timeout)
+            break
+        except psycopg.OperationalError as exc:
+            if not alive(pid):
+                raise DbleakError(f"postgres exited at start: {_first_line(exc)}") from None
+            if time.monotonic() > deadline:
+                raise DbleakError(
+                    f"postgres did not accept a login within {timeout:g} s "
+                    f"(--dbleak-startup-timeout): {_first_line(exc)}"
+                ) from None
+            time.sleep(delay)  # no event to await: the server offers none before it listens
+            delay = min(delay * 1.5, 0.05)
+    try:
+        from psycopg import sql
+
+        conn.execute(
+            sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                sql.Identifier(ADMIN_ROLE), sql.Literal(password)
+            )
+        )
+        row = conn.execute("SHOW server_version").fetchone()
+        return str(row[0]) if row else ""
+    finally:
+        conn.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
