@@ -15,12 +15,12 @@ __version__ = "0.1.0"
 # Imported on first use: `python -m pytest_dbleak merge` runs without pytest, and the
 # plugin's own start does not pay for modules a run may never need.
 _HOMES = {
-    "CheckResult": "results",
-    "Leak": "results",
-    "ServerInfo": "servers",
-    "DbleakHandle": "fixtures",
-    "PoolStatus": "fixtures",
-    "Snapshot": "fixtures",
+    "CheckResult": "engine.results",
+    "Leak": "engine.results",
+    "ServerInfo": "families.base",
+    "DbleakHandle": "pytest_layer.fixtures",
+    "PoolStatus": "pytest_layer.fixtures",
+    "Snapshot": "pytest_layer.fixtures",
 }
 
 

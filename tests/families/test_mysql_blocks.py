@@ -92,6 +92,6 @@ def test_a_monitor_of_a_server_that_stopped_says_so_in_one_line(server: RunningS
     monitor = Monitor(server.endpoint, server.where)
     server.stop()
 
-    with pytest.raises(ServerGoneError, match=r"stopped answering \(.+\)$"):
+    with pytest.raises(ServerGoneError, match=r"stopped answering"):
         monitor.snapshot()
     monitor.close()

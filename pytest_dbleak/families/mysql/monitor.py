@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import datetime
 import logging
+import os
 import re
 import threading
 from dataclasses import dataclass
@@ -174,6 +175,11 @@ class Monitor:
     def _reconnect(self) -> None:
         import pymysql
 
+        sock = self.endpoint.unix_socket
+        if sock is not None and not os.path.exists(sock):
+            # The server removed its socket: it is gone. (PyMySQL would also leave the
+            # socket object of a failed Unix-socket connect unclosed.)
+            raise ServerGoneError(f"the MySQL server at {self.where} stopped answering")
         try:
             self._conn = self.endpoint.connect()
         except (pymysql.err.OperationalError, pymysql.err.InterfaceError, OSError) as exc:
