@@ -71,8 +71,13 @@ def _forget_real_classes() -> None:
     _real_cache = (-1, ())
 
 
-# Classes that wrap a real driver connection (read through their `_cnx`).
-_WRAPPER_CLASSES = ("mysql.connector.pooling.PooledMySQLConnection",)
+# Classes that wrap a real driver connection (read through their `_cnx`), and real
+# connections whose id is read but whose connect is not wrapped (psycopg's async close
+# is a coroutine: a close wrapper would report it closed before it is).
+_WRAPPER_CLASSES = (
+    "mysql.connector.pooling.PooledMySQLConnection",
+    "psycopg.AsyncConnection",
+)
 
 
 def is_real_connection(dbapi_connection: Any) -> bool:
@@ -103,6 +108,9 @@ def server_thread_id(dbapi_connection: Any) -> int | None:
     ident = getattr(conn, "connection_id", None)  # mysql-connector
     if isinstance(ident, int):
         return ident
+    pid = _psycopg_info(conn, "backend_pid")  # PostgreSQL's id of a backend: its pid
+    if isinstance(pid, int):
+        return pid or None  # 0: closed
     thread_id = getattr(conn, "thread_id", None)  # mysqlclient
     if callable(thread_id) and isinstance(conn, real):
         try:
@@ -113,6 +121,22 @@ def server_thread_id(dbapi_connection: Any) -> int | None:
 
 
 _SERVER_STATUS_IN_TRANS = 1
+# libpq's transaction status: IDLE 0, ACTIVE 1 (a statement running: unknown), INTRANS 2,
+# INERROR 3 (in a failed transaction), UNKNOWN 4 (connection bad).
+_PQ_KNOWN = frozenset({0, 2, 3})
+_PQ_IN_TRANSACTION = frozenset({2, 3})
+
+
+def _psycopg_info(conn: Any, name: str) -> Any:
+    """An attribute of psycopg 3's ``conn.info`` (libpq's own state, no round trip), or
+    None for a connection of any other driver."""
+    info = inspect.getattr_static(type(conn), "info", None)
+    if not isinstance(info, property):
+        return None  # mysqlclient's info() is a method; a Mock's attributes are not read
+    try:
+        return getattr(conn.info, name, None)
+    except Exception:  # noqa: BLE001 - a closed connection may refuse
+        return None
 
 
 def in_transaction(dbapi_connection: Any) -> bool | None:
@@ -131,6 +155,9 @@ def in_transaction(dbapi_connection: Any) -> bool | None:
     flag = getattr(conn, "in_transaction", None)  # mysql-connector
     if isinstance(flag, bool):
         return flag
+    trx = _psycopg_info(conn, "transaction_status")  # libpq's PQtransactionStatus
+    if isinstance(trx, int):
+        return trx in _PQ_IN_TRANSACTION if trx in _PQ_KNOWN else None
     status = getattr(conn, "server_status", None)  # PyMySQL, aiomysql, asyncmy
     if isinstance(status, int):
         return bool(status & _SERVER_STATUS_IN_TRANS)
@@ -180,6 +207,9 @@ _TARGETS = (
         "aiomysql", "aiomysql.connection", "Connection", "_connect", ("close",), "aiomysql 0.3.2"
     ),
     _Target("asyncmy", "asyncmy.connection", "Connection", "connect", ("close",), "asyncmy 0.2.18"),
+    # psycopg.connect() is Connection.connect, a classmethod bound at import: its
+    # __init__ is where every connection of the class comes into being.
+    _Target("psycopg", "psycopg", "Connection", "__init__", ("close",), "psycopg 3.3.9"),
 )
 
 

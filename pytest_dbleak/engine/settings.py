@@ -163,6 +163,34 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "IMAGE",
     ),
     OptionSpec(
+        "postgres",
+        "the postgres server binary for PostgreSQL's process backend (default: the first "
+        "found on PATH, then in /usr/lib/postgresql/*/bin, /usr/pgsql-*/bin, "
+        "/usr/local/pgsql/bin).",
+        _parse_str,
+        None,
+        "--dbleak-postgres",
+        "PATH",
+    ),
+    OptionSpec(
+        "postgresql_url",
+        "an existing PostgreSQL server for the url backend, e.g. "
+        "postgresql://postgres:pw@127.0.0.1:5432/postgres (the plugin creates and drops its "
+        "own database and role there).",
+        _parse_str,
+        None,
+        "--dbleak-postgresql-url",
+        "URL",
+    ),
+    OptionSpec(
+        "postgresql_image",
+        "the container image for PostgreSQL's docker backend (default: postgres:17).",
+        _parse_str,
+        "postgres:17",
+        "--dbleak-postgresql-image",
+        "IMAGE",
+    ),
+    OptionSpec(
         "settle_timeout",
         "seconds to re-check a suspected leak before declaring it "
         "(default: 1.0); a clean test never waits.",
@@ -275,6 +303,9 @@ class Settings:
     mysql_url: str | None = None
     mysqld: str | None = None
     image: str = "mysql:8.4"
+    postgres: str | None = None
+    postgresql_url: str | None = None
+    postgresql_image: str = "postgres:17"
     settle_timeout: float = 1.0
     allow: int = 0
     report: str | None = None

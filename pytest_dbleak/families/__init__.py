@@ -12,7 +12,10 @@ from pytest_dbleak.engine.errors import DbleakError
 from pytest_dbleak.families.base import Family
 
 # name -> the module that defines FAMILY
-_FAMILIES = {"mysql": "pytest_dbleak.families.mysql.family"}
+_FAMILIES = {
+    "mysql": "pytest_dbleak.families.mysql.family",
+    "postgresql": "pytest_dbleak.families.postgresql.family",
+}
 
 
 def get(name: str) -> Family:

@@ -135,8 +135,12 @@ class ServerMonitor(Protocol):
 
     where: str
     version: str
-    endpoint: Endpoint
     own_ids: set[int]  # the plugin's own connections: never the session's
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The server it talks to (read only: a family's monitor has its own kind)."""
+        ...
 
     def close(self) -> None: ...
 

@@ -8,6 +8,7 @@ tests of the family come with its checks.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import select
 import subprocess
@@ -23,7 +24,7 @@ import pytest
 
 psycopg = pytest.importorskip("psycopg", reason="the postgresql extra is not installed")
 
-from pytest_dbleak.engine.errors import DbleakError  # noqa: E402
+from pytest_dbleak.engine.errors import DbleakError, ServerGoneError  # noqa: E402
 from pytest_dbleak.engine.settings import Settings  # noqa: E402
 from pytest_dbleak.families.postgresql.embedded import PgServer, find_postgres, start_postgres  # noqa: E402
 from pytest_dbleak.families.postgresql.monitor import PgMonitor  # noqa: E402
@@ -48,9 +49,9 @@ def server() -> Iterator[PgServer]:
 def monitor(server: PgServer) -> Iterator[PgMonitor]:
     monitor = PgMonitor(server.endpoint, f"127.0.0.1:{server.endpoint.port}")
     monitor.claim(SESSION)
-    monitor.create_database(SESSION, PASSWORD)
+    monitor.create_database(SESSION, SESSION, PASSWORD, "%")
     yield monitor
-    monitor.drop_database(SESSION)
+    monitor.drop_database(SESSION, SESSION, "%")
     monitor.close()
 
 
@@ -81,7 +82,7 @@ def test_a_client_backend_of_the_session_role_is_in_the_snapshot_and_leaves_with
     conn = connect(server, autocommit=True)
     pid = conn.info.backend_pid
     row = monitor.snapshot().rows[pid]
-    assert (row.user, row.db, row.command) == (SESSION, SESSION, "idle")
+    assert (row.user, row.db, row.command, row.state) == (SESSION, SESSION, "Sleep", "idle")
     assert row.host.startswith("127.0.0.1:")
     assert monitor.connection_id not in monitor.snapshot().rows  # never its own
     conn.close()
@@ -95,14 +96,17 @@ def test_idle_in_transaction_says_when_it_began_and_an_aborted_one_has_no_start(
     with connect(server) as conn:
         conn.execute("SELECT 1")
         pid = conn.info.backend_pid
-        began = monitor.idle_in_transaction({pid})
+        began = monitor.transactions({pid})
         assert began.keys() == {pid}
-        assert began[pid] is not None
-        assert monitor.snapshot().rows[pid].command == "idle in transaction"
+        assert began[pid].started == monitor.snapshot().rows[pid].trx_started
+        assert monitor.snapshot().rows[pid].state == "idle in transaction"
         with pytest.raises(psycopg.errors.DivisionByZero):
             conn.execute("SELECT 1 / 0")
-        assert monitor.idle_in_transaction({pid}) == {pid: None}
-        assert monitor.snapshot().rows[pid].command == "idle in transaction (aborted)"
+        aborted = monitor.transactions({pid})[pid]
+        assert aborted.state == "idle in transaction (aborted)"
+        assert aborted.trx_id != began[pid].trx_id  # its start is gone: since it went idle
+        assert monitor.snapshot().rows[pid].trx_started is None
+        assert pid in {h.id for h in monitor.idle_in_transaction(0)}
 
 
 def test_a_statement_behind_a_forgotten_transaction_is_seen_with_its_blocker_and_cancelled(
@@ -126,10 +130,10 @@ def test_a_statement_behind_a_forgotten_transaction_is_seen_with_its_blocker_and
     (wait,) = _poll(lambda: monitor.lock_waits(0))
     assert (wait.pid, wait.blockers) == (waiter.info.backend_pid, (holder.info.backend_pid,))
     assert wait.statement == "DROP TABLE held"
-    assert monitor.cancel(wait.pid)
+    monitor.end_statement(wait.pid)
     thread.join()
     assert isinstance(failed[0], psycopg.errors.QueryCanceled)
-    assert monitor.terminate(holder.info.backend_pid)
+    monitor.end_connection(holder.info.backend_pid)
     waiter.close()
     holder.close()
 
@@ -139,16 +143,98 @@ def test_the_sweep_drops_what_a_killed_session_left_and_never_a_live_one(
 ) -> None:
     other = PgMonitor(server.endpoint, "other")
     other.claim("dbleak_gw1_d4e5f6")
-    other.create_database("dbleak_gw1_d4e5f6", "pw")
-    assert "dbleak_gw1_d4e5f6" not in monitor.sweep_orphans(keep=SESSION)  # alive
+    other.create_database("dbleak_gw1_d4e5f6", "dbleak_gw1_d4e5f6", "pw", "%")
+    assert "dbleak_gw1_d4e5f6" not in monitor.sweep_orphans()  # alive
     gone = other.connection_id
     other.close()  # the session ends without dropping anything
     # Its lock is free once its backend has exited, a few milliseconds after the close.
     _poll(lambda: gone not in monitor.snapshot().rows)
-    assert monitor.sweep_orphans(keep=SESSION) == ["dbleak_gw1_d4e5f6"]
+    # Its own session (claimed on this connection) is never swept.
+    assert monitor.sweep_orphans() == ["dbleak_gw1_d4e5f6"]
     names = {r[0] for r in monitor.query("SELECT datname FROM pg_database")}
     assert "dbleak_gw1_d4e5f6" not in names
     assert SESSION in names
+
+
+def test_a_broken_admin_connection_is_opened_again_once_and_keeps_its_session_lock(
+    server: PgServer, monitor: PgMonitor
+) -> None:
+    shared: set[int] = set()
+    first = PgMonitor(server.endpoint, "first", shared)
+    second = PgMonitor(server.endpoint, "second", shared)  # the lock watch's, say
+    first.claim("dbleak_gw2_a0b1c2")
+    gone = first.connection_id
+    assert shared == {gone, second.connection_id}
+    second.end_connection(gone)  # the server ends it: to `first`, a network blip
+    _poll(
+        lambda: (
+            gone not in second.snapshot().rows
+            and gone not in {int(r[0]) for r in second.query("SELECT pid FROM pg_stat_activity")}
+        )
+    )
+    assert first.query("SELECT 1") == [(1,)]  # a new connection, no error
+    assert first.connection_id != gone
+    assert shared == {first.connection_id, second.connection_id}
+    # The session lock came along: another connection cannot take it.
+    with pytest.raises(DbleakError, match="held by another connection"):
+        second.claim("dbleak_gw2_a0b1c2")
+    first.close()
+    second.close()
+
+
+def test_a_server_that_refuses_the_new_connection_is_gone(server: PgServer) -> None:
+    other = PgMonitor(server.endpoint, "other")
+    with other._lock:  # the test plays a broken connection and a server gone for good
+        other._conn.close()
+    other.endpoint = dataclasses.replace(server.endpoint, port=1, socket_dir=None)  # type: ignore[misc]
+    with pytest.raises(ServerGoneError, match="stopped answering"):
+        other.query("SELECT 1")
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2", "asyncpg", "pg8000"])
+def test_each_drivers_url_and_connect_kwargs_reach_the_session_database(
+    server: PgServer, monitor: PgMonitor, driver: str
+) -> None:
+    import asyncio
+    import importlib
+
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from pytest_dbleak.engine.database import Database
+
+    module = pytest.importorskip(driver)
+    db = Database(
+        SESSION, SESSION, PASSWORD, "127.0.0.1", server.endpoint.port, family="postgresql"
+    )
+    query = "SELECT current_database(), current_user"
+    if driver == "asyncpg":
+
+        async def both() -> tuple[Any, Any]:
+            engine = create_async_engine(db.url(driver))
+            async with engine.connect() as conn:
+                via_url = (await conn.execute(sa.text(query))).one()
+            await engine.dispose()
+            raw = await module.connect(**db.connect_kwargs(driver))
+            try:
+                return tuple(via_url), tuple(await raw.fetchrow(query))
+            finally:
+                await raw.close()
+
+        via_url, direct = asyncio.run(both())
+    else:
+        engine = sa.create_engine(db.url(driver))
+        with engine.connect() as conn:
+            via_url = tuple(conn.execute(sa.text(query)).one())
+        engine.dispose()
+        raw = importlib.import_module(driver).connect(**db.connect_kwargs(driver))
+        try:
+            cursor = raw.cursor()
+            cursor.execute(query)
+            direct = tuple(cursor.fetchone())
+        finally:
+            raw.close()
+    assert via_url == direct == (SESSION, SESSION)
 
 
 def _await_exit(pid: int) -> None:

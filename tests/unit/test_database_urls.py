@@ -74,3 +74,58 @@ def test_an_unknown_driver_is_one_line_naming_the_known_ones() -> None:
 
 def test_the_password_stays_out_of_the_repr() -> None:
     assert "s3cret-pw" not in repr(DB)
+
+
+PG = Database(
+    "dbleak_main_1", "dbleak_main_1", "s3cret-pw", "127.0.0.1", 40124, family="postgresql"
+)
+
+
+@pytest.mark.parametrize(
+    ("driver", "drivername", "query"),
+    [
+        ("psycopg", "postgresql+psycopg", {"sslmode": "disable"}),
+        ("psycopg2", "postgresql+psycopg2", {"sslmode": "disable"}),
+        ("asyncpg", "postgresql+asyncpg", {"ssl": "disable"}),
+        ("pg8000", "postgresql+pg8000", {}),
+    ],
+)
+def test_each_postgresql_driver_gets_its_own_url(
+    driver: str, drivername: str, query: dict[str, str]
+) -> None:
+    url = make_url(PG.url(driver))
+    assert url.drivername == drivername
+    assert dict(url.query) == query
+    assert (url.username, url.password, url.host, url.port, url.database) == (
+        "dbleak_main_1",
+        "s3cret-pw",
+        "127.0.0.1",
+        40124,
+        "dbleak_main_1",
+    )
+
+
+def test_a_postgresql_database_defaults_to_psycopg_and_refuses_a_mysql_driver() -> None:
+    assert make_url(PG.url()).drivername == "postgresql+psycopg"
+    assert PG.connect_kwargs()["dbname"] == "dbleak_main_1"
+    assert "charset" not in PG.connect_kwargs()
+    with pytest.raises(DbleakError, match=r"unknown driver 'pymysql'; one of: psycopg, "):
+        PG.url("pymysql")
+    with pytest.raises(DbleakError, match=r"\(the MySQL drivers\)"):
+        DB.url("psycopg")
+
+
+def test_postgresql_connect_kwargs_are_each_drivers_own() -> None:
+    assert PG.connect_kwargs("asyncpg") == {
+        "host": "127.0.0.1",
+        "port": 40124,
+        "user": "dbleak_main_1",
+        "password": "s3cret-pw",
+        "database": "dbleak_main_1",
+        "ssl": "disable",
+    }
+    assert PG.connect_kwargs("pg8000")["database"] == "dbleak_main_1"
+    assert PG.connect_kwargs("psycopg2")["sslmode"] == "disable"
+    remote = Database("d", "u", "p", "db.example", 5432, local=False, family="postgresql")
+    assert "sslmode" not in remote.connect_kwargs()
+    assert dict(make_url(remote.url("postgresql+asyncpg")).query) == {}

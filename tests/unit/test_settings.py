@@ -204,3 +204,30 @@ def test_reuse_is_off_by_default_and_set_from_the_cli_env_or_ini() -> None:
     assert settings(env={"DBLEAK_REUSE_IDLE": "30"}).reuse_idle == 30.0
     with pytest.raises(DbleakError, match="DBLEAK_REUSE_IDLE"):
         settings(env={"DBLEAK_REUSE_IDLE": "0"})
+
+
+def test_the_postgresql_options_come_from_each_source_like_the_mysql_ones() -> None:
+    assert (Settings().postgres, Settings().postgresql_url, Settings().postgresql_image) == (
+        None,
+        None,
+        "postgres:17",
+    )
+    flags = {spec.name: spec.flag for spec in OPTIONS}
+    assert (flags["postgres"], flags["postgresql_url"], flags["postgresql_image"]) == (
+        "--dbleak-postgres",
+        "--dbleak-postgresql-url",
+        "--dbleak-postgresql-image",
+    )
+    s = settings(
+        cli={"dbleak_postgresql_url": " postgresql://u:p@h:5432/db "},
+        env={"DBLEAK_POSTGRES": "/opt/pg/bin/postgres", "DBLEAK_POSTGRESQL_IMAGE": "postgres:16"},
+        ini={"dbleak_postgres": "/ini/postgres", "dbleak_postgresql_image": "postgres:15"},
+    )
+    assert (s.postgresql_url, s.postgres, s.postgresql_image) == (
+        "postgresql://u:p@h:5432/db",
+        "/opt/pg/bin/postgres",
+        "postgres:16",
+    )
+    assert settings(ini={"dbleak_postgresql_image": "postgres:15"}).postgresql_image == (
+        "postgres:15"
+    )

@@ -59,28 +59,57 @@ _UNPRIVILEGED = "nobody"
 
 @dataclass(frozen=True)
 class PgEndpoint:
-    """How to reach a PostgreSQL server as its administrator."""
+    """How to reach a PostgreSQL server as its administrator (the seam's ``Endpoint``)."""
 
     host: str
     port: int
     user: str
     password: str = field(repr=False)
-    socket_dir: str | None = None
+    socket_dir: str | None = None  # libpq's host for a unix socket is its folder
+    database: str = "postgres"  # the administrator's own database
+    sslmode: str | None = None  # as the admin URL asked; else none to this machine
 
-    def connect(self, *, dbname: str = "postgres", timeout: float = 5.0) -> Any:
+    @property
+    def unix_socket(self) -> str | None:
+        """The socket's folder: what a libpq client gives as ``host`` to use it."""
+        return self.socket_dir
+
+    @property
+    def is_local(self) -> bool:
+        return self.socket_dir is not None or self.host in ("127.0.0.1", "localhost", "::1")
+
+    def connect(
+        self,
+        *,
+        dbname: str | None = None,
+        timeout: float = 5.0,
+        read_timeout: float = 30,
+        lock_timeout: float | None = None,
+    ) -> Any:
         """An autocommit psycopg connection: a snapshot read inside a transaction would be
-        frozen at its first statement."""
+        frozen at its first statement.
+
+        libpq has no read timeout: `read_timeout` bounds each statement on the server
+        instead (``statement_timeout``), so a hung statement of ours still ends.
+        `lock_timeout`: how long our own statements may wait on a lock.
+        """
         import psycopg  # on first use: a run that never needs PostgreSQL does not pay it
 
-        host = self.socket_dir or self.host
+        options = f"-c statement_timeout={max(1, round(read_timeout * 1000))}"
+        if lock_timeout is not None:
+            options += f" -c lock_timeout={max(1, round(lock_timeout * 1000))}"
         return psycopg.connect(
-            host=host,
+            host=self.socket_dir or self.host,
             port=self.port,
             user=self.user,
-            password=self.password if self.socket_dir is None else None,
-            dbname=dbname,
+            # Over the session's own socket the role logs in without one (trust).
+            password=self.password or None,
+            dbname=dbname or self.database,
             autocommit=True,
             connect_timeout=max(1, round(timeout)),
+            options=options,
+            # TLS to a server on this machine buys nothing and costs a handshake.
+            sslmode=self.sslmode or ("disable" if self.is_local else "prefer"),
         )
 
 
