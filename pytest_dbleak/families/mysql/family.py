@@ -8,6 +8,7 @@ everything the backend started.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -209,13 +210,8 @@ class MySQLFamily:
         return Endpoint(**fields)
 
     def endpoint_fields(self, endpoint: Any) -> dict[str, Any]:
-        return {
-            "host": endpoint.host,
-            "port": endpoint.port,
-            "user": endpoint.user,
-            "password": endpoint.password,
-            "unix_socket": endpoint.unix_socket,
-        }
+        assert isinstance(endpoint, Endpoint)
+        return dataclasses.asdict(endpoint)
 
     def monitor(self, running: RunningServer, own_ids: set[int] | None = None) -> Monitor:
         assert isinstance(running.endpoint, Endpoint), "a MySQL server has a MySQL endpoint"

@@ -8,6 +8,7 @@ everything the backend started.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from pytest_dbleak.engine.database import Database
@@ -164,15 +165,8 @@ class PgFamily:
         return PgEndpoint(**fields)
 
     def endpoint_fields(self, endpoint: Any) -> dict[str, Any]:
-        return {
-            "host": endpoint.host,
-            "port": endpoint.port,
-            "user": endpoint.user,
-            "password": endpoint.password,
-            "socket_dir": endpoint.socket_dir,
-            "database": endpoint.database,
-            "sslmode": endpoint.sslmode,
-        }
+        assert isinstance(endpoint, PgEndpoint)
+        return dataclasses.asdict(endpoint)
 
     def monitor(self, running: RunningServer, own_ids: set[int] | None = None) -> PgMonitor:
         assert isinstance(running.endpoint, PgEndpoint), "a PostgreSQL server has a PgEndpoint"
