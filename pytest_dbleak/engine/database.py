@@ -104,7 +104,7 @@ class Database:
             password=self.password,
             host=self.host,
             port=self.port,
-            database=self.name,
+            database=self.name or None,  # "": the server, no database (an admin URL)
             query=query,
         ).render_as_string(hide_password=False)
 

@@ -152,15 +152,7 @@ def _one_line(exc: BaseException) -> str:
 
 def describe(server: RunningServer, version: str) -> ServerInfo:
     ep = server.endpoint
-    from sqlalchemy.engine import URL
-
-    admin = URL.create(
-        "mysql+pymysql",
-        username=ep.user,
-        password=ep.password,
-        host=ep.host,
-        port=ep.port,
-    ).render_as_string(hide_password=False)
+    admin = Database("", ep.user, ep.password, ep.host, ep.port, local=ep.is_local).url()
     return ServerInfo(server.backend, ep.host, ep.port, ep.unix_socket, version, admin)
 
 

@@ -115,16 +115,10 @@ def launch(settings: Settings, redactor: Redactor) -> Launch:
 
 def describe(server: RunningServer, version: str) -> ServerInfo:
     ep = server.endpoint
-    from sqlalchemy.engine import URL
-
-    admin = URL.create(
-        "postgresql+psycopg",
-        username=ep.user,
-        password=ep.password,
-        host=ep.host,
-        port=ep.port,
-        database=getattr(ep, "database", "postgres"),
-    ).render_as_string(hide_password=False)
+    name = getattr(ep, "database", "postgres")
+    admin = Database(
+        name, ep.user, ep.password, ep.host, ep.port, local=ep.is_local, family="postgresql"
+    ).url()
     return ServerInfo(server.backend, ep.host, ep.port, ep.unix_socket, version, admin)
 
 
