@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pymysql
 import pytest
@@ -22,6 +23,19 @@ def _local_mysql_reachable() -> bool:
     except pymysql.err.Error:
         return False
     return True
+
+
+ACCEPTANCE = Path(__file__).parent / "tests" / "acceptance"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that runs an inner pytest is marked ``pytester``, so that
+    ``-m "not pytester"`` is the quick loop: those using the pytester fixture (directly or
+    through another fixture), and every acceptance test - some run their inner pytest
+    through a module-scoped fixture or ``subprocess`` instead, and are as slow."""
+    for item in items:
+        if "pytester" in getattr(item, "fixturenames", ()) or item.path.is_relative_to(ACCEPTANCE):
+            item.add_marker(pytest.mark.pytester)
 
 
 @pytest.fixture(autouse=True)

@@ -24,7 +24,28 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pytest_dbleak.engine.driver_pools import (
+    POOLS,
+    DriverPoolMisfit,
+    OnPool,
+    PoolTarget,
+    handed_out_by,
+    pool_connections,
+)
 from pytest_dbleak.engine.stacks import Frame, capture_stack
+
+# The drivers' own pools live in driver_pools; named here too, where callers find them.
+__all__ = [
+    "DriverPoolMisfit",
+    "DriverTracer",
+    "OnPool",
+    "PoolTarget",
+    "handed_out_by",
+    "in_transaction",
+    "is_real_connection",
+    "pool_connections",
+    "server_thread_id",
+]
 
 log = logging.getLogger(__name__)
 
@@ -230,80 +251,6 @@ _HANDOUTS = (
 )
 
 
-@dataclass(frozen=True)
-class PoolTarget:
-    """A driver's own pool class: its creation is recorded, and its connections are read
-    from its attributes when a test is judged (idle ones are the pool's, not leaks)."""
-
-    package: str
-    module: str
-    cls: str
-    idle: str  # attribute path of the idle connections
-    used: str | None  # of those handed out; None: known from the handouts (see used_of)
-    checked_on: str
-
-
-_POOLS = (
-    PoolTarget("aiomysql", "aiomysql.pool", "Pool", "_free", "_used", "aiomysql 0.3.2"),
-    PoolTarget("asyncmy", "asyncmy.pool", "Pool", "_free", "_used", "asyncmy 0.2.18"),
-    PoolTarget(
-        "mysql.connector",
-        "mysql.connector.pooling",
-        "MySQLConnectionPool",
-        "_cnx_queue.queue",
-        None,
-        "mysql-connector-python 26.10.0",
-    ),
-    PoolTarget(
-        "mariadb",
-        "mariadb.connectionpool",
-        "ConnectionPool",
-        "_connections_free",
-        "_connections_used",
-        "mariadb 1.1.14",
-    ),
-)
-
-OnPool = Callable[[Any, "PoolTarget", tuple[Frame, ...]], None]
-
-
-def _attr(obj: Any, path: str) -> Any:
-    for name in path.split("."):
-        obj = getattr(obj, name)
-    return obj
-
-
-def pool_connections(pool: Any, target: PoolTarget) -> tuple[list[Any], list[Any] | None]:
-    """(idle, handed out) connections of a driver's pool; handed out is None when the pool
-    does not list them (mysql-connector: its handouts say). Empty once the pool closed.
-
-    Raises DriverPoolMisfit when the attributes are not there any more."""
-    try:
-        idle = _attr(pool, target.idle)
-        used = _attr(pool, target.used) if target.used is not None else None
-    except AttributeError as exc:
-        raise DriverPoolMisfit(
-            f"{target.module}.{target.cls} has no {exc.name or target.idle} "
-            f"(checked on {target.checked_on})"
-        ) from None
-    return list(idle or ()), (list(used or ()) if target.used is not None else None)
-
-
-class DriverPoolMisfit(RuntimeError):
-    pass
-
-
-def handed_out_by(pool: Any, handouts: list[Any]) -> list[Any]:
-    """The connections `pool` handed out that were not given back, from the handouts
-    (mysql-connector's PooledMySQLConnection: ``_cnx_pool``, ``_cnx`` is None once
-    closed; checked on mysql-connector-python 26.10.0)."""
-    return [
-        cnx
-        for h in handouts
-        if getattr(h, "_cnx_pool", None) is pool and (cnx := getattr(h, "_cnx", None)) is not None
-    ]
-
-
 class DriverTracer:
     """Wraps the connect and close of every imported driver; restore() undoes it."""
 
@@ -323,7 +270,7 @@ class DriverTracer:
         self._patches: list[tuple[type, str, Any, Any]] = []  # cls, name, original, ours
 
     def trace_imported(self) -> None:
-        if len(self._done) == len(_TARGETS) + len(_HANDOUTS) + len(_POOLS):
+        if len(self._done) == len(_TARGETS) + len(_HANDOUTS) + len(POOLS):
             return
         self._trace_handouts()
         self._trace_pools()
@@ -386,7 +333,7 @@ class DriverTracer:
         on_pool = self._on_pool
         if on_pool is None:
             return
-        for target in _POOLS:
+        for target in POOLS:
             key = f"{target.module}.{target.cls}.__init__"
             if key in self._done or target.package not in sys.modules:
                 continue

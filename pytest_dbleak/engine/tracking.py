@@ -4,7 +4,8 @@ Pool events are listened to on the ``Pool`` class, so every pool class is covere
 including NullPool and StaticPool which keep no ``checkedout()`` counter; each pool's
 ``connect`` event is listened to on the pool itself, so that the listener knows its pool.
 The SQLAlchemy internals this needs live in ``_sqla_seam``; raw driver connections are
-traced by ``drivers``. Everything is stamped with a global sequence number, so that a
+traced by ``drivers`` and recorded in ``raw_connections``; what is recorded is in
+``records``. Everything is stamped with a global sequence number, so that a
 *window* (a test, or an ``assert_no_leaks()`` block) is just "what happened since
 sequence N".
 
@@ -14,12 +15,10 @@ No pytest import: this module only knows SQLAlchemy and the DBAPI drivers.
 from __future__ import annotations
 
 import itertools
-import logging
 import threading
 import weakref
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.pool import Pool
@@ -28,130 +27,37 @@ from pytest_dbleak.engine import _sqla_seam as seam
 from pytest_dbleak.engine.children import CONNECT, FORK_SHARED, Children
 from pytest_dbleak.engine.drivers import (
     DriverTracer,
-    PoolTarget,
     in_transaction,
     is_real_connection,
     server_thread_id,
 )
+from pytest_dbleak.engine.instrumentation import Instrumentation
+from pytest_dbleak.engine.raw_connections import RawConnections
+from pytest_dbleak.engine.records import (
+    Checkout,
+    ConnState,
+    DriverPoolState,
+    GcReturn,
+    Opened,
+    PoolState,
+)
 from pytest_dbleak.engine.stacks import Frame, capture_stack
 from pytest_dbleak.engine.threads import ThreadStarts
 
-__all__ = ["ConnState", "Frame", "PoolState", "Tracker", "capture_stack", "server_thread_id"]
-
-log = logging.getLogger(__name__)
-
-
-@dataclass(eq=False)
-class PoolState:
-    """What the tracker knows of one pool (one engine)."""
-
-    serial: int
-    created_seq: int  # -1: the pool existed before tracking started
-    owned: bool  # created while a fixture of wider scope was being set up
-    stack: tuple[Frame, ...]
-    pool_class: str
-    ref: Callable[[], Pool | None]
-    thread: str = ""
-    open: dict[int, ConnState] = field(default_factory=dict)
-    # When the tracker saw this pool object: Tracker.pools is in this order. Not the same
-    # as created_seq, which a pool recreated by Engine.dispose() inherits from its engine.
-    registered_seq: int = -1
-    listener: Callable[..., None] = field(default=lambda *a: None, repr=False)
-    origin: PoolState | None = None  # the pool that recreate() built this one from
-    late_for: str | None = None  # created by a thread that outlived this test's window
-
-    @property
-    def alive(self) -> bool:
-        return self.ref() is not None
-
-    @property
-    def resets_on_return(self) -> bool:
-        pool = self.ref()
-        return pool is None or seam.resets_on_return(pool)
+# The records live in records.py; named here too, where the detector has always found them.
+__all__ = [
+    "Checkout",
+    "ConnState",
+    "Frame",
+    "Opened",
+    "PoolState",
+    "Tracker",
+    "capture_stack",
+    "server_thread_id",
+]
 
 
-@dataclass(eq=False)
-class Checkout:
-    seq: int
-    stack: tuple[Frame, ...]
-    thread: str
-    owned: bool
-    fairy: Callable[[], Any] | None  # weak reference to the pool's connection proxy
-    late_for: str | None = None  # taken by a thread that outlived this test's window
-
-
-@dataclass(eq=False)
-class ConnState:
-    """One DBAPI connection opened by a tracked pool."""
-
-    serial: int
-    pool: PoolState
-    thread_id: int | None
-    created_seq: int
-    owned: bool
-    stack: tuple[Frame, ...]
-    ref: Callable[[], Any] | None
-    checkout: Checkout | None = None
-    last_checkout: Checkout | None = None
-    checkin_seq: int = -1
-    in_trx: bool = False
-    detached: bool = False
-    # A connection of a real driver (or SQLite): only these hold a resource. A Mock or a
-    # test suite's fake DBAPI never counts as a leak.
-    real: bool = True
-    # Given back to a pool that does not reset it, with no transaction the driver knows
-    # of: whether an implicit one is open is asked of the server when judging.
-    ask_trx: bool = False
-
-    @property
-    def collected(self) -> bool:
-        """The DBAPI connection was reclaimed by the garbage collector, never closed."""
-        return self.ref is not None and self.ref() is None
-
-
-@dataclass(frozen=True)
-class Opened:
-    """Where a driver connection was opened: names the site of a connection no pool owns."""
-
-    seq: int
-    stack: tuple[Frame, ...]
-    thread: str
-    # A weak reference to the driver's connection, where it takes one: whether its holder
-    # is gone (see Detector.reclaim).
-    ref: Callable[[], Any] | None = field(default=None, compare=False)
-    late_for: str | None = None  # opened by a thread that outlived this test's window
-
-
-_OPENED_LIMIT = 10_000
-
-
-@dataclass(eq=False)
-class DriverPoolState:
-    """A driver's own pool (aiomysql, asyncmy, mysql-connector, MariaDB Connector)."""
-
-    seq: int
-    owned: bool  # created while a wider-scoped fixture was being set up
-    stack: tuple[Frame, ...]
-    thread: str
-    ref: Callable[[], Any]
-    target: PoolTarget
-    late_for: str | None = None
-
-    @property
-    def kind(self) -> str:
-        return f"{self.target.package} {self.target.cls}"
-
-
-@dataclass(frozen=True)
-class GcReturn:
-    """A checked-out connection given back by the garbage collector, not by close()."""
-
-    seq: int
-    checkout: Checkout
-    conn: ConnState
-
-
-class Tracker:
+class Tracker(Instrumentation):
     """Owns the event listeners and the per-process record of pools and connections."""
 
     def __init__(self) -> None:
@@ -167,14 +73,15 @@ class Tracker:
         self.states: weakref.WeakKeyDictionary[Pool, PoolState] = weakref.WeakKeyDictionary()
         self.gc_returns: deque[GcReturn] = deque(maxlen=10_000)
         self.closed_thread_ids: deque[tuple[int, int]] = deque(maxlen=10_000)  # (seq, id)
-        self.opened: OrderedDict[int, Opened] = OrderedDict()  # server thread id -> site
-        self.handed_out: OrderedDict[int, Opened] = OrderedDict()  # by a driver's own pool
-        self.driver_pools: list[DriverPoolState] = []
+        # Raw driver connections and drivers' own pools: what SQLAlchemy's events miss.
+        self.raw = RawConnections(
+            self.tick, lambda: self.threads.blamed(), lambda: self.owner_active
+        )
         self.drivers = DriverTracer(
             self._on_driver_connect,
             self._on_driver_close,
-            self._on_driver_handout,
-            self._on_driver_pool,
+            self.raw.handout,
+            self.raw.pool_created,
         )
         self._owner_depth = 0
         self._unknown_pool: PoolState | None = None
@@ -200,40 +107,6 @@ class Tracker:
         self.verify()
         return self.tick() + 1
 
-    def verify(self) -> bool:
-        """Put back whatever of the instrumentation somebody removed or replaced since the
-        last look (``Pool.dispatch._clear()``, ``Engine.dispatch._clear()``,
-        ``event.remove``, a monkeypatch undone); True when something was missing. Then
-        ``lost_seq`` says from when events can be trusted again. Microseconds: runs
-        before every check. Nothing listens on the Engine class (see _sqla_seam), so
-        ``Engine.dispatch._clear()`` takes nothing.
-
-        Raises SeamError when somebody put their own ``Pool.__new__`` in place of ours
-        (one line naming it): no pool created from then on would be seen.
-        """
-        if not self.installed:
-            return False
-        missing = []
-        if not seam.pool_creation_seen(self._on_pool_created):
-            foreign = seam.foreign_pool_new()
-            if foreign is not None:
-                raise seam.misfit(f"Pool.__new__ was replaced by {foreign}")
-            seam.on_pool_created(self._on_pool_created)
-            missing.append("Pool.__new__")
-        for name in seam.CLASS_EVENTS:
-            listener = getattr(self, f"_on_{name}")
-            if not seam.has_pool_class(name, listener):
-                seam.listen_pool_class(name, listener)
-                missing.append(f"Pool {name} listener")
-        missing += self.drivers.verify()
-        if not missing:
-            return False
-        with self._lock:
-            self.lost_seq = self.tick()
-            self.lost = missing
-        log.info("dbleak: put back instrumentation somebody removed: %s", ", ".join(missing))
-        return True
-
     @property
     def owner_active(self) -> bool:
         return self._owner_depth > 0
@@ -247,53 +120,10 @@ class Tracker:
         with self._lock:
             self._owner_depth = max(0, self._owner_depth - 1)
 
-    # -- installation ----------------------------------------------------------
-    def install(self) -> None:
-        """Listen to SQLAlchemy and the drivers; prove that the events arrive.
-
-        Raises SeamError (a DbleakError, one line naming the versions) when an internal
-        the tracker relies on is missing or behaves differently.
-        """
-        if self.installed:
-            return
-        seam.on_pool_created(self._on_pool_created)
-        for name in seam.CLASS_EVENTS:
-            seam.listen_pool_class(name, getattr(self, f"_on_{name}"))
-        self.installed = True
-        try:
-            seam.prove(self)
-        except seam.SeamError:
-            self.uninstall()
-            raise
-        except Exception as exc:  # noqa: BLE001 - whatever broke, the run must stop on it
-            self.uninstall()
-            raise seam.misfit(
-                f"a throw-away pool failed: {type(exc).__name__}: {exc}".splitlines()[0]
-            ) from None
-        self.drivers.trace_imported()
-        self.children.install(lambda: self.seq)
-        self.threads.install()
-
-    def uninstall(self) -> None:
-        if not self.installed:
-            return
-        # Each removal tolerates a listener the suite took away already.
-        for name in seam.CLASS_EVENTS:
-            seam.remove_pool_class(name, getattr(self, f"_on_{name}"))
-        seam.remove_pool_created(self._on_pool_created)
-        for pool, state in list(self.states.items()):
-            try:
-                seam.remove_connect(pool, state.listener)
-            except Exception as exc:  # noqa: BLE001 - a pool in any state must not stop the end
-                log.debug("dbleak: connect listener of %r: %s", pool, exc)
-        self.drivers.restore()
-        self.children.uninstall()
-        self.threads.uninstall()
-        self.installed = False
-
     def _after_fork_in_child(self) -> None:
         # Another thread may have held the lock at the fork: it would never be released.
         self._lock = threading.RLock()
+        self.raw.after_fork_in_child()
 
     # -- pools -----------------------------------------------------------------
     def _on_pool_created(self, pool: Pool, recreated_from: Any) -> None:
@@ -528,64 +358,24 @@ class Tracker:
         self._forget(dbapi_connection)
 
     def _on_driver_connect(self, dbapi_connection: Any, stack: tuple[Frame, ...]) -> None:
-        ident = server_thread_id(dbapi_connection)
-        if ident is None:
-            return
-        try:
-            ref: Callable[[], Any] | None = weakref.ref(dbapi_connection)
-        except TypeError:
-            ref = None
-        with self._lock:
-            self.opened[ident] = Opened(
-                self.tick(), stack, threading.current_thread().name, ref, self.threads.blamed()
-            )
-            while len(self.opened) > _OPENED_LIMIT:
-                self.opened.popitem(last=False)
-        if self.children.in_child:
+        ident = self.raw.connected(dbapi_connection, stack)
+        if ident is not None and self.children.in_child:
             self.children.report(CONNECT, ident, stack)
 
-    def _on_driver_handout(self, pooled: Any, stack: tuple[Frame, ...]) -> None:
-        ident = server_thread_id(pooled)
-        if ident is None:
-            return
-        try:
-            ref: Callable[[], Any] | None = weakref.ref(pooled)
-        except TypeError:
-            ref = None
-        with self._lock:
-            self.handed_out[ident] = Opened(
-                self.tick(), stack, threading.current_thread().name, ref, self.threads.blamed()
-            )
-            self.handed_out.move_to_end(ident)
-            while len(self.handed_out) > _OPENED_LIMIT:
-                self.handed_out.popitem(last=False)
-
-    def _on_driver_pool(self, pool: Any, target: PoolTarget, stack: tuple[Frame, ...]) -> None:
-        state = DriverPoolState(
-            self.tick(),
-            self.owner_active,
-            stack,
-            threading.current_thread().name,
-            weakref.ref(pool),
-            target,
-            self.threads.blamed(),
-        )
-        with self._lock:
-            self.driver_pools = [p for p in self.driver_pools if p.ref() is not None]
-            self.driver_pools.append(state)
+    @property
+    def driver_pools(self) -> list[DriverPoolState]:
+        """Drivers' own pools still alive (or not yet pruned), in creation order."""
+        return self.raw.pools
 
     def handed_out_objects(self) -> list[Any]:
         """What drivers' pools handed out and is still referenced (their wrappers)."""
-        with self._lock:
-            refs = [h.ref for h in self.handed_out.values() if h.ref is not None]
-        return [obj for ref in refs if (obj := ref()) is not None]
+        return self.raw.handed_out_objects()
 
     def _on_driver_close(self, ident: int | None) -> None:
         if ident is None:
             return
+        self.raw.closed(ident)
         with self._lock:
-            self.opened.pop(ident, None)
-            self.handed_out.pop(ident, None)
             self.closed_thread_ids.append((self.tick(), ident))
             conn = self.by_thread_id.get(ident)
         if conn is not None and conn.detached and conn.ref is not None:
@@ -621,14 +411,11 @@ class Tracker:
 
     def opened_at(self, ident: int) -> Opened | None:
         """Where the driver connection with server thread id `ident` was opened, if seen."""
-        with self._lock:
-            return self.opened.get(ident)
+        return self.raw.opened_at(ident)
 
     def handed_out_since(self, ident: int, seq: int) -> Opened | None:
         """Where a driver's own pool last handed out connection `ident`, if since `seq`."""
-        with self._lock:
-            handout = self.handed_out.get(ident)
-        return handout if handout is not None and handout.seq >= seq else None
+        return self.raw.handed_out_since(ident, seq)
 
     def closed_since(self, seq: int) -> set[int]:
         with self._lock:

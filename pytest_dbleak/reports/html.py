@@ -25,7 +25,7 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,19 @@ from typing import Any
 from pytest_dbleak.engine.files import write_atomic
 from pytest_dbleak.engine.results import KIND_TITLES, KINDS, CheckResult, Leak, Site
 from pytest_dbleak.reports import reporting
+from pytest_dbleak.reports.chart import (
+    HEIGHT,
+    LANE_Y,
+    LEFT,
+    PLOT_H,
+    PLOT_W,
+    TOP,
+    WIDTH,
+    nice_ceiling,
+    nice_step,
+    rounded,
+    series_points,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +65,8 @@ STATUS_TITLES = {
 
 PROCESS_COLUMNS = ("id", "user", "host", "db", "command", "time", "state", "trx_started")
 
-# Geometry of the chart in SVG user units; the SVG scales to the page width.
-WIDTH, HEIGHT = 1200, 320
-LEFT, RIGHT, TOP, BOTTOM = 56, 16, 40, 44
-PLOT_W = WIDTH - LEFT - RIGHT
-PLOT_H = HEIGHT - TOP - BOTTOM
-LANE_Y = 18  # the row of leak markers above the plot
-
 # Meta keys that must never reach the page, whatever a caller puts in meta.
 _SECRET_KEY = re.compile(r"pass(word|wd)?|secret", re.IGNORECASE)
-
-Point = tuple[float, float]
 
 
 def status(result: CheckResult) -> str:
@@ -232,7 +236,7 @@ def _timeline(results: list[CheckResult], esc: _Escaper) -> str:
     n = len(results)
     server = [r.after.server_connections for r in results]
     checked = [r.after.checked_out for r in results]
-    top = _nice_ceiling(max([*server, *checked, 1]))
+    top = nice_ceiling(max([*server, *checked, 1]))
 
     def y_of(value: float) -> float:
         return TOP + PLOT_H - PLOT_H * min(value, top) / top
@@ -244,9 +248,9 @@ def _timeline(results: list[CheckResult], esc: _Escaper) -> str:
         f"<title>Connections after each test ({n} tests)</title>",
         f'<rect class="plot" x="{LEFT}" y="{TOP}" width="{PLOT_W}" height="{PLOT_H}"/>',
     ]
-    ystep = _nice_step(top, 5)
+    ystep = nice_step(top, 5)
     for value in range(0, top + 1, ystep):
-        y = _r(y_of(value))
+        y = rounded(y_of(value))
         parts.append(f'<line class="grid" x1="{LEFT}" y1="{y}" x2="{LEFT + PLOT_W}" y2="{y}"/>')
         parts.append(f'<text class="tick y" x="{LEFT - 8}" y="{y}">{value}</text>')
     parts.append(
@@ -261,9 +265,9 @@ def _timeline(results: list[CheckResult], esc: _Escaper) -> str:
             "no tests were checked</text>"
         )
     else:
-        xstep = _nice_step(n, 8)
+        xstep = nice_step(n, 8)
         for index in range(xstep, n + 1, xstep):  # 1-based test numbers
-            x = _r(LEFT + (index - 0.5) * PLOT_W / n)
+            x = rounded(LEFT + (index - 0.5) * PLOT_W / n)
             parts.append(
                 f'<line class="xtick" x1="{x}" y1="{TOP + PLOT_H}" x2="{x}" '
                 f'y2="{TOP + PLOT_H + 5}"/>'
@@ -278,7 +282,7 @@ def _timeline(results: list[CheckResult], esc: _Escaper) -> str:
             "test # (run order)</text>"
         )
         for cls, values in (("series-server", server), ("series-checked-out", checked)):
-            points = " ".join(f"{x:g},{y:g}" for x, y in _series_points(values, y_of))
+            points = " ".join(f"{x:g},{y:g}" for x, y in series_points(values, y_of))
             parts.append(f'<polyline class="series {cls}" points="{points}"/>')
         parts.extend(_markers(results, y_of, esc))
         parts.append(
@@ -339,9 +343,9 @@ def _markers(
         state = status(result)
         if state == CLEAN:
             continue
-        x = _r(LEFT + (index - 0.5) * PLOT_W / n)
+        x = rounded(LEFT + (index - 0.5) * PLOT_W / n)
         tip = f"#{index} {result.nodeid}\n{STATUS_TITLES[state]}: {_headline(result)}"
-        y = _r(y_of(result.after.server_connections))
+        y = rounded(y_of(result.after.server_connections))
         out.append(
             f'<a class="leak-marker {state}" href="#leak-{index}" '
             f'data-nodeid="{esc(result.nodeid)}" data-index="{index}"><title>{esc(tip)}</title>'
@@ -352,70 +356,9 @@ def _markers(
     return out
 
 
-def _series_points(values: Sequence[int], y_of: Callable[[float], float]) -> list[Point]:
-    """A step line: each test's value holds across its slot of the x axis.
-
-    With more tests than pixel columns, each column keeps its first, lowest, highest and
-    last value: the line looks the same as the full one, at a bounded number of points.
-    """
-    n = len(values)
-    points: list[Point] = []
-    if n <= PLOT_W:
-        width = PLOT_W / n
-        for i, value in enumerate(values):
-            y = y_of(value)
-            points += [(LEFT + i * width, y), (LEFT + (i + 1) * width, y)]
-    else:
-        for col in range(PLOT_W):
-            chunk = values[col * n // PLOT_W : (col + 1) * n // PLOT_W]
-            x0, x1 = LEFT + col, LEFT + col + 1
-            for value in (chunk[0], min(chunk), max(chunk), chunk[-1]):
-                points.append((x0, y_of(value)))
-            points.append((x1, y_of(chunk[-1])))
-    return _simplify([(_r(x), _r(y)) for x, y in points])
-
-
-def _simplify(points: Iterable[Point]) -> list[Point]:
-    """Drop repeated points and points in the middle of a straight horizontal or vertical
-    run: a flat stretch of 10,000 clean tests becomes two points."""
-    out: list[Point] = []
-    for p in points:
-        if out and p == out[-1]:
-            continue
-        if len(out) >= 2:
-            a, b = out[-2], out[-1]
-            flat = a[1] == b[1] == p[1] and min(a[0], p[0]) <= b[0] <= max(a[0], p[0])
-            upright = a[0] == b[0] == p[0] and min(a[1], p[1]) <= b[1] <= max(a[1], p[1])
-            if flat or upright:
-                out[-1] = p
-                continue
-        out.append(p)
-    return out
-
-
-def _nice_step(span: int, ticks: int) -> int:
-    """1, 2, 5, 10, 20, 50...: the smallest such step that gives at most `ticks` ticks."""
-    magnitude = 1
-    while True:
-        for factor in (1, 2, 5):
-            step = factor * magnitude
-            if span / step <= ticks:
-                return step
-        magnitude *= 10
-
-
-def _nice_ceiling(value: int) -> int:
-    step = _nice_step(value, 5)
-    return -(-value // step) * step
-
-
 def _headline(result: CheckResult) -> str:
     """'2 connections leaked (2 checked_out) at app/db.py:42': the terminal's headline."""
     return reporting.headline(result).removeprefix("dbleak: ")
-
-
-def _r(value: float) -> float:
-    return round(value, 1)
 
 
 # -- leaks ---------------------------------------------------------------------------------

@@ -185,7 +185,8 @@ def test_a_statement_stuck_behind_a_leaked_transaction_is_interrupted_and_named(
         timeout=120,
     )
     result.assert_outcomes(passed=1, errors=1)
-    assert result.duration < 60
+    # Interrupted by the lock watch (1317 below), not ended by the server's own lock wait
+    # timeout (1205, after innodb_lock_wait_timeout): the error code says so, no clock.
     waits = line_of(STUCK, "# WAITS")
     block = failure_of(result, "test_leaves_a_session_open")
     block.fnmatch_lines(

@@ -290,7 +290,9 @@ def test_the_window_holds_xunit_and_unittest_teardowns_and_leaves_out_wider_ones
         "test_leaky_closed_by_teardown_class",
         "test_leaky_closed_by_teardown_module",
     ]
-    assert all(v == ("passed", (), None) for n, v in full.items() if "clean" in n), full
+    clean = {n: v for n, v in full.items() if "clean" in n}
+    assert clean, full
+    assert all(v == ("passed", (), None) for v in clean.values()), full
     for nodeid in full:
         assert verdicts(run(pytester, args, nodeid, report="one.json")) == {nodeid: full[nodeid]}, (
             nodeid

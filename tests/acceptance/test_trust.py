@@ -228,7 +228,8 @@ def test_a_leaked_lock_never_makes_the_plugins_teardown_hang(
     pytester: pytest.Pytester, local_mysql_url: str
 ) -> None:
     pytester.makepyfile(test_lock=LEAKED_LOCK)
-    started = time.monotonic()
+    # A teardown that hangs on the lock never ends: the subprocess timeout fails the test
+    # (DROP DATABASE would wait lock_wait_timeout, a day by default).
     result = pytester.runpytest_subprocess(
         "--dbleak",
         "--dbleak-backend=url",
@@ -238,7 +239,6 @@ def test_a_leaked_lock_never_makes_the_plugins_teardown_hang(
         timeout=120,
     )
     result.assert_outcomes(failed=1)
-    assert time.monotonic() - started < 60
     database = json.loads((pytester.path / "r.json").read_text())["tests"][0]["leaks"][0][
         "processlist"
     ][0]["db"]

@@ -22,6 +22,7 @@ from pytest_dbleak.engine.results import (
     Leak,
     Site,
 )
+from pytest_dbleak.reports import chart
 from pytest_dbleak.reports import html as hr
 
 SECRET = "s3cr3t&<pw>"  # HTML-special characters: must be redacted before escaping
@@ -418,7 +419,7 @@ def test_twenty_thousand_tests_stay_small_and_keep_spikes() -> None:
 
 
 def test_simplify_drops_only_points_inside_straight_runs() -> None:
-    assert hr._simplify([(0, 5), (1, 5), (2, 5), (2, 5), (2, 9), (2, 1), (2, 7), (3, 7)]) == [
+    assert chart.simplify([(0, 5), (1, 5), (2, 5), (2, 5), (2, 9), (2, 1), (2, 7), (3, 7)]) == [
         (0, 5),
         (2, 5),
         (2, 9),
@@ -440,7 +441,7 @@ def test_simplify_drops_only_points_inside_straight_runs() -> None:
     ],
 )
 def test_nice_step(span: int, ticks: int, step: int) -> None:
-    assert hr._nice_step(span, ticks) == step
+    assert chart.nice_step(span, ticks) == step
 
 
 # -- write ---------------------------------------------------------------------------------
