@@ -37,9 +37,7 @@ BEING_SPLIT = {"engine/detector.py", "pytest_layer/manager.py"}
 # Imports across families that another branch removes (families/postgresql is pgfamily's):
 # postgresql.monitor takes ProcessRow and ServerSnapshot from mysql.monitor instead of
 # families.base. Nothing may be added to this list.
-KNOWN_CROSS_FAMILY = {
-    ("pytest_dbleak.families.postgresql.monitor", "pytest_dbleak.families.mysql.monitor"),
-}
+KNOWN_CROSS_FAMILY: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True)
