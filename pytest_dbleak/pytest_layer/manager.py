@@ -2,8 +2,13 @@
 each test's check, and the results.
 
 Registered by plugin.py in ``pytest_configure`` and reachable through
-``config.stash[MANAGER]``; every hook that needs state is a method here. What a report
-says is verdict.py's; how it reads, reporting.py's.
+``config.stash[MANAGER]``; every hook that needs state is a method here. Each test's
+check (its window, its one result) is checks.py's; what a report says is verdict.py's;
+what the run says at its end, session_report.py's; how it reads, reporting.py's.
+
+Data flows one way: the manager (and its checks) write the item's stash keys; the
+fixtures only read them, and tell the manager of stress runs through a call
+(``checks.count_runs``).
 """
 
 from __future__ import annotations
