@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_dbleak.engine.errors import DbleakError
-from pytest_dbleak.engine.results import CheckResult
+from pytest_dbleak.engine.results import CheckResult, conclude
 from pytest_dbleak.reports import reporting
 
 EXIT_OK = 0
@@ -137,8 +137,13 @@ def merge(
             saved = baseline.save(baseline_path, results)
             lines.append(baseline.recorded_line(baseline_path, saved))
         else:
-            for result in results:
-                recorded.judge(result)  # as each shard did, if it gated on the same file
+            # As each shard did, if it gated on the same file: a result is frozen, so a
+            # known one is a new result in its place.
+            merged.results = {
+                nodeid: conclude(result, known=recorded.knows)
+                for nodeid, result in merged.results.items()
+            }
+            results = list(merged.results.values())
             merged.leak_failed = {n for n in merged.leak_failed if merged.results[n].failed}
             lines.append(recorded.summary(reporting.checked(results, merged.outcomes)))
     meta = merged.meta()

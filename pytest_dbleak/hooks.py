@@ -7,7 +7,8 @@ Implement them in a ``conftest.py`` or a plugin like any pytest hook::
         if result.leaks:
             print(item.nodeid, result.leaked)
 
-Results are ``pytest_dbleak.engine.results.CheckResult`` objects: read them, do not change them.
+Results are ``pytest_dbleak.engine.results.CheckResult`` objects, frozen: made once,
+never changed.
 """
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
 """The family-neutral engine: settings, tracking of pools and connections, the
-detector, the lock watch, the runtime that builds them. No pytest import.
+detector (a window's one verdict) with its comparison and reclaim, the lock watch, the
+runtime that builds them. No pytest import.
 """

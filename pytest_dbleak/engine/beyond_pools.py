@@ -15,10 +15,12 @@ Used by the Detector; no pytest import.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Collection
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pytest_dbleak.engine.results import FORK_SHARED, OPEN_TRANSACTION, Leak, Site
+from pytest_dbleak.engine.results import FORK_SHARED, OPEN_TRANSACTION, Leak
+from pytest_dbleak.engine.sites import site_leak, user_sites
 from pytest_dbleak.engine.stacks import Frame
 from pytest_dbleak.engine.tracking import Tracker
 from pytest_dbleak.families.base import ProcessRow, ServerMonitor, ServerSnapshot
@@ -26,25 +28,17 @@ from pytest_dbleak.families.base import ProcessRow, ServerMonitor, ServerSnapsho
 if TYPE_CHECKING:
     from pytest_dbleak.engine.window import Window
 
-# (kind, count, what, stack, thread) -> Leak, with the user's sites
-LeakFactory = Callable[[str, int, str, tuple[Frame, ...], "str | None"], Leak]
-Sites = Callable[[tuple[Frame, ...]], list[Site]]  # the user's frames, outermost first
-
 
 class BeyondPools:
+    """Finds what it finds and returns it: the Detector merges it into its own look."""
+
     def __init__(
-        self,
-        tracker: Tracker,
-        monitor: ServerMonitor,
-        users: frozenset[str] | None,
-        leak: LeakFactory,
-        sites: Sites,
+        self, tracker: Tracker, monitor: ServerMonitor, users: frozenset[str] | None, root: Path
     ) -> None:
         self.tracker = tracker
         self.monitor = monitor
         self.users = users
-        self._leak = leak
-        self._sites = sites
+        self.root = root
         self.owned_trx: set[tuple[int, str]] = set()  # (thread id, trx id) fixtures began
 
     # -- transactions on connections no pool holds ----------------------------------
@@ -73,10 +67,11 @@ class BeyondPools:
         self.owned_trx |= {(ident, info.trx_id) for ident, info in infos.items()}
 
     def transaction_leaks(
-        self, w: Window, snap: ServerSnapshot, by_conn: dict[int, Leak], owned_ids: set[int]
+        self, w: Window, snap: ServerSnapshot, covered: Collection[int], owned_ids: set[int]
     ) -> list[Leak]:
         """Transactions begun during the window on idle connections that existed before it
-        (or that a wider-scoped fixture opened) and that no pool holds."""
+        (or that a wider-scoped fixture opened) and that no pool holds; `covered`: server
+        connections another leak of the window already names."""
         if w.server_trx is None:
             return []
         # Busy during the window: processlist Time (seconds in the current state) is at
@@ -86,7 +81,7 @@ class BeyondPools:
         candidates = {
             ident
             for ident in self._untracked_idle(snap)
-            if ident not in by_conn
+            if ident not in covered
             and snap.rows[ident].time <= elapsed
             and (ident in w.server.rows or ident in owned_ids)
         }
@@ -98,7 +93,7 @@ class BeyondPools:
                 continue  # open before the window, or begun by a wider-scoped fixture
             row = snap.rows[ident]
             site = self.tracker.handed_out_since(ident, w.seq) or self.tracker.opened_at(ident)
-            leak = self._leak(
+            leak = site_leak(
                 OPEN_TRANSACTION,
                 1,
                 f"server connection {ident} ({row.user}@{row.host}) idle inside a transaction "
@@ -106,10 +101,10 @@ class BeyondPools:
                 "holds it",
                 site.stack if site else (),
                 site.thread if site else None,
+                self.root,
             )
             leak.connection_ids.append(ident)
             leak.processlist.append({**row.as_dict(), "trx_started": info.started})
-            by_conn[ident] = leak
             leaks.append(leak)
         return leaks
 
@@ -141,10 +136,10 @@ class BeyondPools:
             if (event.pid, event.thread_id) in seen:
                 continue
             seen.add((event.pid, event.thread_id))
-            parent = self._sites(event.parent_stack)
+            parent = user_sites(event.parent_stack, self.root)
             opened = f" opened at {parent[-1].file}:{parent[-1].line}" if parent else ""
             ident = f"server connection {event.thread_id}" if event.thread_id else "a connection"
-            leak = self._leak(
+            leak = site_leak(
                 FORK_SHARED,
                 1,
                 f"{ident}{opened} by this process, used by child process {event.pid} "
@@ -152,6 +147,7 @@ class BeyondPools:
                 "engine.dispose(close=False) in the child",
                 event.stack,
                 f"{event.thread} of child process {event.pid}",
+                self.root,
             )
             if event.thread_id is not None:
                 leak.connection_ids.append(event.thread_id)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 # The kinds of leak, in the order a report lists them.
@@ -74,7 +75,7 @@ class Leak:
         return cls(site=Site(**site) if site else None, stack=[Site(**s) for s in stack], **data)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Counts:
     """Numbers before and after a window, for reports and the HTML timeline."""
 
@@ -83,12 +84,17 @@ class Counts:
     checked_out: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class CheckResult:
-    """The verdict of one leak check (one test, or one assert_no_leaks block)."""
+    """The verdict of one leak check (one test, or one assert_no_leaks block).
+
+    Frozen: built once at the window's end (see ``conclude``) and never changed after; a
+    leak found later for the same test (a thread it left, a wider teardown it blocked)
+    makes a new result (``adding``).
+    """
 
     nodeid: str
-    leaks: list[Leak] = field(default_factory=list)
+    leaks: tuple[Leak, ...] = ()
     allowed: int = 0
     before: Counts = field(default_factory=Counts)
     after: Counts = field(default_factory=Counts)
@@ -99,7 +105,12 @@ class CheckResult:
     report_only: bool = False
 
     def __post_init__(self) -> None:
-        self.leaks = group_leaks(self.leaks)
+        # Any iterable in, a tuple of grouped leaks kept (frozen: set once, here).
+        object.__setattr__(self, "leaks", tuple(group_leaks(list(self.leaks))))
+
+    def adding(self, leaks: Iterable[Leak], *, known: Knows | None = None) -> CheckResult:
+        """A new result: this one's leaks and `leaks`, judged again against `known`."""
+        return conclude(replace(self, leaks=(*self.leaks, *leaks), known=False), known=known)
 
     @property
     def leaked(self) -> int:
@@ -130,11 +141,22 @@ class CheckResult:
     def from_dict(cls, data: dict[str, Any]) -> CheckResult:
         data = {k: v for k, v in data.items() if k not in ("leaked", "failed")}
         return cls(
-            leaks=[Leak.from_dict(x) for x in data.pop("leaks", [])],
+            leaks=tuple(Leak.from_dict(x) for x in data.pop("leaks", [])),
             before=Counts(**data.pop("before", {})),
             after=Counts(**data.pop("after", {})),
             **data,
         )
+
+
+# Baseline knowledge: whether a result's leaks are within what was recorded for its test.
+Knows = Callable[[CheckResult], bool]
+
+
+def conclude(draft: CheckResult, *, known: Knows | None = None) -> CheckResult:
+    """`draft` as the final result: marked known when the baseline knows its leaks."""
+    if known is not None and draft.leaks and not draft.known and known(draft):
+        return replace(draft, known=True)
+    return draft
 
 
 # "server connection 5 of QueuePool ..." -> "server connections of QueuePool ...": the ids

@@ -11,7 +11,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from pytest_dbleak.engine.results import Site
+from pytest_dbleak.engine.results import Leak, Site
 from pytest_dbleak.engine.stacks import Frame
 
 _LIBRARY_DIRS = tuple(
@@ -94,3 +94,11 @@ def _relative(filename: str, root: Path) -> str:
         return str(Path(filename).relative_to(root))
     except ValueError:
         return filename
+
+
+def site_leak(
+    kind: str, count: int, what: str, stack: tuple[Frame, ...], thread: str | None, root: Path
+) -> Leak:
+    """A leak pointing at the user's frames of `stack` (innermost at `site`)."""
+    sites = user_sites(stack, root)
+    return Leak(kind, count, what, site=sites[-1] if sites else None, stack=sites, thread=thread)

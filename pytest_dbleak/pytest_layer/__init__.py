@@ -1,3 +1,4 @@
-"""The pytest layer: the state owner (``manager``), fixtures, markers and report
-editing. The only layer that imports pytest; it talks to the engine only.
+"""The pytest layer: the state owner (``manager``) and each test's check (``checks``),
+fixtures, markers, report editing (``verdict``) and the end of the run
+(``session_report``). The only layer that imports pytest; it talks to the engine only.
 """

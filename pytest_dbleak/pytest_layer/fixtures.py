@@ -140,14 +140,13 @@ class _Stress:
 
     def _run(self, runs: int, call: Callable[[], Any]) -> Any:
         """Run the load, and count its runs for the rate even when it raised."""
-        from pytest_dbleak.pytest_layer.manager import STRESS
-
         try:
             with _stress_extra(self.kind):
                 return call()
         finally:
-            kind, previous = self._item.stash.get(STRESS, (self.kind, 0))
-            self._item.stash[STRESS] = (kind, previous + runs)
+            # Told to the test's check, which the manager owns (the fixtures write no
+            # stash key of it).
+            self._item.config.stash[MANAGER].checks.count_runs(self._item, self.kind, runs)
 
 
 class JobsStress(_Stress):
@@ -217,7 +216,7 @@ class HttpLoadStress(_Stress):
 
 def _mark_settings(request: pytest.FixtureRequest, name: str) -> Any:
     from pytest_dbleak.pytest_layer import marks
-    from pytest_dbleak.pytest_layer.manager import MARKS
+    from pytest_dbleak.pytest_layer.checks import MARKS
 
     values = request.node.stash.get(MARKS, {})
     return values.get(name) or marks.MARKERS[name]()

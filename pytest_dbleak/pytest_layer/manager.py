@@ -2,8 +2,13 @@
 each test's check, and the results.
 
 Registered by plugin.py in ``pytest_configure`` and reachable through
-``config.stash[MANAGER]``; every hook that needs state is a method here. What a report
-says is verdict.py's; how it reads, reporting.py's.
+``config.stash[MANAGER]``; every hook that needs state is a method here. Each test's
+check (its window, its one result) is checks.py's; what a report says is verdict.py's;
+what the run says at its end, session_report.py's; how it reads, reporting.py's.
+
+Data flows one way: the manager (and its checks) write the item's stash keys; the
+fixtures only read them, and tell the manager of stress runs through a call
+(``checks.count_runs``).
 """
 
 from __future__ import annotations
@@ -12,23 +17,22 @@ import gc
 import logging
 import time
 from collections.abc import Generator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_dbleak import families
 from pytest_dbleak.engine.errors import DbleakError, Redactor, ServerGoneError
-from pytest_dbleak.engine.results import LOCK_WAIT, CheckResult, Leak
+from pytest_dbleak.engine.results import CheckResult, Leak
 from pytest_dbleak.engine.runtime import Runtime
 from pytest_dbleak.engine.settings import Settings
 from pytest_dbleak.engine.signals import interrupts_held
-from pytest_dbleak.pytest_layer import _pytest_seam, marks, verdict
+from pytest_dbleak.pytest_layer import _pytest_seam, marks, session_report, verdict
+from pytest_dbleak.pytest_layer.checks import CHECK, MARKS, Checks
 from pytest_dbleak.reports import reporting
 
 if TYPE_CHECKING:
     from pytest_dbleak.engine.lockwatch import Resolution
-    from pytest_dbleak.engine.window import Window
     from pytest_dbleak.pytest_layer.django_support import DjangoSupport
     from pytest_dbleak.reports.baseline import Baseline
 
@@ -37,28 +41,6 @@ log = logging.getLogger(__name__)
 MANAGER = pytest.StashKey["DbleakManager"]()
 # Exit status when the only failures are leaks, so CI can tell them from broken tests.
 EXIT_LEAKS_FOUND = 6
-MARKS = pytest.StashKey[dict[str, Any]]()  # validated marker values of an item
-STRESS = pytest.StashKey[tuple[str, int]]()  # (stress kind, runs) set by stress fixtures
-
-
-@dataclass
-class _Check:
-    """One test's (one attempt's) leak check, from its setup to its teardown report."""
-
-    allow: int
-    settle: float
-    patient: bool  # the test set its own settle time: wait it out for every suspicion
-    window: Window | None = None
-    gone: DbleakError | None = None  # the server died, or the instrumentation was taken
-    placed: bool = False  # the window's end is queued behind the item's own finalizers
-    closed: bool = False
-    result: CheckResult | None = None
-    late: list[tuple[str, Leak]] = field(default_factory=list)  # earlier tests' late leaks
-    reports: list[pytest.TestReport] = field(default_factory=list)  # setup, call
-
-
-CHECK = pytest.StashKey[_Check]()
-EARLIER_LEAK = pytest.StashKey[CheckResult]()  # a failing leak of an earlier attempt
 
 
 class DbleakManager:
@@ -76,6 +58,7 @@ class DbleakManager:
             root=config.rootpath,
             note=self._note,
         )
+        self.checks = Checks(self.runtime, settings, self.redact)
         self.results: dict[str, CheckResult] = {}
         self.outcomes: dict[str, str] = {}
         self.status = verdict.DeferredStatus()
@@ -131,6 +114,8 @@ class DbleakManager:
             except DbleakError as exc:
                 raise pytest.UsageError(f"dbleak: {exc}") from None
             self.recording = self.baseline is None
+            if self.baseline is not None:
+                self.checks.knows = self.baseline.knows
         try:
             if self.is_controller:
                 self.runtime.server()  # one server, shared by the workers
@@ -258,7 +243,7 @@ class DbleakManager:
                 session.config.hook.pytest_dbleak_sessionfinish(
                     session=session, results=reporting.checked(self.results.values(), self.outcomes)
                 )
-            self._write_reports(session)
+            session_report.write_reports(self)
             if (
                 session.exitstatus == pytest.ExitCode.TESTS_FAILED
                 and self.leak_failures
@@ -312,14 +297,12 @@ class DbleakManager:
     # plugins, pytest-timeout and xdist in charge of what they own.
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, Any, Any]:
-        check = self._open_window(item)
+        check = self.checks.open(item)
         try:
             return (yield)
         finally:
             if check is not None:
-                check.placed = _pytest_seam.run_after_item_teardown(
-                    item, lambda: self._close_window(item, check)
-                )
+                self.checks.placed_after_teardown(item, check)
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_teardown(
@@ -327,7 +310,7 @@ class DbleakManager:
     ) -> Generator[None, Any, Any]:
         check = item.stash.get(CHECK, None)
         if check is not None and not check.placed:
-            self._close_window(item, check)  # a parent's setup failed: nothing of it ran
+            self.checks.close(item, check)  # a parent's setup failed: nothing of it ran
         interrupted = False
         try:
             return (yield)
@@ -356,143 +339,33 @@ class DbleakManager:
         if check is None:
             return report
         if report.when == "teardown":
-            self._judge(item, check, report)
+            self.checks.judge(item, check, report)
         else:
             report.dbleak_checked = True  # type: ignore[attr-defined]
-            check.reports.append(report)
+            check.reports += (report,)
         return report
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_report_teststatus(self, report: pytest.TestReport, config: pytest.Config) -> Any:
-        return self.status.status(report, config)
+    @pytest.hookimpl(wrapper=True)
+    def pytest_report_teststatus(
+        self, report: pytest.TestReport, config: pytest.Config
+    ) -> Generator[None, Any, Any]:
+        # The status the other implementations give, adjusted: a checked test's passing
+        # call is shown through its teardown report (see verdict.DeferredStatus).
+        return self.status.adjust(report, (yield))
 
-    def _open_window(self, item: pytest.Item) -> _Check | None:
-        detector = self.runtime.detector
-        if CHECK in item.stash:
-            del item.stash[CHECK]
-        if STRESS in item.stash:
-            del item.stash[STRESS]  # a rerun counts its own stress runs
-        if detector is None or not self.settings.enabled:
-            return None
-        item_marks = item.stash.get(MARKS, {})
-        if "no_dbleak" in item_marks:
-            return None  # what it leaves is nobody else's fault: see pytest_runtest_teardown
-        leak_mark: marks.LeakMark = item_marks.get("dbleak") or marks.LeakMark()
-        check = _Check(
-            allow=self.settings.allow if leak_mark.allow is None else leak_mark.allow,
-            settle=self.settings.settle_timeout if leak_mark.settle is None else leak_mark.settle,
-            patient=leak_mark.settle is not None,
-        )
-        try:
-            check.window = detector.begin(reuse=True)
-        except DbleakError as exc:  # ServerGoneError, or a SeamError from verify()
-            check.gone = exc
-        if self.runtime.lockwatch is not None:
-            seq = check.window.seq if check.window is not None else -1
-            self.runtime.lockwatch.arm(seq, item.nodeid)
-        item.stash[CHECK] = check
-        return check
+    @pytest.hookimpl(wrapper=True)
+    def pytest_report_to_serializable(
+        self, config: pytest.Config, report: Any
+    ) -> Generator[None, Any, Any]:
+        # xdist (or a report log) sends the report on: the result goes as its dict.
+        return verdict.to_serializable(report, (yield))
 
-    def _close_window(self, item: pytest.Item, check: _Check) -> None:
-        if check.closed:
-            return
-        check.closed = True
-        lockwatch = self.runtime.lockwatch
-        tracker = self.runtime.tracking
-        stuck = (
-            lockwatch.disarm(tracker.tick() if tracker is not None else None)
-            if lockwatch is not None
-            else []
-        )
-        detector = self.runtime.detector
-        if check.window is None or detector is None:
-            return
-        try:
-            check.result = detector.finish(
-                check.window,
-                item.nodeid,
-                allow=check.allow,
-                settle=check.settle,
-                patient=check.patient,
-            )
-        except DbleakError as exc:  # ServerGoneError, or a SeamError from verify()
-            check.gone = exc
-            return
-        check.result.leaks.extend(stuck)
-        check.late = detector.take_late()
-        if lockwatch is not None:
-            for nodeid, leak in check.late:
-                lockwatch.reported(leak.connection_ids, nodeid)
-
-    def _judge(self, item: pytest.Item, check: _Check, report: pytest.TestReport) -> None:
-        try:
-            self._judge_check(item, check, report)
-        finally:
-            # The item outlives its test (pytest keeps every item): what the check held
-            # (snapshots, thread sets, reports) would grow the run by kilobytes per test.
-            check.window = None
-            check.reports = []
-            check.result = None  # the report carries it on
-            if item.stash.get(CHECK, None) is check:
-                del item.stash[CHECK]
-
-    def _judge_check(self, item: pytest.Item, check: _Check, report: pytest.TestReport) -> None:
-        if check.gone is not None:
-            message = self.redact(f"dbleak: {check.gone}; stopping the run")
-            verdict.server_gone(report, message, _location(item))
-            item.session.shouldstop = message
-            self.runtime.server_gone()  # no more checks against a dead server
-            return
-        result = check.result
-        if check.late:
-            # Not this test's: threads an earlier test started opened them after its
-            # window closed. They travel on this report to whoever keeps the results.
-            report.dbleak_late = [  # type: ignore[attr-defined]
-                {"nodeid": nodeid, "leak": leak.as_dict()} for nodeid, leak in check.late
-            ]
-        if result is None:
-            return
-        if STRESS in item.stash:
-            result.stress, result.runs = item.stash[STRESS]
-        lockwatch = self.runtime.lockwatch
-        if lockwatch is not None:
-            # What this test left blocked a wider fixture's teardown after its window
-            # closed, and was ended then: part of this test's verdict.
-            for resolution in lockwatch.take_resolutions(item.nodeid):
-                result.leaks.append(resolution.as_leak())
-        result.report_only = self.settings.report_only
-        if self.baseline is not None:
-            self.baseline.judge(result)
-        note = ""
-        earlier = item.stash.get(EARLIER_LEAK, None)
-        if result.failed:
-            item.stash[EARLIER_LEAK] = result
-        elif earlier is not None:
-            # A rerun does not take a leak back: the code leaked in an earlier attempt.
-            result, note = earlier, "dbleak: leaked in an earlier attempt of this test"
-        verdict.apply(
-            report,
-            result,
-            own_failure=report.failed or any(r.failed for r in check.reports),
-            location=_location(item),
-            redact=self.redact,
-            note=note,
-        )
-        if report.failed or not any(r.skipped for r in check.reports):
-            # A skipped test was not checked (as reporting.checked() counts it).
-            item.config.hook.pytest_dbleak_result(item=item, result=result)
-        if lockwatch is not None:
-            # Reported (failing, known or report-only alike): if it ever blocks a later
-            # statement, it is the culprit and its connection is ended.
-            lockwatch.reported(
-                [i for leak in result.leaks if leak.kind != LOCK_WAIT for i in leak.connection_ids],
-                item.nodeid,
-            )
-        detector = self.runtime.detector
-        if result.failed and not note and self.settings.reclaim and detector is not None:
-            # Reported: now take it back, so the blame stays here and later tests do not
-            # wait on an exhausted pool. A tolerated leak stays, as without the plugin.
-            detector.reclaim(result)
+    @pytest.hookimpl(wrapper=True)
+    def pytest_report_from_serializable(
+        self, config: pytest.Config, data: Any
+    ) -> Generator[None, Any, Any]:
+        # The controller's copy of a worker's report: the result made again from its dict.
+        return verdict.from_serializable((yield))
 
     # -- collecting results (also on the xdist controller) -------------------------------
     def pytest_keyboard_interrupt(self) -> None:
@@ -513,15 +386,11 @@ class DbleakManager:
             verdict.carry_section(report, self._failed_reports.pop(nodeid, None))
         elif report.failed:
             self._failed_reports[nodeid] = report
-        data = getattr(report, "dbleak", None)
-        if data is not None:
-            self.results[nodeid] = CheckResult.from_dict(data)
-            if not self.is_worker:
-                # pytest keeps every report to the end of the run: the copy in results
-                # is enough (a worker's report still has to travel to the controller).
-                del report.dbleak
-        for late in getattr(report, "dbleak_late", None) or ():
-            self._blame_late(late["nodeid"], Leak.from_dict(late["leak"]))
+        result = getattr(report, "dbleak", None)
+        if isinstance(result, CheckResult):
+            self.results[nodeid] = result
+        for late_nodeid, leak in getattr(report, "dbleak_late", None) or ():
+            self._blame_late(late_nodeid, leak)
         previous = self.outcomes.get(nodeid)
         if report.failed:
             if getattr(report, "dbleak_failed", False):
@@ -537,13 +406,11 @@ class DbleakManager:
     def _blame_late(self, nodeid: str, leak: Leak) -> None:
         """A leak opened after `nodeid` ended, by a thread it started: its own, not the
         running test's (which passes)."""
-        result = self.results.get(nodeid)
-        if result is None:
-            result = self.results[nodeid] = CheckResult(nodeid)
-            result.report_only = self.settings.report_only
-        result.leaks.append(leak)
-        if self.baseline is not None:
-            self.baseline.judge(result)
+        result = self.results.get(nodeid) or CheckResult(
+            nodeid, report_only=self.settings.report_only
+        )
+        # Found after its result was made: a new result in its place (results are frozen).
+        result = self.results[nodeid] = result.adding([leak], known=self.checks.knows)
         if result.failed:
             self.leak_failures.add(nodeid)
             self.late_failures.add(nodeid)
@@ -559,96 +426,7 @@ class DbleakManager:
         return [self.redact(line) for line in lines]
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self._baseline_line:
-            terminalreporter.write_line(self.redact(self._baseline_line))
-        stuck = [r.line for r in self._resolutions] + self._stuck_lines
-        if stuck:
-            terminalreporter.write_sep("=", "dbleak: stuck behind a leak", yellow=True)
-            for line in stuck:
-                terminalreporter.write_line(self.redact(f"dbleak: {line}"))
-        lines = reporting.summary_lines(self.results.values())
-        if lines:
-            title = f"dbleak: {reporting.plural(len(lines), 'test')} leaked connections"
-            terminalreporter.write_sep("=", title, yellow=True, bold=True)
-            for line in lines:
-                terminalreporter.write_line(self.redact(line))
-        else:
-            checked = reporting.checked(self.results.values(), self.outcomes)
-            if self.settings.enabled and checked:
-                terminalreporter.write_sep("-", reporting.clean_line(len(checked)))
-        for written in self._written:  # last: where to look next
-            terminalreporter.write_line(f"dbleak: {written}")
-
-    def _write_reports(self, session: pytest.Session) -> None:
-        results = list(self.results.values())
-        if self.settings.baseline and self.settings.enabled:
-            from pytest_dbleak.reports import (
-                baseline,  # imported when asked for: a quick run never pays it
-            )
-
-            if self.recording:
-                recorded = baseline.save(self.settings.baseline, results)
-                self._baseline_line = baseline.recorded_line(self.settings.baseline, recorded)
-            elif self.baseline is not None:
-                checked = reporting.checked(results, self.outcomes)
-                # A recorded test that was skipped or not run here (another shard, -k)
-                # says nothing about its leak: only checked tests can call one gone.
-                self._baseline_line = self.baseline.summary(checked)
-                if self.baseline.gone(checked):
-                    path = self.settings.baseline
-                    self._baseline_line += (
-                        f"; to shrink the baseline, delete {path} and run again to re-record it"
-                    )
-        if not (self.settings.report or self.settings.html) or not results:
-            return
-        meta = {
-            "tool": "pytest-dbleak",
-            "run": {"started": self._started, "duration": time.time() - self._started},
-            "server": self._server_meta(),
-            "settings": {
-                "allow": self.settings.allow,
-                "settle_timeout": self.settings.settle_timeout,
-                "report_only": self.settings.report_only,
-            },
-        }
-        if self.settings.report:
-            reporting.write_json(
-                self.settings.report,
-                results,
-                self.outcomes,
-                meta,
-                self.redact,
-                leak_failed=self.leak_failures,
-                other_failed=len(self.other_failures),
-            )
-            self._written.append(f"JSON report written to {self.settings.report}")
-        if self.settings.html:
-            from pytest_dbleak.reports import html as html_report
-
-            html_report.write(
-                self.settings.html,
-                results,
-                self.outcomes,
-                meta,
-                self.redact,
-                leak_failed=self.leak_failures,
-            )
-            self._written.append(f"HTML report written to {self.settings.html}")
-
-    def _server_meta(self) -> dict[str, Any]:
-        info = self.runtime.info
-        if info is None:
-            return {}
-        return {
-            "backend": info.backend,
-            "host": info.host,
-            "port": info.port,
-            "version": info.version,
-        }
-
-
-def _location(item: pytest.Item) -> tuple[str, int]:
-    return item.location[0], (item.location[1] or 0) + 1
+        session_report.terminal_summary(self, terminalreporter)
 
 
 def _same_parents(item: pytest.Item, nextitem: pytest.Item | None) -> bool:

@@ -5,6 +5,11 @@ A test's window closes inside its teardown, so its verdict travels on the teardo
 report: a leak makes that report fail. The test's own call report is shown through the
 teardown report's status (see ``DeferredStatus``), so one leaky test reads as one
 ``FAILED`` test, not as a pass plus an error.
+
+The frozen result itself travels on one report attribute, ``report.dbleak``: read as it
+is in the process that made it, sent to the xdist controller as its dict and made again
+there (``to_serializable`` / ``from_serializable``). Leaks an earlier test's threads
+opened travel beside it, on ``report.dbleak_late``, the same way.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from pytest_dbleak.engine.results import CheckResult
+from pytest_dbleak.engine.results import CheckResult, Leak
 from pytest_dbleak.pytest_layer._pytest_seam import failure_repr
 from pytest_dbleak.reports import reporting
 
@@ -39,7 +44,7 @@ def apply(
     error and the leak text rides along in ``dbleak_section``, for the manager to add to
     the report that failed.
     """
-    teardown.dbleak = result.as_dict()  # type: ignore[attr-defined]  # travels with xdist
+    teardown.dbleak = result  # type: ignore[attr-defined]
     if not result.leaks:
         return
     teardown.user_properties.append(("dbleak_leaked", result.leaked))
@@ -78,6 +83,30 @@ def carry_section(teardown: pytest.TestReport, failed: pytest.TestReport | None)
     target.sections.append((reporting.SECTION, section))
 
 
+def to_serializable(report: Any, data: Any) -> Any:
+    """`data`, pytest's serialisable form of `report`, with the result as its dict."""
+    if not isinstance(data, dict):
+        return data
+    result = getattr(report, "dbleak", None)
+    if isinstance(result, CheckResult):
+        data["dbleak"] = result.as_dict()
+    late = getattr(report, "dbleak_late", None)
+    if late:
+        data["dbleak_late"] = [{"nodeid": nodeid, "leak": leak.as_dict()} for nodeid, leak in late]
+    return data
+
+
+def from_serializable(report: Any) -> Any:
+    """A report made again from its serialisable form: its result made again too."""
+    data = getattr(report, "dbleak", None)
+    if isinstance(data, dict):
+        report.dbleak = CheckResult.from_dict(data)
+    late = getattr(report, "dbleak_late", None)
+    if late and isinstance(late[0], dict):
+        report.dbleak_late = tuple((x["nodeid"], Leak.from_dict(x["leak"])) for x in late)
+    return report
+
+
 class DeferredStatus:
     """Shows a checked test's passing call through its teardown report.
 
@@ -86,14 +115,16 @@ class DeferredStatus:
     teardown report then carries the call's own status (``PASSED``) - or ``FAILED``
     when the test leaked. Other call outcomes (failed, skipped, xfailed, xpassed) are
     final and are shown as pytest shows them.
+
+    ``adjust`` takes the status the other implementations of
+    ``pytest_report_teststatus`` gave (the manager's hook wraps them) and returns the
+    one to show.
     """
 
     def __init__(self) -> None:
         self._held: dict[str, Any] = {}
 
-    def status(self, report: pytest.TestReport, config: pytest.Config) -> Any:
-        if getattr(report, "_dbleak_asking", False):
-            return None  # our own question to the other implementations
+    def adjust(self, report: pytest.TestReport, status: Any) -> Any:
         if report.when == "call":
             self._held.pop(report.nodeid, None)
             if (
@@ -101,9 +132,9 @@ class DeferredStatus:
                 and report.outcome == "passed"
                 and not hasattr(report, "wasxfail")
             ):
-                self._held[report.nodeid] = self._default(report, config)
+                self._held[report.nodeid] = status
                 return HIDDEN_STATUS
-            return None
+            return status
         if report.when == "teardown":
             # Not popped: the short summary asks for the status again at the end.
             held = self._held.get(report.nodeid)
@@ -111,11 +142,4 @@ class DeferredStatus:
                 return FAILED_STATUS
             if held is not None and report.outcome == "passed":
                 return held
-        return None
-
-    def _default(self, report: pytest.TestReport, config: pytest.Config) -> Any:
-        report._dbleak_asking = True  # type: ignore[attr-defined]
-        try:
-            return config.hook.pytest_report_teststatus(report=report, config=config)
-        finally:
-            del report._dbleak_asking
+        return status

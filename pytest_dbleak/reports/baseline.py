@@ -10,10 +10,10 @@ Semantics of ``--dbleak-baseline=PATH``:
   an allowance covers them). At the end of the session :func:`save` writes every test that
   leaked, with its leaked counts per kind. Record with ``--dbleak-report-only`` to get a
   green recording run, review the file and commit it.
-* PATH exists: a **gating run**. Each test's result goes through :meth:`Baseline.judge`
-  before the plugin decides whether it fails. A result is *known* when, for every kind, it
-  leaked no more than the baseline recorded for that test: it is then reported (marked
-  ``known``) but does not fail. A leak of a kind the baseline does not list for the test, a
+* PATH exists: a **gating run**. Each test's result is built with :meth:`Baseline.knows`
+  as its baseline knowledge. A result is *known* when, for every kind, it leaked no
+  more than the baseline recorded for that test: it is then reported (marked ``known``)
+  but does not fail. A leak of a kind the baseline does not list for the test, a
   larger count, or a test that is not in the baseline at all is *new or larger* and fails
   as usual. The file is never rewritten by a gating run; to accept new leaks, or to shrink
   the baseline after fixes, delete it and record again.
@@ -221,15 +221,13 @@ class Baseline:
         return Judgement(result.nodeid, state, current, recorded, grown)
 
     def judge(self, result: CheckResult) -> Judgement:
-        """Compare, and mark a known result (``result.known = True``: reported, not failed).
+        """How `result` compares to the baseline (`result` is frozen: nothing changes)."""
+        return self.compare(result)
 
-        Call it before the plugin decides whether the test fails: ``CheckResult.failed``
-        reads ``known``. A result that is not known is left as it was.
-        """
-        judgement = self.compare(result)
-        if judgement.known:
-            result.known = True
-        return judgement
+    def knows(self, result: CheckResult) -> bool:
+        """Whether `result` is a known leak: the baseline knowledge a check's window end
+        takes (``Detector.close(known=...)``), so its one result is born ``known``."""
+        return self.compare(result).known
 
     def gone(self, results: Iterable[CheckResult]) -> list[Gone]:
         """Recorded leaks that shrank or vanished, among the tests that ran; by nodeid."""

@@ -18,6 +18,7 @@ import subprocess
 import zlib
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -125,14 +126,13 @@ def sample_run(n: int = 40) -> list[CheckResult]:
     results = []
     server = checked = 2
     for i in range(n):
-        result = CheckResult(
-            f"tests/test_app.py::test_case_{i:02d}", before=Counts(server, server + 4, checked)
-        )
+        before = Counts(server, server + 4, checked)
+        extra: dict[str, Any] = {}  # results are frozen: each is made whole at once
         if i == 7:
-            result.leaks = [leak(CHECKED_OUT, 1, 42, "QueuePool connection never returned")]
+            extra["leaks"] = [leak(CHECKED_OUT, 1, 42, "QueuePool connection never returned")]
             server, checked = server + 1, checked + 1
         elif i == 19:
-            result.leaks = [
+            extra["leaks"] = [
                 leak(
                     SERVER_CONNECTION,
                     2,
@@ -140,15 +140,20 @@ def sample_run(n: int = 40) -> list[CheckResult]:
                     f"2 connections of mysql://app:{PASSWORD}@db left open",
                 )
             ]
-            result.report_only = True
+            extra["report_only"] = True
             server += 2
         elif i == 26:
-            result.leaks = [leak(OPEN_TRANSACTION, 1, 61, "transaction open since BEGIN")]
-            result.known = True
+            extra["leaks"] = [leak(OPEN_TRANSACTION, 1, 61, "transaction open since BEGIN")]
+            extra["known"] = True
         elif i == 33:
-            result.leaks = [leak(CHECKED_OUT, 2, 42, "QueuePool connection never returned")]
+            extra["leaks"] = [leak(CHECKED_OUT, 2, 42, "QueuePool connection never returned")]
             server, checked = server + 2, checked + 2
-        result.after = Counts(server, server + 4, checked)
+        result = CheckResult(
+            f"tests/test_app.py::test_case_{i:02d}",
+            before=before,
+            after=Counts(server, server + 4, checked),
+            **extra,
+        )
         results.append(result)
     return results
 

@@ -17,6 +17,7 @@ from pytest_dbleak.engine.results import (
     SERVER_CONNECTION,
     CheckResult,
     Leak,
+    conclude,
 )
 from pytest_dbleak.reports import baseline as bl
 
@@ -192,8 +193,10 @@ def test_a_leak_within_the_recorded_count_is_known_and_does_not_fail(
     assert judgement.known
     assert not judgement.failing
     assert judgement.grown == {}
-    assert r.known
-    assert not r.failed
+    assert not r.known  # frozen: judging never changes it
+    known = conclude(r, known=base.knows)  # a result made with the baseline's knowledge
+    assert known.known
+    assert not known.failed
     assert judgement.describe() == "known leak, within the baseline (2 checked_out)"
 
 
@@ -208,6 +211,7 @@ def test_a_larger_leak_fails_and_says_by_how_much(base: bl.Baseline) -> None:
     assert not r.known
     assert r.failed
     assert judgement.describe() == "larger than the baseline: checked_out 2 -> 3 (+1)"
+    assert not conclude(r, known=base.knows).known
 
 
 def test_a_kind_not_recorded_for_the_test_is_larger_from_zero(base: bl.Baseline) -> None:
@@ -324,8 +328,7 @@ def test_summary_does_not_mark_results_known(base: bl.Baseline) -> None:
 
 def test_known_survives_the_json_round_trip_of_xdist(base: bl.Baseline) -> None:
     # Workers judge; the controller rebuilds results from report dicts.
-    r = result("tests/a.py::test_pool", (CHECKED_OUT, 1))
-    base.judge(r)
+    r = conclude(result("tests/a.py::test_pool", (CHECKED_OUT, 1)), known=base.knows)
     again = CheckResult.from_dict(json.loads(json.dumps(r.as_dict())))
     assert again.known
     assert not again.failed

@@ -6,7 +6,7 @@ import itertools
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -61,8 +61,8 @@ def run(n: int, leaking: dict[int, CheckResult] | None = None) -> list[CheckResu
     out = []
     for i in range(n):
         r = (leaking or {}).get(i) or CheckResult(f"tests/t.py::test_{i}")
-        r.after = Counts(server_connections=3 + i % 2, threads_connected=5, checked_out=0)
-        out.append(r)
+        after = Counts(server_connections=3 + i % 2, threads_connected=5, checked_out=0)
+        out.append(replace(r, after=after))  # results are frozen
     return out
 
 
@@ -182,7 +182,7 @@ def test_secrets_are_redacted_even_with_html_special_characters(
 ) -> None:
     mixed[1].leaks[0].what = f"engine for mysql+pymysql://u:{SECRET}@db/x"
     mixed[1].leaks[0].processlist[0]["host"] = f"host-{SECRET}"
-    mixed[1].nodeid = f"tests/t.py::test_url[{SECRET}]"
+    mixed[1] = replace(mixed[1], nodeid=f"tests/t.py::test_url[{SECRET}]")  # frozen
     meta = {
         "server": {"backend": "url", "host": "db", "port": 3306, "version": "8.4"},
         "url": f"mysql://root:{SECRET}@db:3306",
@@ -264,7 +264,7 @@ def test_header_without_a_server_says_so() -> None:
 
 # -- timeline ------------------------------------------------------------------------------
 def test_timeline_draws_both_series_as_steps(mixed: list[CheckResult]) -> None:
-    mixed[4].after.checked_out = 2
+    mixed[4] = replace(mixed[4], after=replace(mixed[4].after, checked_out=2))  # frozen
     doc = parse(hr.render(mixed, {}, {}, identity))
     svg = doc.by_id("timeline")
     assert svg.tag == "svg"
@@ -392,9 +392,9 @@ def test_twenty_thousand_tests_stay_small_and_keep_spikes() -> None:
     results = [
         CheckResult(f"tests/t.py::test_{i}", after=Counts(3 + i % 3, 0, 0)) for i in range(20_000)
     ]
-    results[12_345].after.server_connections = 40  # a one-test spike among 16 per column
-    results[12_345].leaks = [leak()]
-    results[19_999].leaks = [leak()]
+    # A one-test spike among 16 per column (results are frozen: new ones in their place).
+    results[12_345] = replace(results[12_345], after=Counts(40, 0, 0), leaks=(leak(),))
+    results[19_999] = replace(results[19_999], leaks=(leak(),))
     text = hr.render(results, {}, {}, identity)
     # The chart and the leaks stay bounded; the hover's names grow with the run, a few
     # bytes over each name (its module is written once).

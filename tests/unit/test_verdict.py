@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -37,7 +38,7 @@ def test_a_clean_check_only_records_the_result() -> None:
     rep = report("teardown")
     apply(rep, CheckResult("t.py::test_x"))
     assert rep.passed
-    assert rep.dbleak["leaked"] == 0  # type: ignore[attr-defined]
+    assert rep.dbleak.leaked == 0  # type: ignore[attr-defined]
     assert rep.sections == []
 
 
@@ -78,37 +79,57 @@ def test_a_note_leads_the_failure_text() -> None:
     assert rep.longreprtext.startswith("dbleak: leaked in an earlier attempt of this test\n")
 
 
+PLAIN_PASS = ("passed", ".", "PASSED")  # what pytest's own implementation says
+
+
 class TestDeferredStatus:
-    """A passing call of a checked test is shown by its teardown report."""
+    """A passing call of a checked test is shown by its teardown report: the wrapper
+    adjusts the status the inner implementations gave, never asks for it again."""
 
-    def status(
-        self, deferred: verdict.DeferredStatus, rep: pytest.TestReport, pytestconfig: pytest.Config
-    ) -> Any:
-        return deferred.status(rep, pytestconfig)
-
-    def test_a_passing_call_is_hidden_and_its_status_shown_at_teardown(
-        self, pytestconfig: pytest.Config
-    ) -> None:
+    def test_a_passing_call_is_hidden_and_its_status_shown_at_teardown(self) -> None:
         deferred = verdict.DeferredStatus()
         call = report("call", dbleak_checked=True)
-        assert self.status(deferred, call, pytestconfig) == verdict.HIDDEN_STATUS
+        assert deferred.adjust(call, PLAIN_PASS) == verdict.HIDDEN_STATUS
         teardown = report("teardown")
-        shown = self.status(deferred, teardown, pytestconfig)
-        assert shown[0] == "passed"
-        assert self.status(deferred, teardown, pytestconfig) == shown  # asked again: same
+        assert deferred.adjust(teardown, ("", "", "")) == PLAIN_PASS
+        # Asked again (the short summary): the same.
+        assert deferred.adjust(teardown, ("", "", "")) == PLAIN_PASS
 
-    def test_a_leak_shows_the_test_as_failed(self, pytestconfig: pytest.Config) -> None:
+    def test_a_leak_shows_the_test_as_failed(self) -> None:
         deferred = verdict.DeferredStatus()
-        self.status(deferred, report("call", dbleak_checked=True), pytestconfig)
+        deferred.adjust(report("call", dbleak_checked=True), PLAIN_PASS)
         teardown = report("teardown")
         apply(teardown, leaky())
-        assert self.status(deferred, teardown, pytestconfig) == verdict.FAILED_STATUS
+        assert deferred.adjust(teardown, ("error", "E", "ERROR")) == verdict.FAILED_STATUS
 
-    def test_unchecked_and_failed_calls_are_left_to_pytest(
-        self, pytestconfig: pytest.Config
-    ) -> None:
+    def test_unchecked_and_failed_calls_are_left_to_pytest(self) -> None:
         deferred = verdict.DeferredStatus()
-        assert self.status(deferred, report("call"), pytestconfig) is None
+        assert deferred.adjust(report("call"), PLAIN_PASS) == PLAIN_PASS
         failed = report("call", "failed", dbleak_checked=True)
-        assert self.status(deferred, failed, pytestconfig) is None
-        assert self.status(deferred, report("teardown"), pytestconfig) is None
+        assert deferred.adjust(failed, ("failed", "F", "FAILED")) == ("failed", "F", "FAILED")
+        assert deferred.adjust(report("teardown"), ("", "", "")) == ("", "", "")
+
+
+class TestTransport:
+    """The frozen result travels on report.dbleak: as itself in the process that made it,
+    as its dict to the xdist controller, made again there."""
+
+    def test_the_report_carries_the_result_itself(self) -> None:
+        rep = report("teardown")
+        result = leaky()
+        apply(rep, result)
+        assert rep.dbleak is result  # type: ignore[attr-defined]
+
+    def test_the_round_trip_through_pytest_serialisation(self, pytestconfig: pytest.Config) -> None:
+        rep = report("teardown")
+        apply(rep, leaky())
+        late = (("t.py::test_before", leaky().leaks[0]),)
+        rep.dbleak_late = late  # type: ignore[attr-defined]
+        hook = pytestconfig.hook
+        data = hook.pytest_report_to_serializable(config=pytestconfig, report=rep)
+        assert isinstance(data["dbleak"], dict)  # plain data, for execnet
+        json.dumps(data["dbleak"])
+        again = hook.pytest_report_from_serializable(config=pytestconfig, data=data)
+        assert again.dbleak == rep.dbleak  # type: ignore[attr-defined]
+        assert again.dbleak_late == late
+        assert again.failed
