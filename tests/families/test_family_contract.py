@@ -136,7 +136,7 @@ def test_a_clean_window_has_no_leak(session: Session, detector: Detector) -> Non
         engine.dispose()
 
     result = judge(detector, body)
-    assert result.leaks == []
+    assert result.leaks == ()
 
 
 def test_a_connection_kept_checked_out_is_a_checked_out_leak(

@@ -32,12 +32,6 @@ BELOW_PYTEST = (
 )
 # What the engine may know of the families: the seam and the registry.
 ENGINE_MAY_IMPORT = {"pytest_dbleak.families", "pytest_dbleak.families.base"}
-# Being split on branch oneway (issue 19 item 4): the line limit waits for that merge.
-BEING_SPLIT = {"engine/detector.py", "pytest_layer/manager.py"}
-# Imports across families that another branch removes (families/postgresql is pgfamily's):
-# postgresql.monitor takes ProcessRow and ServerSnapshot from mysql.monitor instead of
-# families.base. Nothing may be added to this list.
-KNOWN_CROSS_FAMILY: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True)
@@ -284,25 +278,20 @@ def test_a_family_never_imports_another_family() -> None:
         for target in edges
         if _family(name) and _family(target) and _family(name) != _family(target)
     }
-    assert crossing - KNOWN_CROSS_FAMILY == set()
+    assert crossing == set()
 
 
 def test_no_import_cycle_between_modules() -> None:
     assert cycles(import_graph(FOUND, at_import_time=True)) == []
 
 
-def _line_limit_params() -> Iterator[object]:
-    for path in sorted(PACKAGE.rglob("*.py")):
-        rel = path.relative_to(PACKAGE).as_posix()
-        marks = (
-            [pytest.mark.xfail(strict=False, reason="being split on branch oneway")]
-            if rel in BEING_SPLIT
-            else []
-        )
-        yield pytest.param(path, id=rel, marks=marks)
-
-
-@pytest.mark.parametrize("path", list(_line_limit_params()))
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(path, id=path.relative_to(PACKAGE).as_posix())
+        for path in sorted(PACKAGE.rglob("*.py"))
+    ],
+)
 def test_no_module_is_over_500_lines(path: Path) -> None:
     lines = len(path.read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_LINES, f"{path.relative_to(PACKAGE)}: {lines} lines"

@@ -2,7 +2,7 @@
 server side a processlist the test sets (tests/unit/doubles.py). No server, no pytester:
 each window is opened and judged the way the pytest layer does it (manager.py:
 ``begin(reuse=True)``, ``finish(window, nodeid, allow=, settle=, patient=)``,
-``reclaim(result)``).
+``reclaim(closed.reclaim)``).
 
 Every test checks the kinds and counts exactly, and where the leak was made.
 """
@@ -55,7 +55,7 @@ def test_a_clean_window_gives_no_leak(detector: Detector, tmp_path: Path) -> Non
 
     result = detector.finish(window, "t::clean", allow=0, settle=0)
 
-    assert result.leaks == []
+    assert result.leaks == ()
     assert (result.leaked, result.failed) == (0, False)
     assert result.after.checked_out == 0
 
@@ -68,7 +68,8 @@ def test_a_checked_out_connection_is_named_at_its_line_and_reclaim_frees_its_slo
     held = engine.connect()
     held.execute(sa.text("select 1"))
 
-    result = detector.finish(window, "t::checked_out", allow=0, settle=0)
+    closed = detector.close(window, "t::checked_out", allow=0, settle=0)
+    result = closed.result
 
     assert kinds(result) == [("checked_out", 1)]
     assert result.failed
@@ -77,7 +78,7 @@ def test_a_checked_out_connection_is_named_at_its_line_and_reclaim_frees_its_slo
     assert (site.file, site.line) == (HERE, line)
     assert result.after.checked_out == result.before.checked_out + 1
 
-    detector.reclaim(result)
+    detector.reclaim(closed.reclaim)
     pool: Pool = engine.pool
     assert pool.checkedout() == 0  # the pool has its slot back...
     assert held.execute(sa.text("select 2")).scalar() == 2  # ...and the holder its connection
@@ -91,7 +92,7 @@ def test_a_connection_checked_out_before_the_window_is_not_its_leak(
     window = detector.begin(reuse=True)
     result = detector.finish(window, "t::later", allow=0, settle=0)
     earlier.close()
-    assert result.leaks == []
+    assert result.leaks == ()
 
 
 def test_an_engine_never_disposed_is_named_where_it_was_created(
@@ -103,7 +104,8 @@ def test_an_engine_never_disposed_is_named_where_it_was_created(
     with local.connect() as conn:
         conn.execute(sa.text("select 1"))
 
-    result = detector.finish(window, "t::undisposed", allow=0, settle=0)
+    closed = detector.close(window, "t::undisposed", allow=0, settle=0)
+    result = closed.result
 
     assert kinds(result) == [("undisposed_engine", 1)]  # its one idle connection
     leak = result.leaks[0]
@@ -111,7 +113,7 @@ def test_an_engine_never_disposed_is_named_where_it_was_created(
     assert (leak.site.file, leak.site.line) == (HERE, line)
     assert "QueuePool still alive without dispose()" in leak.what
 
-    detector.reclaim(result)  # disposes it: the idle connection is closed
+    detector.reclaim(closed.reclaim)  # disposes it: the idle connection is closed
     assert tracker.states[local.pool].open == {}
     local.dispose()
 
@@ -183,7 +185,8 @@ def test_a_server_row_no_pool_owns_is_a_server_connection_leak(
     server.connect(14)
     server.disconnect(14)  # came and went during the test
 
-    result = detector.finish(window, "t::server", allow=0, settle=0)
+    closed = detector.close(window, "t::server", allow=0, settle=0)
+    result = closed.result
 
     assert kinds(result) == [("server_connection", 1)]
     leak = result.leaks[0]
@@ -192,7 +195,7 @@ def test_a_server_row_no_pool_owns_is_a_server_connection_leak(
     assert leak.processlist[0]["user"] == APP_USER
     assert (result.before.server_connections, result.after.server_connections) == (1, 2)
 
-    detector.reclaim(result)
+    detector.reclaim(closed.reclaim)
     # Nobody in this process opened it: its holder cannot be proven gone, so it stays.
     assert server.ended == []
     assert 12 in server.rows
@@ -211,7 +214,7 @@ def test_a_window_whose_listeners_were_cleared_is_judged_on_the_server_only(
     # only the server judges it (and this one shows nothing new).
     assert tracker.lost
     assert tracker.lost_seq >= window.seq
-    assert result.leaks == []
+    assert result.leaks == ()
     first.close()
 
     window = detector.begin(reuse=True)
@@ -233,10 +236,10 @@ def test_connections_of_a_mock_dbapi_are_never_leaks(detector: Detector, tracker
 
     result = detector.finish(window, "t::mock", allow=0, settle=0)
 
-    assert result.leaks == []  # ...but not a leak, checked out or in an undisposed pool
+    assert result.leaks == ()  # ...but not a leak, checked out or in an undisposed pool
     assert held.dbapi_connection is not None
     assert held.dbapi_connection.mock_calls == []  # the detector never called it
     window = detector.begin(reuse=True)
     del held  # dropped without close(): still nothing held
-    assert detector.finish(window, "t::mock_dropped", allow=0, settle=0).leaks == []
+    assert detector.finish(window, "t::mock_dropped", allow=0, settle=0).leaks == ()
     pool.dispose()
