@@ -20,7 +20,8 @@ _LIBRARY_DIRS = tuple(
         for key in ("stdlib", "platstdlib", "purelib", "platlib")
         if (p := sysconfig.get_paths().get(key))
     }
-    | {os.path.dirname(os.path.realpath(__file__)) + os.sep}
+    # This plugin: the package folder, not this module's layer folder.
+    | {str(Path(__file__).resolve().parents[1]) + os.sep}
 )
 # Interpreter entry points: console-script launchers (`bin/pytest`, `Scripts\\pytest.exe`)
 # live in the scripts directories of the install schemes and next to the interpreter.

@@ -5,12 +5,37 @@ line, and the terminal summary. Reads the manager's results; keeps no state of i
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pytest_dbleak.reports import reporting
 
 if TYPE_CHECKING:
-    from pytest_dbleak.pytest_layer.manager import DbleakManager
+    from pytest_dbleak.engine.errors import Redactor
+    from pytest_dbleak.engine.lockwatch import Resolution
+    from pytest_dbleak.engine.results import CheckResult
+    from pytest_dbleak.engine.runtime import Runtime
+    from pytest_dbleak.engine.settings import Settings
+    from pytest_dbleak.reports.baseline import Baseline
+
+
+class DbleakManager(Protocol):
+    """What this module reads of the manager (and the two lines it writes back):
+    declared here so that the manager imports this module and not the other way."""
+
+    settings: Settings
+    runtime: Runtime
+    results: dict[str, CheckResult]
+    outcomes: dict[str, str]
+    leak_failures: set[str]
+    other_failures: set[str]
+    baseline: Baseline | None
+    recording: bool
+    redact: Redactor
+    _baseline_line: str
+    _written: list[str]
+    _resolutions: list[Resolution]
+    _stuck_lines: list[str]
+    _started: float
 
 
 def terminal_summary(m: DbleakManager, terminalreporter: Any) -> None:

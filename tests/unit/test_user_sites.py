@@ -55,3 +55,16 @@ def test_only_the_innermost_frames_are_kept_up_to_the_limit() -> None:
     stack = tuple((f"/srv/project/m{i}.py", i, f"f{i}") for i in range(12))
     sites = user_sites(stack, ROOT, limit=3)
     assert sites == [Site("m2.py", 2, "f2"), Site("m1.py", 1, "f1"), Site("m0.py", 0, "f0")]
+
+
+def test_no_frame_of_this_plugin_is_user_code_whatever_its_layer() -> None:
+    # The plugin may be checked out inside the project (an editable install): its frames,
+    # in any of its layer folders, are still not where the user's leak is.
+    package = Path(user_sites.__code__.co_filename).resolve().parents[1]
+    stack = (
+        (str(package / "pytest_layer" / "django_support.py"), 264, "ensure_connection"),
+        (str(package / "engine" / "tracking.py"), 90, "on_checkout"),
+        (str(package / "families" / "mysql" / "monitor.py"), 40, "query"),
+        ("/srv/project/tests/test_orm.py", 94, "poll"),
+    )
+    assert user_sites(stack, ROOT) == [Site("tests/test_orm.py", 94, "poll")]
