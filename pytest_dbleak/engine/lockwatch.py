@@ -189,16 +189,25 @@ class LockWatch:
                 f"{s.statement} (waited {s.waited:.0f} s{self._at(s.stack)})" for s in stuck_list
             )
             for holder, nodeid in culprits:
-                self._monitor.end_connection(holder.id)
                 sites = user_sites(self._checkout_site(holder.id), self.root)
                 site = f", opened at {sites[-1]}" if sites else ""
                 line = (
                     f"ended server connection {holder.id} left in a transaction (since "
                     f"{holder.started}{site}) by {nodeid}: it blocked {blocked}"
                 )
-                log.warning("dbleak: %s", line)
+                resolution = Resolution(nodeid, line, tuple(sites))
+                # Recorded before the kill: the blocked statement proceeds the moment the
+                # holder is gone, and the run may reach its verdict and summary before
+                # this thread is scheduled again.
                 with self._lock:
-                    self.resolutions.append(Resolution(nodeid, line, tuple(sites)))
+                    self.resolutions.append(resolution)
+                try:
+                    self._monitor.end_connection(holder.id)
+                except BaseException:
+                    with self._lock:
+                        self.resolutions.remove(resolution)
+                    raise
+                log.warning("dbleak: %s", line)
             return
         for stuck in stuck_list:
             with self._lock:

@@ -5,31 +5,22 @@ In process, with a real server and real PyMySQL connections.
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from pytest_dbleak.engine.errors import ServerGoneError
-from pytest_dbleak.engine.settings import Settings
 from pytest_dbleak.families.base import RunningServer
-from pytest_dbleak.families.mysql.embedded import find_mysqld, start_process
 from pytest_dbleak.families.mysql.monitor import Monitor
-
-CACHE = Path(Settings(cache_dir=os.environ.get("DBLEAK_CACHE_DIR")).template_cache)
+from tests.families.servers import started_mariadb
 
 
 @pytest.fixture
 def server() -> Iterator[RunningServer]:
-    binary = find_mysqld(None)
-    if binary is None:
-        pytest.skip("no mariadbd or mysqld on PATH")
-    running = start_process(binary, CACHE, 30)
-    yield running
-    running.stop()
+    with started_mariadb() as running:
+        yield running
 
 
 def test_a_monitor_whose_connection_was_killed_opens_a_new_one_and_still_answers(

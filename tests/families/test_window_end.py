@@ -7,7 +7,6 @@ In process, against a real ``mariadbd`` it starts, with real PyMySQL connections
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,23 +15,16 @@ import pytest
 from pytest_dbleak.engine.detector import Detector
 from pytest_dbleak.engine.reclaim import Reclaim
 from pytest_dbleak.engine.results import LOCK_WAIT, SERVER_CONNECTION, CheckResult, Leak
-from pytest_dbleak.engine.settings import Settings
 from pytest_dbleak.engine.tracking import Tracker
 from pytest_dbleak.families.base import RunningServer
-from pytest_dbleak.families.mysql.embedded import find_mysqld, start_process
 from pytest_dbleak.families.mysql.monitor import Monitor
-
-CACHE = Path(Settings(cache_dir=os.environ.get("DBLEAK_CACHE_DIR")).template_cache)
+from tests.families.servers import started_mariadb
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[RunningServer]:
-    binary = find_mysqld(None)
-    if binary is None:
-        pytest.skip("no mariadbd or mysqld on PATH")
-    running = start_process(binary, CACHE, 30)
-    yield running
-    running.stop()
+    with started_mariadb() as running:
+        yield running
 
 
 @pytest.fixture
