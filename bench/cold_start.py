@@ -15,6 +15,7 @@ Side by side in one run, interleaved, medians of N whole ``python -m pytest`` pr
 Then, in-process, where a cold session's server time goes: template copy, spawning the
 server, first login (and securing it), provisioning the session's database, stopping.
 
+The plugin's modules are byte-compiled first, as a regular install leaves them.
 Plugin autoloading is off in every run (the plugin is given with ``-p``), so other
 installed plugins do not count. The reused server lives in a private cache folder and is
 stopped at the end.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import compileall
 import os
 import resource
 import shutil
@@ -63,6 +65,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=9)
     args = parser.parse_args()
 
+    # What a regular `pip install` leaves: the plugin's bytecode. Without it (an editable
+    # install under PYTHONDONTWRITEBYTECODE, as on CI machines) every run compiles its ~50
+    # modules again (~45 ms) while the floor's libraries load theirs precompiled.
+    compileall.compile_dir(c.REPO / "pytest_dbleak", quiet=1)
     work = c.Workdir("cold")
     start_load = c.load()
     cache = work.path / "cache"

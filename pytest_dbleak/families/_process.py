@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -84,7 +85,50 @@ rm -rf "$dir"
 """
 
 
-def spawn_under_reaper(root: Path, cmd: list[str]) -> tuple[subprocess.Popen[str], int]:
+class ReadyNotice:
+    """The server's own word that it takes connections: the systemd notify protocol.
+
+    A server built with libsystemd (Debian's mariadbd and postgres) sends ``READY=1`` to
+    the datagram socket named in ``NOTIFY_SOCKET`` the moment it accepts connections, so
+    the start-up is awaited as an event instead of polled with logins. A server without
+    it never writes here: ``wait`` then simply times out, and the caller's login probe
+    (its fallback) decides.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.path = str(root / "notify.sock")
+        self.ready = False
+        self._sock: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            self._sock.bind(self.path)
+        except OSError:  # a path too long for AF_UNIX, a read-only folder: poll instead
+            self.close()
+
+    def env(self) -> dict[str, str] | None:
+        """The environment to start the server with (None: the inherited one)."""
+        if self._sock is None:
+            return None
+        return {**os.environ, "NOTIFY_SOCKET": self.path}
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for ``READY=1``; True once it came."""
+        while not self.ready and self._sock is not None:
+            readable, _, _ = select.select([self._sock], [], [], timeout)
+            if not readable:
+                break
+            self.ready = b"READY=1" in self._sock.recv(4096).split(b"\n")
+            timeout = 0  # drain what else is queued, never wait again
+        return self.ready
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def spawn_under_reaper(
+    root: Path, cmd: list[str], env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], int]:
     """Start `cmd` under a reaper that kills it and removes `root` once pytest ends;
     returns the reaper and the server's pid."""
     reaper = subprocess.Popen(
@@ -93,6 +137,7 @@ def spawn_under_reaper(root: Path, cmd: list[str]) -> tuple[subprocess.Popen[str
         stdout=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        env=env,
     )
     keep_out_of_forks(reaper.stdin)
     assert reaper.stdout is not None

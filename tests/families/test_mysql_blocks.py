@@ -6,15 +6,29 @@ In process, with a real server and real PyMySQL connections.
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from pytest_dbleak.engine.errors import ServerGoneError
+from pytest_dbleak.families._process import (
+    ReadyNotice,
+    free_port,
+    spawn_under_reaper,
+    stop_reaper,
+)
 from pytest_dbleak.families.base import RunningServer
+from pytest_dbleak.families.mysql.embedded import (
+    ensure_template,
+    find_mysqld,
+    server_command,
+    server_root,
+)
 from pytest_dbleak.families.mysql.monitor import Monitor
-from tests.families.servers import started_mariadb
+from tests.families.servers import CACHE, started_mariadb
 
 
 @pytest.fixture
@@ -86,3 +100,34 @@ def test_a_monitor_of_a_server_that_stopped_says_so_in_one_line(server: RunningS
     with pytest.raises(ServerGoneError, match=r"stopped answering"):
         monitor.snapshot()
     monitor.close()
+
+
+def test_a_started_mariadbd_says_it_is_ready_through_the_notify_socket(tmp_path: Path) -> None:
+    # Debian's mariadbd is built with libsystemd: the start-up is awaited as an event.
+    binary = find_mysqld(None)
+    if binary is None:
+        pytest.skip("no mariadbd or mysqld on PATH")
+    root = server_root(ensure_template(binary, CACHE))
+    notice = ReadyNotice(root)
+    reaper, _ = spawn_under_reaper(root, server_command(binary, root, free_port()), notice.env())
+    try:
+        assert notice.wait(30)
+    finally:
+        notice.close()
+        stop_reaper(reaper)
+    assert not root.exists()
+
+
+def test_without_a_word_from_the_server_the_notice_times_out_and_the_probe_decides(
+    tmp_path: Path,
+) -> None:
+    notice = ReadyNotice(tmp_path)
+    try:
+        assert not notice.wait(0.01)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+            server.sendto(b"STATUS=starting\n", notice.path)
+            assert not notice.wait(0.01)
+            server.sendto(b"STATUS=Taking your SQL requests now...\nREADY=1\n", notice.path)
+        assert notice.wait(5)
+    finally:
+        notice.close()

@@ -23,6 +23,7 @@ from pathlib import Path
 from pytest_dbleak.engine.errors import DbleakError
 from pytest_dbleak.engine.signals import interrupts_held
 from pytest_dbleak.families._process import (
+    ReadyNotice,
     alive,
     free_port,
     kill_group,
@@ -311,21 +312,25 @@ def launch_process(binary: str | None, cache: Path, timeout: float) -> Launch:
             stop_reaper(reaper)
             shutil.rmtree(root, ignore_errors=True)
 
+    notice = ReadyNotice(root)
     try:
         sock = str(root / "mysqld.sock")
         port = free_port()
-        reaper, pid = spawn_under_reaper(root, server_command(binary, root, port))
+        reaper, pid = spawn_under_reaper(root, server_command(binary, root, port), notice.env())
     except BaseException:
+        notice.close()
         cancel()
         raise
 
     def wait() -> RunningServer:
         password = secrets.token_hex(16)
         try:
-            _wait_and_secure(sock, pid, password, timeout, root / "error.log")
+            _wait_and_secure(sock, pid, password, timeout, root / "error.log", notice)
         except BaseException:
             cancel()
             raise
+        finally:
+            notice.close()
         endpoint = Endpoint("127.0.0.1", port, ADMIN_USER, password, unix_socket=sock)
         return RunningServer("process", endpoint, owned=True, stop=lambda: stop_reaper(reaper))
 
@@ -336,8 +341,16 @@ def start_process(binary: str | None, cache: Path, timeout: float) -> RunningSer
     return launch_process(binary, cache, timeout).wait()
 
 
-def _wait_and_secure(sock: str, pid: int, password: str, timeout: float, errlog: Path) -> None:
-    """Wait for a real login, then replace the template's passwordless root."""
+def _wait_and_secure(
+    sock: str,
+    pid: int,
+    password: str,
+    timeout: float,
+    errlog: Path,
+    notice: ReadyNotice | None = None,
+) -> None:
+    """Wait for a real login, then replace the template's passwordless root. With a
+    `notice`, the server's ready message ends each wait between two login attempts."""
     import pymysql
 
     deadline = time.monotonic() + timeout
@@ -359,7 +372,10 @@ def _wait_and_secure(sock: str, pid: int, password: str, timeout: float, errlog:
                 raise DbleakError(
                     f"the server did not accept a login within {timeout:g} s: {_log_tail(errlog)}"
                 ) from None
-            time.sleep(delay)
+            if notice is not None and not notice.ready:
+                notice.wait(delay)  # returns the moment the server says it is ready
+            else:
+                time.sleep(delay)  # no such word to come, or a login failed after it
             delay = min(delay * 1.5, 0.05)
     try:
         with conn.cursor() as cur:
