@@ -104,11 +104,13 @@ class ReadyNotice:
         except OSError:  # a path too long for AF_UNIX, a read-only folder: poll instead
             self.close()
 
-    def env(self) -> dict[str, str] | None:
-        """The environment to start the server with (None: the inherited one)."""
-        if self._sock is None:
-            return None
-        return {**os.environ, "NOTIFY_SOCKET": self.path}
+    def env(self) -> dict[str, str]:
+        """The environment to start the server with: ours as its notify socket, never
+        one pytest inherited (under a systemd unit, the server would tell systemd)."""
+        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        if self._sock is not None:
+            env["NOTIFY_SOCKET"] = self.path
+        return env
 
     def wait(self, timeout: float) -> bool:
         """Wait up to `timeout` s for ``READY=1``; True once it came."""

@@ -306,19 +306,19 @@ def launch_process(binary: str | None, cache: Path, timeout: float) -> Launch:
     template = ensure_template(binary, cache)
     root = server_root(template)
     reaper: subprocess.Popen[str] | None = None
+    notice = ReadyNotice(root)
 
     def cancel() -> None:
         with interrupts_held():  # a second Ctrl-C must not cut the clean-up short
+            notice.close()
             stop_reaper(reaper)
             shutil.rmtree(root, ignore_errors=True)
 
-    notice = ReadyNotice(root)
     try:
         sock = str(root / "mysqld.sock")
         port = free_port()
         reaper, pid = spawn_under_reaper(root, server_command(binary, root, port), notice.env())
     except BaseException:
-        notice.close()
         cancel()
         raise
 
