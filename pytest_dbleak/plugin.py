@@ -18,6 +18,9 @@ from pytest_dbleak.pytest_layer.fixtures import (
     dbleak_http_load,
     dbleak_jobs,
     dbleak_mysql_url,
+    dbleak_postgresql_database,
+    dbleak_postgresql_server,
+    dbleak_postgresql_url,
     dbleak_server,
     dbleak_socket_churn,
 )
@@ -29,6 +32,9 @@ __all__ = [
     "dbleak_http_load",
     "dbleak_jobs",
     "dbleak_mysql_url",
+    "dbleak_postgresql_database",
+    "dbleak_postgresql_server",
+    "dbleak_postgresql_url",
     "dbleak_server",
     "dbleak_socket_churn",
 ]

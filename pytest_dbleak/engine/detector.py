@@ -202,6 +202,7 @@ class Detector:
                 stress=kind,
                 runs=runs,
                 report_only=report_only,
+                counter=snap.counter,
             ),
             known=known,
         )

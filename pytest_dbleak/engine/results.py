@@ -103,6 +103,7 @@ class CheckResult:
     stress: str | None = None  # which stress marker ran
     known: bool = False  # matched by the baseline: reported, not failed
     report_only: bool = False
+    counter: str = "Threads_connected"  # the server's name for threads_connected
 
     def __post_init__(self) -> None:
         # Any iterable in, a tuple of grouped leaks kept (frozen: set once, here).
@@ -133,6 +134,7 @@ class CheckResult:
             "stress": self.stress,
             "known": self.known,
             "report_only": self.report_only,
+            "counter": self.counter,
             "leaked": self.leaked,
             "failed": self.failed,
         }

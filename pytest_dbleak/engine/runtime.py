@@ -7,6 +7,7 @@ every later call: there is no half-started state to test for.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import secrets
 from collections.abc import Callable
@@ -68,7 +69,8 @@ class Runtime:
         self.redact = redact
         self.family = family
         self.worker = worker  # "main", or the xdist worker id
-        self._shared = shared  # an xdist worker: the controller's server
+        self._shared = shared  # an xdist worker: the controller's server (of its family)
+        self._tracker: Tracker | None = None  # family-neutral: kept when the family changes
         self._root = root
         self._note = note
         self._launched: Launch | None = None
@@ -104,9 +106,56 @@ class Runtime:
     def tracking(self) -> Tracker | None:
         return self._checks.tracker if self._checks is not None else None
 
+    @property
+    def started(self) -> bool:
+        """A server was asked for (launched, running, or failed to start)."""
+        return any(x is not None for x in (self._launched, self._server, self._error))
+
+    def switch(self, family: Family) -> None:
+        """Serve `family` instead: what was started for the other one is stopped (its
+        error forgotten); the tracker, which knows no family, stays. Only before the
+        first test's check: a check never spans two servers."""
+        if family is self.family:
+            return
+        log.info("dbleak: %s instead of %s", family.title, self.family.title)
+        self.close(keep_tracker=True)
+        self._error = None
+        self.family = family
+
+    @property
+    def shared_family(self) -> str | None:
+        """The family of the controller's server this xdist worker was given, if any."""
+        return None if self._shared is None else str(self._shared.get("family", "mysql"))
+
+    def share(self, fields: dict[str, Any]) -> None:
+        """Use the controller's server (``Broker``'s answer) instead of starting one."""
+        if self.started:
+            raise DbleakError("a server was already started for this session")
+        self._shared = fields
+
+    def _shared_server(self) -> dict[str, Any] | None:
+        """The controller's server, when it is of this runtime's family."""
+        shared = self._shared
+        if shared is None or shared.get("family", "mysql") != self.family.name:
+            return None
+        return shared
+
+    def tracker(self) -> Tracker:
+        """The pool-event tracker, installed once; it needs no server."""
+        if self._tracker is None:
+            with interrupt_deferred():
+                from pytest_dbleak.engine import detector, lockwatch, tracking  # noqa: F401 - imported whole
+            from pytest_dbleak.engine.tracking import Tracker
+
+            tracker = Tracker()
+            tracker.install()
+            self._tracker = tracker
+        return self._tracker
+
     def launch(self) -> None:
         """Set the server off (once), so that it boots while other work goes on."""
-        if self._shared is not None or self._server is not None or self._error is not None:
+        shared = self._shared_server()
+        if shared is not None or self._server is not None or self._error is not None:
             return
         if self._launched is None:
             try:
@@ -141,21 +190,17 @@ class Runtime:
     def checks(self) -> Checks:
         """Server, session database, tracker, detector and lock watch."""
         if self._checks is None:
-            self.launch()  # mariadbd boots while SQLAlchemy imports below
+            self.launch()  # the server boots while SQLAlchemy imports below
             with interrupt_deferred():
-                import pymysql  # noqa: F401 - the server's wait needs it
-
-                from pytest_dbleak.engine import detector, lockwatch, tracking  # noqa: F401 - imported whole
-            from pytest_dbleak.engine.tracking import Tracker
-
-            tracker = Tracker()
+                importlib.import_module(self.family.admin_driver)  # the server's wait needs it
             try:
-                tracker.install()
-                return self._build_checks(tracker)
+                return self._build_checks(self.tracker())
             except BaseException:
                 # Ctrl-C while the server starts too: the tracker's folder must not stay.
                 with interrupts_held():
-                    tracker.uninstall()
+                    tracker, self._tracker = self._tracker, None
+                    if tracker is not None:
+                        tracker.uninstall()
                 raise
         return self._checks
 
@@ -198,10 +243,11 @@ class Runtime:
 
     # -- building ---------------------------------------------------------------------
     def _start(self) -> Server:
-        if self._shared is not None:
+        shared = self._shared_server()
+        if shared is not None:
             running = RunningServer(
-                self._shared["backend"],
-                self.family.endpoint(self._shared["endpoint"]),
+                shared["backend"],
+                self.family.endpoint(shared["endpoint"]),
                 owned=False,
             )
         else:
@@ -250,7 +296,7 @@ class Runtime:
         )
 
     # -- the end ------------------------------------------------------------------------
-    def close(self) -> None:
+    def close(self, *, keep_tracker: bool = False) -> None:
         """Stop what was started; drop what we created on a server that stays. Idempotent.
 
         Ctrl-C is held back until everything is stopped and removed (``interrupted``
@@ -258,11 +304,11 @@ class Runtime:
         """
         with interrupts_held() as came:
             try:
-                self._close()
+                self._close(keep_tracker)
             finally:
                 self.interrupted = self.interrupted or bool(came)
 
-    def _close(self) -> None:
+    def _close(self, keep_tracker: bool) -> None:
         launched, self._launched = self._launched, None
         checks, server, database = self._checks, self._server, self._database
         self._checks = self._server = self._database = None
@@ -276,8 +322,10 @@ class Runtime:
                 if server is not None:
                     self._release(server, database)
             finally:
-                if checks is not None:
-                    checks.tracker.uninstall()
+                tracker = self._tracker
+                if tracker is not None and not keep_tracker:
+                    self._tracker = None
+                    tracker.uninstall()
                 self._undo_sigterm()
                 self._undo_sigterm = lambda: None
 

@@ -16,6 +16,7 @@ from typing import Any
 from pytest_dbleak.engine.errors import DbleakError, nearest
 
 BACKENDS = ("auto", "process", "docker", "url")
+FAMILIES = ("auto", "mysql", "postgresql")
 
 
 def _parse_bool(text: str) -> bool:
@@ -74,6 +75,18 @@ def _parse_backend(text: str) -> str:
     return value
 
 
+def _parse_family(text: str) -> str:
+    value = text.strip().lower()
+    value = {"postgres": "postgresql", "mariadb": "mysql"}.get(value, value)
+    if value not in FAMILIES:
+        close = nearest(value, FAMILIES, cutoff=0.6)
+        guess = f"did you mean {close!r}? " if close else ""
+        raise ValueError(
+            f"unknown server family {text!r}; {guess}choose one of {', '.join(FAMILIES)}"
+        )
+    return value
+
+
 def _parse_str(text: str) -> str:
     return text.strip()
 
@@ -127,11 +140,19 @@ OPTIONS: tuple[OptionSpec, ...] = (
     ),
     OptionSpec(
         "backend",
-        "where the session's MySQL server comes from: auto, process, docker "
-        "or url (default: auto).",
+        "where the session's server comes from: auto, process, docker or url (default: auto).",
         _parse_backend,
         "auto",
         "--dbleak-backend",
+        "NAME",
+    ),
+    OptionSpec(
+        "family",
+        "which server the session checks: mysql, postgresql, or auto - the family whose "
+        "fixtures the collected tests request, MySQL when they request none (default: auto).",
+        _parse_family,
+        "auto",
+        "--dbleak-family",
         "NAME",
     ),
     OptionSpec(
@@ -300,6 +321,7 @@ class Settings:
 
     enabled: bool = False
     backend: str = "auto"
+    family: str = "auto"
     mysql_url: str | None = None
     mysqld: str | None = None
     image: str = "mysql:8.4"

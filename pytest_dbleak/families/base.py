@@ -53,6 +53,7 @@ class ServerSnapshot:
 
     rows: dict[int, ProcessRow] = field(default_factory=dict)
     threads_connected: int = 0
+    counter: str = "Threads_connected"  # what the server calls threads_connected
 
     def ids_of(self, users: frozenset[str] | None) -> set[int]:
         return {r.id for r in self.rows.values() if users is None or r.user in users}
@@ -170,6 +171,7 @@ class Family(Protocol):
     name: str  # "mysql"
     title: str  # "MySQL", for messages
     counter: str  # the server's count of client connections, as reports name it
+    admin_driver: str  # the module the plugin's own connections use ("pymysql")
 
     def launch(self, settings: Settings, redactor: Redactor) -> Launch:
         """Set off the server the settings ask for; DbleakError says why it cannot be."""

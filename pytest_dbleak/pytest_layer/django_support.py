@@ -149,6 +149,14 @@ class DjangoSupport:
         kept.append(self.kept_ids)
         self._let_threads_through({type(connections[alias]) for alias in self.redirected})
 
+    def uses_mysql(self) -> bool:
+        """Whether Django's settings name a MySQL database (no backend is loaded)."""
+        conf = sys.modules.get("django.conf")
+        if conf is None or not conf.settings.configured:
+            return False
+        databases: dict[str, dict[str, Any]] = conf.settings.DATABASES
+        return any("mysql" in str(entry.get("ENGINE", "")) for entry in databases.values())
+
     def _sort_aliases(self) -> dict[str, dict[str, Any]]:
         conf = sys.modules.get("django.conf")
         if conf is None or not conf.settings.configured:

@@ -11,7 +11,9 @@ import pytest
 
 from pytest_dbleak.engine.database import Database
 from pytest_dbleak.engine.errors import DbleakError, missing_extra
+from pytest_dbleak.engine.runtime import Runtime
 from pytest_dbleak.families.base import ProcessRow, ServerInfo
+from pytest_dbleak.pytest_layer import family_choice
 from pytest_dbleak.pytest_layer.manager import MANAGER, DbleakManager
 from pytest_dbleak.reports import reporting
 
@@ -25,24 +27,74 @@ def _fail_setup(exc: DbleakError) -> None:
     pytest.exit(f"dbleak: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
 
 
-@pytest.fixture(scope="session")
-def dbleak_server(request: pytest.FixtureRequest) -> ServerInfo:
-    """Facts about the session's MySQL server: backend, host, port, socket, version."""
+def _runtime(request: pytest.FixtureRequest, family: str | None) -> Runtime:
+    """The session's runtime, when it serves `family` (None: whichever it serves).
+
+    The family is chosen from the fixtures the collected tests request; only a fixture
+    asked for by name at run time (``request.getfixturevalue``) can miss it.
+    """
+    runtime = _manager(request).runtime
+    if family is not None and runtime.family.name != family:
+        _fail_setup(
+            DbleakError(
+                f"{request.fixturename} needs a {family_choice.TITLES[family]} server, but "
+                f"this session checks {runtime.family.title} (chosen from the fixtures its "
+                "tests request; --dbleak-family sets it)"
+            )
+        )
+    return runtime
+
+
+def _server(request: pytest.FixtureRequest, family: str) -> ServerInfo:
     try:
-        return _manager(request).runtime.server().info
+        return _runtime(request, family).server().info
     except DbleakError as exc:
         _fail_setup(exc)
         raise
+
+
+def _database(request: pytest.FixtureRequest, family: str | None) -> Database:
+    try:
+        return _runtime(request, family).database()
+    except DbleakError as exc:
+        _fail_setup(exc)
+        raise
+
+
+@pytest.fixture(scope="session")
+def dbleak_server(request: pytest.FixtureRequest) -> ServerInfo:
+    """Facts about the session's MySQL server: backend, host, port, socket, version."""
+    return _server(request, "mysql")
 
 
 @pytest.fixture(scope="session")
 def dbleak_mysql_url(request: pytest.FixtureRequest, dbleak_server: ServerInfo) -> str:
     """SQLAlchemy URL of a fresh database that belongs to this session's own user."""
-    try:
-        return _manager(request).runtime.database().url()
-    except DbleakError as exc:
-        _fail_setup(exc)
-        raise
+    return _database(request, "mysql").url()
+
+
+@pytest.fixture(scope="session")
+def dbleak_postgresql_server(request: pytest.FixtureRequest) -> ServerInfo:
+    """Facts about the session's PostgreSQL server: backend, host, port, socket, version."""
+    return _server(request, "postgresql")
+
+
+@pytest.fixture(scope="session")
+def dbleak_postgresql_url(
+    request: pytest.FixtureRequest, dbleak_postgresql_server: ServerInfo
+) -> str:
+    """SQLAlchemy URL (``postgresql+psycopg://``) of a fresh database that this session's
+    own role owns, dropped at the end."""
+    return _database(request, "postgresql").url()
+
+
+@pytest.fixture(scope="session")
+def dbleak_postgresql_database(
+    request: pytest.FixtureRequest, dbleak_postgresql_server: ServerInfo
+) -> Database:
+    """The session's PostgreSQL database for any driver: ``.url("asyncpg")``,
+    ``.connect_kwargs("psycopg2")`` (psycopg, psycopg2, asyncpg, pg8000)."""
+    return _database(request, "postgresql")
 
 
 @dataclass(frozen=True)
@@ -76,6 +128,7 @@ class DbleakHandle:
 
     @property
     def url(self) -> str:
+        """The session database's SQLAlchemy URL (MySQL or PostgreSQL, as the session)."""
         return self._manager.runtime.database().url()
 
     def snapshot(self) -> Snapshot:
@@ -110,8 +163,9 @@ class DbleakHandle:
 
 
 @pytest.fixture
-def dbleak(request: pytest.FixtureRequest, dbleak_mysql_url: str) -> DbleakHandle:
+def dbleak(request: pytest.FixtureRequest) -> DbleakHandle:
     """Handle for explicit checks: snapshot(), pool_status(engine), assert_no_leaks()."""
+    _database(request, None)
     return DbleakHandle(_manager(request))
 
 
@@ -245,8 +299,4 @@ def dbleak_http_load(request: pytest.FixtureRequest) -> HttpLoadStress:
 def dbleak_database(request: pytest.FixtureRequest, dbleak_server: ServerInfo) -> Database:
     """The session database for any driver: ``.url(driver="aiomysql")``,
     ``.connect_kwargs(driver="mysqldb")``, each with that driver's "no TLS" spelling."""
-    try:
-        return _manager(request).runtime.database()
-    except DbleakError as exc:
-        _fail_setup(exc)
-        raise
+    return _database(request, "mysql")

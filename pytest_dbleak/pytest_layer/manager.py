@@ -27,7 +27,7 @@ from pytest_dbleak.engine.results import CheckResult, Leak
 from pytest_dbleak.engine.runtime import Runtime
 from pytest_dbleak.engine.settings import Settings
 from pytest_dbleak.engine.signals import interrupts_held
-from pytest_dbleak.pytest_layer import _pytest_seam, marks, session_report, verdict
+from pytest_dbleak.pytest_layer import _pytest_seam, family_choice, marks, session_report, verdict
 from pytest_dbleak.pytest_layer.checks import CHECK, MARKS, Checks
 from pytest_dbleak.reports import reporting
 
@@ -49,16 +49,26 @@ class DbleakManager:
         self.settings = settings
         self.redact = Redactor()
         workerinput = getattr(config, "workerinput", {})
+        # The family is chosen at the session's start and again after collection (see
+        # family_choice); MySQL until then.
         self.runtime = Runtime(
             settings,
             self.redact,
-            families.get("mysql"),  # the one family the fixtures serve today
+            families.get("mysql"),
             worker=workerinput.get("workerid", "main"),
             shared=workerinput.get("dbleak_server"),
             root=config.rootpath,
             note=self._note,
         )
+        self._header_shown = False
         self.checks = Checks(self.runtime, settings, self.redact)
+        self.choice = family_choice.FamilyChoice(
+            self.runtime,
+            settings,
+            broker_path=workerinput.get("dbleak_broker"),
+            new_runtime=self._new_runtime,
+            mysql_required=lambda: self.django is not None and self.django.uses_mysql(),
+        )
         self.results: dict[str, CheckResult] = {}
         self.outcomes: dict[str, str] = {}
         self.status = verdict.DeferredStatus()
@@ -116,24 +126,47 @@ class DbleakManager:
             self.recording = self.baseline is None
             if self.baseline is not None:
                 self.checks.knows = self.baseline.knows
+        cache = getattr(self.config, "cache", None)
+        predicted = self.choice.predict(
+            worker=self.is_worker,
+            remembered=cache.get(family_choice.CACHE_KEY, None) if cache is not None else None,
+        )
         try:
             if self.is_controller:
-                self.runtime.server()  # one server, shared by the workers
+                self.choice.open_broker()  # its path goes to each worker
+                if predicted is not None:  # one server for the workers
+                    self.choice.start_predicted(predicted, self.runtime.server)
                 if self.django is not None:
                     self.django.describe(self.runtime)
             else:
-                checks = self.runtime.checks()
-                if self.django is not None:
-                    self.django.start(self.runtime, checks.detector.kept)
+                self.runtime.tracker()  # pool events from the start, whatever the family
+                if predicted is not None:
+                    self.choice.start_predicted(predicted, self.runtime.checks)
+                    if self.django is not None and self.runtime.detector is not None:
+                        self.django.start(self.runtime, self.runtime.checks().detector.kept)
         except DbleakError as exc:
             raise pytest.UsageError(f"dbleak: {exc}") from None
         self._announce_server()
 
+    def _new_runtime(self, name: str) -> Runtime:
+        return Runtime(
+            self.settings,
+            self.redact,
+            families.get(name),
+            worker="main",
+            shared=None,
+            root=self.config.rootpath,
+            note=self._note,
+        )
+
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
+        if self.choice.broker is not None:
+            node.workerinput["dbleak_broker"] = self.choice.broker.path
         running = self.runtime.running
         if running is not None:
             node.workerinput["dbleak_server"] = {
+                "family": self.runtime.family.name,
                 "backend": running.backend,
                 "endpoint": self.runtime.family.endpoint_fields(running.endpoint),
             }
@@ -175,19 +208,34 @@ class DbleakManager:
                 _pytest_seam.check(session)
             except DbleakError as exc:
                 raise pytest.UsageError(f"dbleak: {exc}") from None
-        # Start the server now, not inside the first test, so a bad URL or password is a
-        # usage error before any test runs.
-        if self.runtime.info is None and any(_uses_server(i) for i in session.items):
-            try:
-                self.runtime.database()
-            except DbleakError as exc:
-                raise pytest.UsageError(f"dbleak: {exc}") from None
-            self._announce_server()
+        # The family the tests request, its server started now (not inside the first
+        # test), so that a bad URL or password is a usage error before any test runs.
+        try:
+            chosen = self.choice.serve(session.items, checked=self.settings.enabled)
+            if chosen is not None and self.is_worker:
+                self.config.workeroutput["dbleak_family"] = chosen  # type: ignore[attr-defined]
+        except DbleakError as exc:
+            raise pytest.UsageError(f"dbleak: {exc}") from None
+        self._announce_server(late=True)
 
-    def _announce_server(self) -> None:
+    def _announce_server(self, *, late: bool = False) -> None:
         info = self.runtime.info
         if info is not None and not self._announced:
             self._announced = True
+            if (
+                late
+                and not self._header_shown
+                and self.settings.enabled
+                and not self.is_worker
+                and not self.config.getoption("no_header", False)
+            ):
+                # Started after pytest's header was written: the same line, now.
+                self._header_shown = True
+                self._note(
+                    reporting.header_line(
+                        info.backend, info.host, info.port, info.version
+                    ).removeprefix("dbleak: ")
+                )
             self.config.hook.pytest_dbleak_server(config=self.config, server=info)
 
     @pytest.hookimpl(wrapper=True)
@@ -224,6 +272,7 @@ class DbleakManager:
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         output = getattr(node, "workeroutput", {})
+        self.choice.from_tests = output.get("dbleak_family", self.choice.from_tests)
         for late in output.get("dbleak_late", ()):
             self._blame_late(late["nodeid"], Leak.from_dict(late["leak"]))
         self._stuck_lines.extend(output.get("dbleak_stuck", ()))
@@ -243,6 +292,7 @@ class DbleakManager:
                 session.config.hook.pytest_dbleak_sessionfinish(
                     session=session, results=reporting.checked(self.results.values(), self.outcomes)
                 )
+            self._remember_family()
             session_report.write_reports(self)
             if (
                 session.exitstatus == pytest.ExitCode.TESTS_FAILED
@@ -252,10 +302,17 @@ class DbleakManager:
                 session.exitstatus = EXIT_LEAKS_FOUND
         self.close()
 
+    def _remember_family(self) -> None:
+        """The family the tests requested: the next run starts it before collection."""
+        cache = getattr(self.config, "cache", None)
+        if cache is not None and self.choice.from_tests is not None:
+            cache.set(family_choice.CACHE_KEY, self.choice.from_tests)
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self.choice.close()
         if self.django is not None:
             self.django.close()
             self.config.pluginmanager.unregister(self.django)
@@ -420,6 +477,7 @@ class DbleakManager:
         info = self.runtime.info
         if not self.settings.enabled or info is None or self.is_worker:
             return []
+        self._header_shown = True
         lines = [reporting.header_line(info.backend, info.host, info.port, info.version)]
         if self.django is not None:
             lines += self.django.header()
@@ -433,8 +491,3 @@ def _same_parents(item: pytest.Item, nextitem: pytest.Item | None) -> bool:
     """Whether the next test shares every collector with this one (so no wider fixture
     is torn down between the two)."""
     return nextitem is not None and nextitem.listchain()[:-1] == item.listchain()[:-1]
-
-
-def _uses_server(item: pytest.Item) -> bool:
-    names = getattr(item, "fixturenames", ())
-    return any(n in names for n in ("dbleak_mysql_url", "dbleak_server", "dbleak"))

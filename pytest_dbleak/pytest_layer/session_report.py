@@ -121,7 +121,10 @@ def _server_meta(m: DbleakManager) -> dict[str, Any]:
     info = m.runtime.info
     if info is None:
         return {}
+    family = m.runtime.family
     return {
+        "family": family.name,
+        "counter": family.counter,
         "backend": info.backend,
         "host": info.host,
         "port": info.port,

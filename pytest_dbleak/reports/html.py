@@ -386,7 +386,7 @@ def _leak_details(index: int, result: CheckResult, outcome: str, esc: _Escaper) 
         f"test #{index}",
         f"pytest outcome: {outcome}",
         f"server connections {b.server_connections} → {a.server_connections}",
-        f"Threads_connected {b.threads_connected} → {a.threads_connected}",
+        f"{result.counter} {b.threads_connected} → {a.threads_connected}",
         f"checked out {b.checked_out} → {a.checked_out}",
     ]
     if result.allowed:

@@ -104,7 +104,7 @@ def section_text(result: CheckResult) -> str:
     lines = [
         f"server connections of the session: {b.server_connections} before, "
         f"{a.server_connections} after",
-        f"Threads_connected: {b.threads_connected} before, {a.threads_connected} after",
+        f"{result.counter}: {b.threads_connected} before, {a.threads_connected} after",
         f"checked-out pooled connections: {b.checked_out} before, {a.checked_out} after",
     ]
     if result.waited:

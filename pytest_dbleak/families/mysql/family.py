@@ -184,6 +184,7 @@ class MySQLFamily:
     name = "mysql"
     title = "MySQL"
     counter = "Threads_connected"
+    admin_driver = "pymysql"
 
     def launch(self, settings: Settings, redactor: Redactor) -> Launch:
         return launch(

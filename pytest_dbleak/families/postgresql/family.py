@@ -119,7 +119,9 @@ def describe(server: RunningServer, version: str) -> ServerInfo:
     admin = Database(
         name, ep.user, ep.password, ep.host, ep.port, local=ep.is_local, family="postgresql"
     ).url()
-    return ServerInfo(server.backend, ep.host, ep.port, ep.unix_socket, version, admin)
+    # The header and reports name the server by its version: say which server it is.
+    named = version if version.lower().startswith("postgresql") else f"PostgreSQL {version}"
+    return ServerInfo(server.backend, ep.host, ep.port, ep.unix_socket, named, admin)
 
 
 def connect_error(
@@ -151,6 +153,7 @@ class PgFamily:
     name = "postgresql"
     title = "PostgreSQL"
     counter = "numbackends"
+    admin_driver = "psycopg"
 
     def launch(self, settings: Settings, redactor: Redactor) -> Launch:
         return launch(settings, redactor)

@@ -197,7 +197,7 @@ class PgMonitor:
                 trx_started=xact,
             )
         # numbackends counts the plugin's own connections too, as Threads_connected does.
-        return ServerSnapshot(rows, len(rows) + len(self.own_ids))
+        return ServerSnapshot(rows, len(rows) + len(self.own_ids), "numbackends")
 
     def open_transactions(self, ids: set[int]) -> dict[int, str]:
         """When the open transaction of each backend in `ids` began."""
