@@ -71,8 +71,9 @@ class TrxInfo:
     rows_locked: int
     tables_locked: int
     rows_modified: int
-    tables: tuple[str, ...] = ()  # with metadata locks, where the server tells
+    tables: tuple[str, ...] = ()  # the tables it holds locks on, where the server tells
     active_seconds: int = 0
+    lock_kind: str = "metadata locks"  # what the server calls the locks on `tables`
 
     def describe(self) -> str:
         """`began 2026-12-01 20:31:02, 1 row lock, 1 table locked, 1 row modified`."""
@@ -85,7 +86,7 @@ class TrxInfo:
             if count:
                 parts.append(f"{count} {one if count == 1 else many}")
         if self.tables:
-            parts.append("metadata locks on " + ", ".join(self.tables))
+            parts.append(f"{self.lock_kind} on " + ", ".join(self.tables))
         return ", ".join(parts)
 
 

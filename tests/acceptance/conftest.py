@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from tests.acceptance.helpers import BEHAVIOUR_SETTINGS, TEMPLATE_CACHE
+from tests.acceptance.helpers import BEHAVIOUR_SETTINGS, TEMPLATE_CACHE, pg_admin_url
 
 
 @pytest.fixture(autouse=True)
@@ -15,3 +17,31 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in BEHAVIOUR_SETTINGS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DBLEAK_CACHE_DIR", os.environ.get("DBLEAK_CACHE_DIR", TEMPLATE_CACHE))
+
+
+@pytest.fixture(scope="module")
+def pg_server() -> Iterator[Any]:
+    """A postgres of this suite's own (never the machine's), for url-backend runs."""
+    pytest.importorskip("psycopg", reason="the postgresql extra is not installed")
+    from pytest_dbleak.families.postgresql.embedded import find_postgres, start_postgres
+    from tests.families.servers import CACHE
+
+    binary = find_postgres(None)
+    if binary is None:
+        pytest.skip("no postgres binary on PATH or in /usr/lib/postgresql/*/bin")
+    server = start_postgres(binary, CACHE, 30)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["process", "url"])
+def pg_backend_args(request: pytest.FixtureRequest) -> list[str]:
+    """CLI arguments that select each PostgreSQL backend in turn for a pytester run."""
+    if request.param == "url":
+        url = pg_admin_url(request.getfixturevalue("pg_server"))
+        return ["--dbleak-backend=url", f"--dbleak-postgresql-url={url}"]
+    from pytest_dbleak.families.postgresql.embedded import find_postgres
+
+    if find_postgres(None) is None:
+        pytest.skip("no postgres binary on PATH or in /usr/lib/postgresql/*/bin")
+    return ["--dbleak-backend=process"]

@@ -13,6 +13,7 @@ import sys
 import time
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -139,3 +140,9 @@ def run_pytest_in(path: Path, *args: str) -> pytest.RunResult:
         done.stderr.splitlines(),
         time.monotonic() - start,
     )
+
+
+def pg_admin_url(server: Any) -> str:
+    """The admin URL of a postgres this suite started (``start_postgres``)."""
+    ep = server.endpoint
+    return f"postgresql://{ep.user}:{ep.password}@127.0.0.1:{ep.port}/postgres"

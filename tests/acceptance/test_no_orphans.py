@@ -52,9 +52,11 @@ def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 class InnerRun:
     """A pytest --dbleak subprocess that is inside its one test."""
 
-    def __init__(self, directory: Path, name: str, *args: str) -> None:
+    def __init__(
+        self, directory: Path, name: str, *args: str, module: str = WAIT_TO_BE_KILLED
+    ) -> None:
         directory.mkdir(exist_ok=True)
-        (directory / "test_wait.py").write_text(WAIT_TO_BE_KILLED)
+        (directory / "test_wait.py").write_text(module)
         handshake = directory / "handshake.json"
         env = dict(os.environ, DBLEAK_TEST_HANDSHAKE=str(handshake))
         self.proc = subprocess.Popen(

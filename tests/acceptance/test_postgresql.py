@@ -10,17 +10,15 @@ and passes its clean twin, in the full run, alone and under ``-n 2``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.acceptance.helpers import FAST, ONLY_DBLEAK, failure_of, line_of, only_dbleak_and
-from tests.families.servers import CACHE
 
 pytest.importorskip("psycopg", reason="the postgresql extra is not installed")
 
-from pytest_dbleak.families.postgresql.embedded import PgServer, find_postgres, start_postgres
+from pytest_dbleak.families.postgresql.embedded import find_postgres
 
 PG_PREAMBLE = """\
 import threading
@@ -118,29 +116,6 @@ LEAKY = {
     "test_leaky_transaction": ("open_transaction", "# LEAK-trx"),
     "test_leaky_engine": ("undisposed_engine", "# LEAK-engine"),
 }
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[PgServer]:
-    """A postgres of this suite's own, for the url backend's runs."""
-    binary = find_postgres(None)
-    if binary is None:
-        pytest.skip("no postgres binary on PATH or in /usr/lib/postgresql/*/bin")
-    server = start_postgres(binary, CACHE, 30)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(params=["process", "url"])
-def pg_backend_args(request: pytest.FixtureRequest) -> list[str]:
-    if request.param == "url":
-        server: PgServer = request.getfixturevalue("pg_server")
-        ep = server.endpoint
-        url = f"postgresql://{ep.user}:{ep.password}@127.0.0.1:{ep.port}/postgres"
-        return ["--dbleak-backend=url", f"--dbleak-postgresql-url={url}"]
-    if find_postgres(None) is None:
-        pytest.skip("no postgres binary on PATH or in /usr/lib/postgresql/*/bin")
-    return ["--dbleak-backend=process"]
 
 
 def run(

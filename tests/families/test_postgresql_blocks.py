@@ -109,6 +109,20 @@ def test_idle_in_transaction_says_when_it_began_and_an_aborted_one_has_no_start(
         assert pid in {h.id for h in monitor.idle_in_transaction(0)}
 
 
+def test_an_open_transaction_names_the_tables_it_holds_locks_on(
+    server: PgServer, monitor: PgMonitor
+) -> None:
+    with connect(server, autocommit=True) as setup:
+        setup.execute("CREATE TABLE IF NOT EXISTS ledger (id INT PRIMARY KEY)")
+    with connect(server) as conn:
+        conn.execute("INSERT INTO ledger VALUES (1) ON CONFLICT DO NOTHING")
+        trx = monitor.transactions({conn.info.backend_pid})[conn.info.backend_pid]
+        assert trx.tables == ("public.ledger",)  # the table, not its primary key index
+        assert trx.rows_modified == 1
+        assert trx.describe().endswith(", 1 row modified, locks on public.ledger")
+        conn.rollback()
+
+
 def test_a_statement_behind_a_forgotten_transaction_is_seen_with_its_blocker_and_cancelled(
     server: PgServer, monitor: PgMonitor
 ) -> None:

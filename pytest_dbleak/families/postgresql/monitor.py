@@ -18,6 +18,7 @@ engine reads them; PostgreSQL's own ``state`` is the row's ``state``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import threading
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from pytest_dbleak.families.base import (
     Waiting,
 )
 from pytest_dbleak.families.postgresql.embedded import PgEndpoint
+
+log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT = 5.0  # seconds our own statements may wait on a lock
 
@@ -73,10 +76,22 @@ SELECT a.pid, COALESCE(a.xact_start, a.state_change)::text, a.state,
        a.backend_xid IS NOT NULL,
        (SELECT count(DISTINCT l.relation) FROM pg_locks l
         WHERE l.pid = a.pid AND l.locktype = 'relation' AND l.granted
-          AND l.database = a.datid)
+          AND l.database = a.datid),
+       ARRAY(SELECT DISTINCT l.relation::int8 FROM pg_locks l
+             WHERE l.pid = a.pid AND l.locktype = 'relation' AND l.granted
+               AND l.database = a.datid),
+       a.datname
 FROM pg_stat_activity a
 WHERE a.pid = ANY(%s) AND a.backend_type = 'client backend'
   AND (a.xact_start IS NOT NULL OR a.state = 'idle in transaction (aborted)')
+"""
+# The tables among locked relations (not their indexes, sequences or the catalog); read
+# in the relations' own database: pg_class is per database.
+_TABLES = """
+SELECT c.oid::int8, n.nspname || '.' || c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = ANY(%s::oid[]) AND c.relkind IN ('r', 'p')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
 """
 # The names a session gives its database and role: dbleak_<worker>_<hex6>.
 _SESSION_NAME = re.compile(r"^dbleak_[A-Za-z0-9]{1,8}_[0-9a-f]{6}$")
@@ -208,17 +223,42 @@ class PgMonitor:
         if not ids:
             return {}
         found = {}
-        for pid, began, state, seconds, wrote, tables in self.query(_TRANSACTIONS, (sorted(ids),)):
+        rows = self.query(_TRANSACTIONS, (sorted(ids),))
+        names = self._table_names({(db, oid) for *_, oids, db in rows for oid in oids or ()})
+        for pid, began, state, seconds, wrote, count, oids, db in rows:
+            tables = sorted({names[(db, oid)] for oid in oids or () if (db, oid) in names})
             found[int(pid)] = TrxInfo(
                 int(pid),
                 str(began),
                 str(began),
                 str(state or ""),
                 0,
-                int(tables or 0),
+                int(count or 0),
                 1 if wrote else 0,  # PostgreSQL does not count rows: it wrote, or not
+                tables=tuple(tables),
                 active_seconds=int(seconds or 0),
+                lock_kind="locks",
             )
+        return found
+
+    def _table_names(self, relations: set[tuple[str, int]]) -> dict[tuple[str, int], str]:
+        """(database, relation oid) -> ``schema.table``, for the tables among them.
+
+        Only when a leak is described: a short admin connection to each database, whose
+        backend counts as the plugin's own. Best effort: a refusal names no table.
+        """
+        import psycopg
+
+        found: dict[tuple[str, int], str] = {}
+        for db in sorted({db for db, _ in relations}):
+            oids = sorted(oid for d, oid in relations if d == db)
+            try:
+                with self.endpoint.connect(dbname=db, timeout=2, read_timeout=2) as conn:
+                    self.own_ids.add(int(conn.info.backend_pid))
+                    for oid, name in conn.execute(_TABLES, (oids,)).fetchall():
+                        found[(db, int(oid))] = str(name)
+            except psycopg.Error as exc:
+                log.debug("dbleak: cannot name the tables locked in %s: %s", db, exc)
         return found
 
     def waiting_statements(self, bound: float) -> list[Waiting]:
