@@ -177,6 +177,11 @@ class FamilyChoice:
             runtime.database()
         return self.from_tests
 
+    def tested(self) -> Runtime:
+        """The runtime of the family the tests used: on an xdist controller whose
+        prediction was wrong, the one it started for the workers afterwards."""
+        return self._served.get(self.from_tests or "", self.runtime)
+
     def close(self) -> None:
         if self.broker is not None:
             self.broker.close()

@@ -94,6 +94,11 @@ class DbleakManager:
         self._started = time.time()  # for the reports: when the run happened, how long
 
     @property
+    def tested_runtime(self) -> Runtime:
+        """Whose server the reports describe."""
+        return self.choice.tested()
+
+    @property
     def is_worker(self) -> bool:
         return hasattr(self.config, "workerinput")
 

@@ -23,7 +23,6 @@ class DbleakManager(Protocol):
     declared here so that the manager imports this module and not the other way."""
 
     settings: Settings
-    runtime: Runtime
     results: dict[str, CheckResult]
     outcomes: dict[str, str]
     leak_failures: set[str]
@@ -36,6 +35,9 @@ class DbleakManager(Protocol):
     _resolutions: list[Resolution]
     _stuck_lines: list[str]
     _started: float
+
+    @property
+    def tested_runtime(self) -> Runtime: ...
 
 
 def terminal_summary(m: DbleakManager, terminalreporter: Any) -> None:
@@ -118,10 +120,11 @@ def write_reports(m: DbleakManager) -> None:
 
 
 def _server_meta(m: DbleakManager) -> dict[str, Any]:
-    info = m.runtime.info
+    runtime = m.tested_runtime
+    info = runtime.info
     if info is None:
         return {}
-    family = m.runtime.family
+    family = runtime.family
     return {
         "family": family.name,
         "counter": family.counter,
