@@ -7,7 +7,8 @@ connection still listed by the server is on its way out (as a pool's close event
 
 Only drivers the process has imported are traced (``trace_imported()`` looks them up in
 ``sys.modules``): a driver never imported costs nothing. The methods wrapped are the
-drivers' own and are listed in ``_TARGETS`` with the versions they were checked on.
+drivers' own (or their modules' connect functions: ``_FUNCTIONS``) and are listed in
+``_TARGETS`` with the versions they were checked on; PostgreSQL's in postgresql_drivers.
 
 No pytest import.
 """
@@ -22,8 +23,10 @@ import sqlite3
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
+from pytest_dbleak.engine import postgresql_drivers as postgresql
 from pytest_dbleak.engine.driver_pools import (
     POOLS,
     DriverPoolMisfit,
@@ -51,6 +54,7 @@ log = logging.getLogger(__name__)
 
 OnConnect = Callable[[Any, tuple[Frame, ...]], None]
 OnClose = Callable[[int | None], None]
+_Owner = type | ModuleType  # what a method or function is patched on: a class, a module
 
 
 def driver_connection(dbapi_connection: Any) -> Any:
@@ -77,6 +81,7 @@ def _real_driver_classes() -> tuple[type, ...]:
         return _real_cache[1]
     names = [(t.module, t.cls) for t in _TARGETS]
     names += [tuple(key.rsplit(".", 1)) for key in _WRAPPER_CLASSES]  # type: ignore[misc]
+    names += [tuple(key.rsplit(".", 1)) for key in postgresql.REAL_CLASSES]  # type: ignore[misc]
     for module_name, cls_name in names:
         module = sys.modules.get(module_name)
         cls = getattr(module, cls_name, None) if module is not None else None
@@ -92,18 +97,14 @@ def _forget_real_classes() -> None:
     _real_cache = (-1, ())
 
 
-# Classes that wrap a real driver connection (read through their `_cnx`), and real
-# connections whose id is read but whose connect is not wrapped (psycopg's async close
-# is a coroutine: a close wrapper would report it closed before it is).
-_WRAPPER_CLASSES = (
-    "mysql.connector.pooling.PooledMySQLConnection",
-    "psycopg.AsyncConnection",
-)
+# Classes that wrap a real driver connection (read through their `_cnx`); PostgreSQL's
+# real connections whose connect is not wrapped as a method are in postgresql_drivers.
+_WRAPPER_CLASSES = ("mysql.connector.pooling.PooledMySQLConnection",)
 
 
 def is_real_connection(dbapi_connection: Any) -> bool:
     """Whether `dbapi_connection` is a connection of a real driver: one of the traced
-    MySQL drivers' classes, or SQLite's (a real resource, with no server connection).
+    MySQL or PostgreSQL drivers' classes, or SQLite's (a real resource, no server one).
     Anything else - a ``Mock``, a test suite's fake DBAPI - holds no resource."""
     conn = driver_connection(dbapi_connection)
     if isinstance(conn, sqlite3.Connection):
@@ -115,8 +116,9 @@ def server_thread_id(dbapi_connection: Any) -> int | None:
     """The server's connection id (processlist ID) of a DBAPI connection, if known.
 
     Read only from connections of the real driver classes, and only through attributes
-    that have no side effect - except mysqlclient's ``thread_id()``, a C accessor of the
-    real class. A mock's methods are never called (a test may assert its ``mock_calls``).
+    that have no side effect - except mysqlclient's ``thread_id()`` and asyncpg's
+    ``get_server_pid()``, accessors of the real class. A mock's methods are never called
+    (a test may assert its ``mock_calls``).
     """
     conn = driver_connection(dbapi_connection)
     real = _real_driver_classes()
@@ -129,8 +131,8 @@ def server_thread_id(dbapi_connection: Any) -> int | None:
     ident = getattr(conn, "connection_id", None)  # mysql-connector
     if isinstance(ident, int):
         return ident
-    pid = _psycopg_info(conn, "backend_pid")  # PostgreSQL's id of a backend: its pid
-    if isinstance(pid, int):
+    pid = postgresql.backend_pid(conn)  # PostgreSQL's id of a backend: its pid
+    if pid is not None:
         return pid or None  # 0: closed
     thread_id = getattr(conn, "thread_id", None)  # mysqlclient
     if callable(thread_id) and isinstance(conn, real):
@@ -142,22 +144,6 @@ def server_thread_id(dbapi_connection: Any) -> int | None:
 
 
 _SERVER_STATUS_IN_TRANS = 1
-# libpq's transaction status: IDLE 0, ACTIVE 1 (a statement running: unknown), INTRANS 2,
-# INERROR 3 (in a failed transaction), UNKNOWN 4 (connection bad).
-_PQ_KNOWN = frozenset({0, 2, 3})
-_PQ_IN_TRANSACTION = frozenset({2, 3})
-
-
-def _psycopg_info(conn: Any, name: str) -> Any:
-    """An attribute of psycopg 3's ``conn.info`` (libpq's own state, no round trip), or
-    None for a connection of any other driver."""
-    info = inspect.getattr_static(type(conn), "info", None)
-    if not isinstance(info, property):
-        return None  # mysqlclient's info() is a method; a Mock's attributes are not read
-    try:
-        return getattr(conn.info, name, None)
-    except Exception:  # noqa: BLE001 - a closed connection may refuse
-        return None
 
 
 def in_transaction(dbapi_connection: Any) -> bool | None:
@@ -176,9 +162,9 @@ def in_transaction(dbapi_connection: Any) -> bool | None:
     flag = getattr(conn, "in_transaction", None)  # mysql-connector
     if isinstance(flag, bool):
         return flag
-    trx = _psycopg_info(conn, "transaction_status")  # libpq's PQtransactionStatus
-    if isinstance(trx, int):
-        return trx in _PQ_IN_TRANSACTION if trx in _PQ_KNOWN else None
+    trx = postgresql.in_transaction(conn)  # libpq's status, asyncpg's, pg8000's
+    if trx is not None:
+        return trx
     status = getattr(conn, "server_status", None)  # PyMySQL, aiomysql, asyncmy
     if isinstance(status, int):
         return bool(status & _SERVER_STATUS_IN_TRANS)
@@ -228,10 +214,10 @@ _TARGETS = (
         "aiomysql", "aiomysql.connection", "Connection", "_connect", ("close",), "aiomysql 0.3.2"
     ),
     _Target("asyncmy", "asyncmy.connection", "Connection", "connect", ("close",), "asyncmy 0.2.18"),
-    # psycopg.connect() is Connection.connect, a classmethod bound at import: its
-    # __init__ is where every connection of the class comes into being.
-    _Target("psycopg", "psycopg", "Connection", "__init__", ("close",), "psycopg 3.3.9"),
+    *(_Target(*target) for target in postgresql.TARGETS),
 )
+# Module functions that return a connection (psycopg2's): see FunctionTracing.
+_FUNCTIONS = postgresql.CONNECT_FUNCTIONS
 
 
 # Drivers' own pools: where a pooled connection was handed out names the line that used
@@ -251,7 +237,7 @@ _HANDOUTS = (
 )
 
 
-class DriverTracer:
+class DriverTracer(postgresql.FunctionTracing):
     """Wraps the connect and close of every imported driver; restore() undoes it."""
 
     def __init__(
@@ -267,13 +253,15 @@ class DriverTracer:
         self._on_pool = on_pool
         self._done: set[str] = set()
         self._traced_classes: set[int] = set()  # id() of every class _trace() was given
-        self._patches: list[tuple[type, str, Any, Any]] = []  # cls, name, original, ours
+        self._patches: list[tuple[_Owner, str, Any, Any]] = []  # owner, name, original, ours
+        self._forget_functions()
 
     def trace_imported(self) -> None:
-        if len(self._done) == len(_TARGETS) + len(_HANDOUTS) + len(POOLS):
+        if len(self._done) == len(_TARGETS) + len(_HANDOUTS) + len(POOLS) + len(_FUNCTIONS):
             return
         self._trace_handouts()
         self._trace_pools()
+        self._trace_functions()
         for target in _TARGETS:
             key = f"{target.module}.{target.cls}"
             if key in self._done or target.package not in sys.modules:
@@ -363,18 +351,20 @@ class DriverTracer:
             self._patch(cls, "__init__", traced_init)
 
     def restore(self) -> None:
-        for cls, name, original, ours in reversed(self._patches):
-            if cls.__dict__.get(name) is ours:  # never undo what somebody put over ours
-                _restore(cls, name, original)
+        for owner, name, original, ours in reversed(self._patches):
+            if owner.__dict__.get(name) is ours:  # never undo what somebody put over ours
+                _restore(owner, name, original)
         self._patches.clear()
         self._done.clear()
         self._traced_classes.clear()
+        self._forget_functions()
 
     def verify(self) -> list[str]:
         """Put back every wrapper somebody removed or replaced (a monkeypatch undone, a
         test's own patch); returns what was missing, e.g. ``Connection.close``. A few
-        dictionary lookups: it runs before every check."""
-        missing = []
+        dictionary lookups: it runs before every check - which is also when the closes
+        no wrapper sees are read from the connections' flags."""
+        missing = self._verify_functions()
         for target in _TARGETS:
             # A driver module imported again (importlib.reload, a test that drops it from
             # sys.modules) has a new class: trace that one too.
@@ -386,22 +376,23 @@ class DriverTracer:
                 _forget_real_classes()
                 self._trace(cls, target)
                 missing.append(f"{target.module}.{target.cls} (imported again)")
-        for i, (cls, name, original, ours) in enumerate(self._patches):
-            current = cls.__dict__.get(name, _INHERITED)
+        for i, (owner, name, original, ours) in enumerate(self._patches):
+            current = owner.__dict__.get(name, _INHERITED)
             if current is ours:
                 continue
             if getattr(current, "_dbleak_kind", None) is not None:
                 # An earlier wrapper of ours, put back by somebody's undo: it traces.
-                self._patches[i] = (cls, name, original, current)
+                self._patches[i] = (owner, name, original, current)
                 continue
-            missing.append(f"{cls.__module__}.{cls.__qualname__}.{name}")
+            kind = f"{owner.__module__}.{owner.__qualname__}" if isinstance(owner, type) else ""
+            missing.append(f"{kind or owner.__name__}.{name}")
             # Wrap what is there now (somebody's patch keeps working, under ours).
-            base = getattr(cls, name, None)
+            base = getattr(owner, name, None)
             if base is None:
                 continue
             wrapper = self._rewrap(name, base, ours)
-            setattr(cls, name, wrapper)
-            self._patches[i] = (cls, name, current, wrapper)
+            setattr(owner, name, wrapper)
+            self._patches[i] = (owner, name, current, wrapper)
         return missing
 
     def _rewrap(self, name: str, base: Any, ours: Any) -> Any:
@@ -410,6 +401,8 @@ class DriverTracer:
             return self._traced_connect(base)
         if kind == "close":
             return self._traced_close(base)
+        if kind == "factory":
+            return self._traced_factory(base)
         if kind == "handout":
             return self._handout_wrapper(base)
         return ours
@@ -432,11 +425,11 @@ class DriverTracer:
             if close is not None:
                 self._patch(cls, name, self._traced_close(close))
 
-    def _patch(self, cls: type, name: str, wrapper: Any) -> None:
+    def _patch(self, owner: _Owner, name: str, wrapper: Any) -> None:
         # The original as the class holds it (a staticmethod stays one when restored).
-        original = cls.__dict__.get(name, _INHERITED)
-        setattr(cls, name, wrapper)
-        self._patches.append((cls, name, original, wrapper))
+        original = owner.__dict__.get(name, _INHERITED)
+        setattr(owner, name, wrapper)
+        self._patches.append((owner, name, original, wrapper))
 
     def _traced_connect(self, connect: Any) -> Any:
         on_connect = self._on_connect
@@ -464,6 +457,18 @@ class DriverTracer:
 
     def _traced_close(self, close: Any) -> Any:
         on_close = self._on_close
+        if inspect.iscoroutinefunction(close):
+
+            @functools.wraps(close)
+            async def traced_async_close(conn: Any, *args: Any, **kwargs: Any) -> Any:
+                ident = server_thread_id(conn)  # read before: a closed connection has none
+                try:
+                    return await close(conn, *args, **kwargs)
+                finally:
+                    on_close(ident)  # once it is closed (asyncpg's close() is a coroutine)
+
+            traced_async_close._dbleak_kind = "close"  # type: ignore[attr-defined]
+            return traced_async_close
 
         @functools.wraps(close)
         def traced_close(conn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -486,8 +491,8 @@ async def _handed_out_later(awaitable: Any, stack: tuple[Frame, ...], on_handout
     return conn
 
 
-def _restore(cls: type, name: str, original: Any) -> None:
+def _restore(owner: _Owner, name: str, original: Any) -> None:
     if original is _INHERITED:
-        delattr(cls, name)
+        delattr(owner, name)
     else:
-        setattr(cls, name, original)
+        setattr(owner, name, original)
