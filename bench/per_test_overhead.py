@@ -1,24 +1,30 @@
-"""What the leak check adds to each test: 300 one-query tests with and without --dbleak.
+"""What the leak check adds to each test: N one-query tests with and without --dbleak.
 
-    python bench/per_test_overhead.py [--tests 300] [--reps 5] [--budget 900]
+    python bench/per_test_overhead.py [--tests 300] [--reps 7] [--budget 900]
+    python bench/per_test_overhead.py --family postgresql   # 500 tests by default
 
 Both modes use the process backend and the same session-scoped engine made from
-``dbleak_mysql_url`` (whose URL already carries ``ssl_disabled=true``); only ``--dbleak``
-differs, so the difference is the per-test check: one SHOW PROCESSLIST round trip and
-the SQLAlchemy pool-event bookkeeping. The runs alternate (off/on, then on/off, ...).
-A third mode runs with --dbleak but marks half the tests ``no_dbleak`` (blocks of two
-checked, two unchecked), which pairs checked and unchecked tests inside one run, free of
-run-to-run noise.
+``dbleak_mysql_url`` (whose URL already carries ``ssl_disabled=true``), or with
+``--family postgresql`` from ``dbleak_postgresql_url``; only ``--dbleak`` differs, so the
+difference is the per-test check: one SHOW PROCESSLIST round trip (PostgreSQL: one read
+of ``pg_stat_activity``) and the SQLAlchemy pool-event bookkeeping. The runs alternate
+(off/on, then on/off, ...). A third mode runs with --dbleak but marks half the tests
+``no_dbleak`` (blocks of two checked, two unchecked), which pairs checked and unchecked
+tests inside one run, free of run-to-run noise.
 
 A tiny conftest plugin times every test's whole protocol (a wrapper around
 ``pytest_runtest_protocol``, so it includes the plugin's begin/finish and the report
 hooks) and the run loop, and writes them to a JSON file.
+
+PostgreSQL as root: the plugin runs postgres as ``nobody``, which must walk through the
+private ``$TMPDIR`` to its session folder, so that folder is made 0711.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import _common as c
@@ -46,8 +52,9 @@ def _timed(fn, sink):
 
 
 def _instrument(config):
-    # Time the plugin's own check (Detector.begin + finish) directly. Internals: if they
-    # change, the direct numbers are just missing and the differences still stand.
+    # Time the plugin's own check (Detector.begin + close; finish is close's wrapper)
+    # directly. Internals: if they change, the direct numbers are just missing and the
+    # differences still stand.
     try:
         from pytest_dbleak.pytest_layer.manager import MANAGER
 
@@ -56,7 +63,7 @@ def _instrument(config):
         return
     if detector is not None and not getattr(detector.begin, "bench_timed", False):
         detector.begin = _timed(detector.begin, _T["begin"])
-        detector.finish = _timed(detector.finish, _T["finish"])
+        detector.close = _timed(detector.close, _T["finish"])
 
 
 @pytest.fixture(scope="session")
@@ -115,26 +122,44 @@ def test_one_query(engine, i):
 """
 
 
+# What the plugin's per-test check reads on each family's server.
+SNAPSHOT = {"mysql": "one SHOW PROCESSLIST", "postgresql": "one pg_stat_activity read"}
+TITLE = {"mysql": "MySQL", "postgresql": "PostgreSQL"}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tests", type=int, default=300, help="tests per run (default 300)")
+    ap.add_argument(
+        "--family",
+        choices=("mysql", "postgresql"),
+        default="mysql",
+        help="the server the tests use: dbleak_mysql_url or dbleak_postgresql_url (default mysql)",
+    )
+    ap.add_argument(
+        "--tests", type=int, help="tests per run (default 300; 500 with --family postgresql)"
+    )
     ap.add_argument("--reps", type=int, default=7, help="runs of each mode (default 7)")
     ap.add_argument("--timeout", type=float, default=300, help="per pytest run (s)")
     ap.add_argument("--budget", type=float, default=900, help="overall time budget (s)")
     args = ap.parse_args()
+    if args.tests is None:
+        args.tests = 500 if args.family == "postgresql" else 300
+    conftest = CONFTEST.replace("dbleak_mysql_url", f"dbleak_{args.family}_url")
 
     start_load = c.load()
     deadline = c.Deadline(args.budget)
     work = c.Workdir("per-test")
+    if args.family == "postgresql" and os.geteuid() == 0:
+        work.tmp.chmod(0o711)  # postgres runs as nobody: it walks through TMPDIR
     project = work.path / "project"
     project.mkdir()
     (project / "pytest.ini").write_text("[pytest]\n")
-    (project / "conftest.py").write_text(CONFTEST)
+    (project / "conftest.py").write_text(conftest)
     (project / "test_many.py").write_text(TESTS.format(n=args.tests, alternate=False))
     alt = work.path / "alternating"
     alt.mkdir()
     (alt / "pytest.ini").write_text("[pytest]\n")
-    (alt / "conftest.py").write_text(CONFTEST)
+    (alt / "conftest.py").write_text(conftest)
     (alt / "test_many.py").write_text(TESTS.format(n=args.tests, alternate=True))
     timings = work.path / "timings.json"
     env = work.env(BENCH_TIMINGS=str(timings))
@@ -153,7 +178,10 @@ def main() -> int:
     modes[alternating] = modes["with --dbleak"]
     cwd = {m: project for m in modes} | {alternating: alt}
 
-    print(f"# Per-test overhead of the leak check ({args.tests} one-query tests)\n")
+    print(
+        f"# Per-test overhead of the leak check ({args.tests} one-query tests, "
+        f"{TITLE[args.family]})\n"
+    )
     print(c.machine_table([("work dir", str(work.path))]))
     print()
 
@@ -254,7 +282,7 @@ def main() -> int:
                 ),
                 ("measured inside: Detector.begin (median)", c.ms(begin, 3)),
                 (
-                    "measured inside: Detector.finish (median; one SHOW PROCESSLIST)",
+                    f"measured inside: Detector.close (median; {SNAPSHOT[args.family]})",
                     c.ms(finish, 3),
                 ),
                 (
@@ -273,13 +301,18 @@ def main() -> int:
     print(
         "The first three rows compare whole runs with and without --dbleak (everything "
         "the flag adds, pool-event bookkeeping included); the fourth pairs neighbouring "
-        "tests inside one run (the check alone: begin, SHOW PROCESSLIST, verdict, report "
-        "hooks); the last three are timed inside the plugin's objects.\n"
+        f"tests inside one run (the check alone: begin, {SNAPSHOT[args.family]}, verdict, "
+        "report hooks); the last three are timed inside the plugin's objects.\n"
     )
     print(c.busy_note(start_load))
     print(deadline.note())
+    servers = [p for p in work.our_processes() if "postgres" in p[1]]
     work.close()
     print(work.report_cleanup())
+    if args.family == "postgresql":
+        print(
+            f"postgres processes of this script still running before the clean-up: {len(servers)}."
+        )
     return 0
 
 
