@@ -53,37 +53,52 @@ def local_mysql_url() -> str:
     return LOCAL_MYSQL_URL
 
 
-# The docker backend's tests run a local image built by tools/docker-image/build.sh
-# (.ci/run builds it and exports this variable): no registry is reachable here.
+# The docker backend's tests run local images built by tools/docker-image/build.sh
+# (.ci/run builds them and exports these variables): no registry is reachable here.
 DOCKER_TEST_IMAGE = os.environ.get("DBLEAK_TEST_DOCKER_IMAGE", "dbleak-mariadb:bookworm")
+PG_DOCKER_TEST_IMAGE = os.environ.get("DBLEAK_TEST_PG_DOCKER_IMAGE", "dbleak-postgresql:bookworm")
 # Where .ci/run started a daemon of its own. Only the docker tests see it: the rest of the
 # suite keeps the machine's own view of Docker.
 DOCKER_TEST_HOST = os.environ.get("DBLEAK_TEST_DOCKER_HOST")
-_docker_skip: list[str] = []  # the reason, once known; [""] when Docker is usable
+# Per image: the reason, once known; [""] when Docker and the image are usable.
+_docker_skip: dict[str, list[str]] = {}
+
+
+def _docker_image_or_skip(monkeypatch: pytest.MonkeyPatch, image: str, build: str) -> str:
+    """`image` on a daemon that answers, or a skip that names Docker and says why."""
+    from pytest_dbleak.families._containers import docker_available, ensure_image
+
+    if DOCKER_TEST_HOST:
+        monkeypatch.setenv("DOCKER_HOST", DOCKER_TEST_HOST)
+    skip = _docker_skip.setdefault(image, [])
+    if not skip:
+        if not docker_available():
+            skip.append("no Docker daemon answers (docker backend; .ci/run starts one)")
+        else:
+            try:
+                ensure_image(image, timeout=10)
+                skip.append("")
+            except Exception as exc:  # noqa: BLE001 - any reason the image cannot be had
+                skip.append(
+                    f"Docker answers but has no {image} (docker backend; {build} builds it): {exc}"
+                )
+    if skip[0]:
+        pytest.skip(skip[0])
+    return image
 
 
 @pytest.fixture
 def docker_test_image(monkeypatch: pytest.MonkeyPatch) -> str:
     """The docker backend's test image, or a skip that names Docker and says why."""
-    from pytest_dbleak.families.mysql.containers import docker_available, ensure_image
+    return _docker_image_or_skip(monkeypatch, DOCKER_TEST_IMAGE, "tools/docker-image/build.sh")
 
-    if DOCKER_TEST_HOST:
-        monkeypatch.setenv("DOCKER_HOST", DOCKER_TEST_HOST)
-    if not _docker_skip:
-        if not docker_available():
-            _docker_skip.append("no Docker daemon answers (docker backend; .ci/run starts one)")
-        else:
-            try:
-                ensure_image(DOCKER_TEST_IMAGE, timeout=10)
-                _docker_skip.append("")
-            except Exception as exc:  # noqa: BLE001 - any reason the image cannot be had
-                _docker_skip.append(
-                    f"Docker answers but has no {DOCKER_TEST_IMAGE} (docker backend; "
-                    f"tools/docker-image/build.sh builds it): {exc}"
-                )
-    if _docker_skip[0]:
-        pytest.skip(_docker_skip[0])
-    return DOCKER_TEST_IMAGE
+
+@pytest.fixture
+def pg_docker_test_image(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The PostgreSQL docker backend's test image, or a skip that names Docker and says why."""
+    return _docker_image_or_skip(
+        monkeypatch, PG_DOCKER_TEST_IMAGE, "tools/docker-image/build.sh postgresql"
+    )
 
 
 @pytest.fixture(params=["process", "url", "docker"])

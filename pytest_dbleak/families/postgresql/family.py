@@ -1,7 +1,7 @@
 """The PostgreSQL family behind the seam of ``families.base``.
 
-Where the session's server comes from (process or url), how the plugin reaches it as its
-administrator, and how it is described. No pytest import. Each backend yields a
+Where the session's server comes from (process, docker or url), how the plugin reaches it
+as its administrator, and how it is described. No pytest import. Each backend yields a
 ``RunningServer``: an administrative ``PgEndpoint`` plus a ``stop()`` that releases
 everything the backend started.
 """
@@ -82,12 +82,40 @@ def start_process(binary: str | None, settings: Settings) -> RunningServer:
     return running
 
 
+# -- docker ----------------------------------------------------------------------
+def start_docker(image: str, timeout: float) -> RunningServer:
+    from pytest_dbleak.families.postgresql import containers
+
+    endpoint, stop, notes = containers.start(image, timeout)
+    return RunningServer("docker", endpoint, owned=True, stop=stop, notes=notes)
+
+
+def _docker_available() -> bool:
+    from pytest_dbleak.families._containers import docker_available  # only auto asks
+
+    return docker_available()
+
+
+def _docker_else_process(binary: str | None, settings: Settings) -> RunningServer:
+    """auto with a daemon: docker, unless it cannot give a server and postgres can."""
+    try:
+        return start_docker(settings.postgresql_image, settings.startup_timeout)
+    except DbleakError as exc:
+        if binary is None:
+            raise
+        server = start_process(binary, settings)
+        server.notes.append(f"docker backend unavailable ({exc}); using the process backend")
+        return server
+
+
 # -- selection -------------------------------------------------------------------
 def launch(settings: Settings, redactor: Redactor) -> Launch:
     """Set off the server the settings ask for; DbleakError says why it cannot be had.
 
-    Both backends do their work in ``wait()``: postgres boots from a copied template in
-    a fraction of a second.
+    Every backend does its work in ``wait()``: postgres boots from a copied template in
+    a fraction of a second. auto follows MySQL's rules: the url backend when a URL is
+    given, else docker when a daemon answers (the process backend, with a note, when the
+    daemon cannot give a server and a postgres binary is here), else the process backend.
     """
     url = settings.postgresql_url
     if url:
@@ -99,16 +127,17 @@ def launch(settings: Settings, redactor: Redactor) -> Launch:
                 "the url backend needs --dbleak-postgresql-url or DBLEAK_POSTGRESQL_URL"
             )
         return Launch(lambda: start_url(url, settings.startup_timeout))
+    image, timeout = settings.postgresql_image, settings.startup_timeout
     if backend == "docker":
-        raise DbleakError(
-            "the docker backend does not serve PostgreSQL yet: use the process backend "
-            "(postgres installed) or the url backend (--dbleak-postgresql-url)"
-        )
+        return Launch(lambda: start_docker(image, timeout))
     binary = find_postgres(settings.postgres)
+    if backend == "auto" and _docker_available():
+        return Launch(lambda: _docker_else_process(binary, settings))
     if binary is None:
         raise DbleakError(
-            "no PostgreSQL server available: give --dbleak-postgresql-url (url backend), or "
-            "install postgres (process backend; or give --dbleak-postgres)"
+            "no PostgreSQL server available: give --dbleak-postgresql-url (url backend), "
+            "start Docker (docker backend), or install postgres (process backend; or give "
+            "--dbleak-postgres)"
         )
     return Launch(lambda: start_process(binary, settings))
 
@@ -148,7 +177,7 @@ def connect_error(
 
 
 class PgFamily:
-    """PostgreSQL: postgres as a process, or a server given by URL."""
+    """PostgreSQL: postgres as a process, a container, or a server given by URL."""
 
     name = "postgresql"
     title = "PostgreSQL"
