@@ -291,3 +291,35 @@ def test_a_killed_parent_leaves_no_server_and_no_folder() -> None:
 def test_a_binary_that_does_not_exist_is_one_line() -> None:
     with pytest.raises(DbleakError, match=r"^--dbleak-postgres: /nowhere/postgres is not an"):
         find_postgres("/nowhere/postgres")
+
+
+def test_a_spawned_postgres_says_it_is_ready_on_the_notify_socket_and_a_cancel_leaves_nothing() -> (
+    None
+):
+    from pytest_dbleak.families.postgresql.embedded import spawn_postgres
+
+    binary = find_postgres(None)
+    if binary is None:
+        pytest.skip("no postgres binary on PATH or in /usr/lib/postgresql/*/bin")
+    spawned = spawn_postgres(binary, CACHE)
+    server = spawned.wait(30)
+    try:
+        # Debian's postgres is built with libsystemd: its READY=1 ended the wait (or the
+        # first login came before it, on a fast machine: then the probe did).
+        with psycopg.connect(
+            host="127.0.0.1",
+            port=server.endpoint.port,
+            user=server.endpoint.user,
+            password=server.endpoint.password,
+            dbname="postgres",
+        ) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        server.stop()
+    assert not server.root.exists()
+
+    cancelled = spawn_postgres(binary, CACHE)
+    cancelled.cancel()
+    assert not cancelled.root.exists()
+    with pytest.raises(ProcessLookupError):  # the reaper killed and reaped it
+        os.kill(cancelled.pid, 0)

@@ -23,6 +23,7 @@ import pwd
 import re
 import secrets
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -31,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from pytest_dbleak.engine.errors import DbleakError
+from pytest_dbleak.engine.signals import interrupts_held
 from pytest_dbleak.families._process import (
+    ReadyNotice,
     alive,
     free_port,
     session_parent,
@@ -247,17 +250,56 @@ def _initdb(binary: str, datadir: Path, account: pwd.struct_passwd | None) -> No
         raise DbleakError(f"initialising a datadir with {initdb} failed: {' | '.join(tail)}")
 
 
-def start_postgres(binary: str | None, cache: Path, timeout: float) -> PgServer:
-    """Copy the template, start postgres under its reaper, wait for a login."""
+class Spawned:
+    """postgres set off under its reaper: ``wait`` returns it running, ``cancel`` ends it.
+
+    Split so that the server boots while pytest imports and collects.
+    """
+
+    def __init__(
+        self, root: Path, port: int, reaper: subprocess.Popen[str], pid: int, notice: ReadyNotice
+    ) -> None:
+        self.root, self.port, self.pid = root, port, pid
+        self._reaper: subprocess.Popen[str] | None = reaper
+        self._notice = notice
+
+    def wait(self, timeout: float) -> PgServer:
+        password = secrets.token_hex(16)
+        local = PgEndpoint("127.0.0.1", self.port, ADMIN_ROLE, "", socket_dir=str(self.root))
+        try:
+            version = _wait_and_secure(local, self.pid, password, timeout, self._notice)
+        except BaseException:
+            self.cancel()
+            raise
+        finally:
+            self._notice.close()
+        endpoint = PgEndpoint(
+            "127.0.0.1", self.port, ADMIN_ROLE, password, socket_dir=str(self.root)
+        )
+        return PgServer(endpoint, version, self.root, self.pid, self._reaper)
+
+    def cancel(self) -> None:
+        with interrupts_held():  # a second Ctrl-C must not cut the clean-up short
+            self._notice.close()
+            stop_reaper(self._reaper)
+            with contextlib.suppress(OSError):
+                shutil.rmtree(self.root)
+
+
+def spawn_postgres(binary: str | None, cache: Path) -> Spawned:
+    """Copy the template and start postgres under its reaper; do not wait for it."""
     if binary is None:
         raise DbleakError(
             "no postgres found on PATH or in /usr/lib/postgresql/*/bin (or give --dbleak-postgres)"
         )
     template = ensure_template(binary, cache)
     account = _run_as()
-    root = Path(tempfile.mkdtemp(prefix="dbleak-pg-", dir=session_parent()))
+    parent = session_parent()
+    root = Path(tempfile.mkdtemp(prefix="dbleak-pg-", dir=parent))
     reaper: subprocess.Popen[str] | None = None
+    notice = ReadyNotice(root)  # before _give: the server's account must write to it
     try:
+        _reachable_by(root.parent, account)
         datadir = root / "data"
         shutil.copytree(template / "data", datadir)
         _give(root, account)
@@ -277,21 +319,42 @@ def start_postgres(binary: str | None, cache: Path, timeout: float) -> PgServer:
             ],
             account,
         )
-        reaper, pid = spawn_under_reaper(root, cmd)
-        password = secrets.token_hex(16)
-        local = PgEndpoint("127.0.0.1", port, ADMIN_ROLE, "", socket_dir=str(root))
-        version = _wait_and_secure(local, pid, password, timeout)
+        reaper, pid = spawn_under_reaper(root, cmd, notice.env())
     except BaseException:
+        notice.close()
         stop_reaper(reaper)
         with contextlib.suppress(OSError):
             shutil.rmtree(root)
         raise
-    endpoint = PgEndpoint("127.0.0.1", port, ADMIN_ROLE, password, socket_dir=str(root))
-    return PgServer(endpoint, version, root, pid, reaper)
+    return Spawned(root, port, reaper, pid, notice)
 
 
-def _wait_and_secure(local: PgEndpoint, pid: int, password: str, timeout: float) -> str:
-    """Wait for a login over the socket, then give the admin role its TCP password."""
+def start_postgres(binary: str | None, cache: Path, timeout: float) -> PgServer:
+    """Copy the template, start postgres under its reaper, wait for a login."""
+    return spawn_postgres(binary, cache).wait(timeout)
+
+
+def _reachable_by(folder: Path, account: pwd.struct_passwd | None) -> None:
+    """As root, postgres runs as `account`, which must enter every folder above its own:
+    else it fails with nothing but a socket error. Say which folder and what to do."""
+    if account is None:
+        return
+    for above in (folder, *folder.parents):
+        st = above.stat()
+        if st.st_uid == account.pw_uid or st.st_mode & stat.S_IXOTH:
+            continue
+        raise DbleakError(
+            f"postgres runs as {account.pw_name} (it refuses root), which cannot enter "
+            f"{above} (mode {stat.S_IMODE(st.st_mode):04o}): set TMPDIR to a folder "
+            "others may enter, such as /tmp"
+        )
+
+
+def _wait_and_secure(
+    local: PgEndpoint, pid: int, password: str, timeout: float, notice: ReadyNotice | None = None
+) -> str:
+    """Wait for a login over the socket, then give the admin role its TCP password. With
+    a `notice`, the server's ready message ends each wait between two login attempts."""
     import psycopg
 
     deadline = time.monotonic() + timeout
@@ -308,7 +371,10 @@ def _wait_and_secure(local: PgEndpoint, pid: int, password: str, timeout: float)
                     f"postgres did not accept a login within {timeout:g} s "
                     f"(--dbleak-startup-timeout): {_first_line(exc)}"
                 ) from None
-            time.sleep(delay)  # no event to await: the server offers none before it listens
+            if notice is not None and not notice.ready:
+                notice.wait(delay)  # returns the moment the server says it is ready
+            else:
+                time.sleep(delay)  # no such word to come, or a login failed after it
             delay = min(delay * 1.5, 0.05)
     try:
         from psycopg import sql

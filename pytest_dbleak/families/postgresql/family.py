@@ -15,7 +15,7 @@ from pytest_dbleak.engine.database import Database
 from pytest_dbleak.engine.errors import DbleakError, Redactor
 from pytest_dbleak.engine.settings import Settings
 from pytest_dbleak.families.base import Family, Launch, RunningServer, ServerInfo
-from pytest_dbleak.families.postgresql.embedded import PgEndpoint, find_postgres, start_postgres
+from pytest_dbleak.families.postgresql.embedded import PgEndpoint, find_postgres, spawn_postgres
 from pytest_dbleak.families.postgresql.monitor import PgMonitor
 
 _SCHEMES = ("postgresql", "postgres")
@@ -72,14 +72,25 @@ def start_url(url: str, timeout: float) -> RunningServer:
 
 
 # -- process --------------------------------------------------------------------------
+def launch_process(binary: str | None, settings: Settings) -> Launch:
+    """Copy the template and set postgres off now; ``wait()`` awaits its login (it boots
+    while pytest imports SQLAlchemy and collects)."""
+    spawned = spawn_postgres(binary, settings.template_cache)
+
+    def wait() -> RunningServer:
+        server = spawned.wait(settings.startup_timeout)
+        running = RunningServer("process", server.endpoint, owned=True, stop=server.stop)
+        if settings.reuse:
+            running.notes.append(
+                "--dbleak-reuse: not for PostgreSQL yet; this session's server stops with it"
+            )
+        return running
+
+    return Launch(wait, spawned.cancel)
+
+
 def start_process(binary: str | None, settings: Settings) -> RunningServer:
-    server = start_postgres(binary, settings.template_cache, settings.startup_timeout)
-    running = RunningServer("process", server.endpoint, owned=True, stop=server.stop)
-    if settings.reuse:
-        running.notes.append(
-            "--dbleak-reuse: not for PostgreSQL yet; this session's server stops with it"
-        )
-    return running
+    return launch_process(binary, settings).wait()
 
 
 # -- docker ----------------------------------------------------------------------
@@ -112,8 +123,8 @@ def _docker_else_process(binary: str | None, settings: Settings) -> RunningServe
 def launch(settings: Settings, redactor: Redactor) -> Launch:
     """Set off the server the settings ask for; DbleakError says why it cannot be had.
 
-    Every backend does its work in ``wait()``: postgres boots from a copied template in
-    a fraction of a second. auto follows MySQL's rules: the url backend when a URL is
+    The process backend copies its template and sets postgres off here, so that it boots
+    while pytest goes on; the others do their work in ``wait()``. auto follows MySQL's rules: the url backend when a URL is
     given, else docker when a daemon answers (the process backend, with a note, when the
     daemon cannot give a server and a postgres binary is here), else the process backend.
     """
@@ -139,7 +150,7 @@ def launch(settings: Settings, redactor: Redactor) -> Launch:
             "start Docker (docker backend), or install postgres (process backend; or give "
             "--dbleak-postgres)"
         )
-    return Launch(lambda: start_process(binary, settings))
+    return launch_process(binary, settings)
 
 
 def describe(server: RunningServer, version: str) -> ServerInfo:
