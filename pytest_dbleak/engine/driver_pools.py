@@ -1,6 +1,7 @@
-"""Drivers' own pools (aiomysql, asyncmy, mysql-connector, MariaDB Connector): which
-classes they are, and how their idle and handed-out connections are read from their
-attributes when a test is judged. ``drivers.DriverTracer`` records their creation.
+"""Drivers' own pools (aiomysql, asyncmy, mysql-connector, MariaDB Connector; asyncpg,
+psycopg_pool): which classes they are, and how their idle and handed-out connections are
+read from their attributes when a test is judged. ``drivers.DriverTracer`` records their
+creation, and the acquires of some (PostgreSQL's: ``postgresql_drivers.HANDOUTS``).
 
 No pytest import.
 """
@@ -23,8 +24,35 @@ class PoolTarget:
     module: str
     cls: str
     idle: str  # attribute path of the idle connections
-    used: str | None  # of those handed out; None: known from the handouts (see used_of)
+    used: str | None  # of those handed out; None: known from the handouts (handed_out_by)
     checked_on: str
+    # Where no attribute path lists them (asyncpg's holders): reads (idle, handed out)
+    # itself; an AttributeError says the attributes are gone, as for a path.
+    reader: Callable[[Any], tuple[list[Any], list[Any] | None]] | None = None
+
+
+def _asyncpg_holders(pool: Any) -> tuple[list[Any], list[Any] | None]:
+    # asyncpg's Pool keeps one PoolConnectionHolder per slot (``_holders``): its ``_con`` is
+    # the connection (None before it connects and once it closed), its ``_in_use`` a
+    # future while the connection is handed out. Checked on asyncpg 0.32.0.
+    idle: list[Any] = []
+    used: list[Any] = []
+    for holder in list(pool._holders):  # a copy: the event loop may add to it meanwhile
+        con = holder._con
+        if con is not None:
+            (used if holder._in_use is not None else idle).append(con)
+    return idle, used
+
+
+def _psycopg_pool(pool: Any) -> tuple[list[Any], list[Any] | None]:
+    # psycopg_pool keeps its idle connections in the deque ``_pool`` and does not list those
+    # handed out: each of those names its pool in ``_pool`` until given back (None while
+    # idle), which handed_out_by reads - so an idle one without the attribute says it is
+    # gone. Checked on psycopg-pool 3.3.3 with psycopg 3.3.9.
+    idle = list(pool._pool)  # list() of a deque holds the GIL: a worker may add meanwhile
+    for conn in idle:
+        conn._pool  # noqa: B018 - read only to fail loudly when it is gone
+    return idle, None
 
 
 # Each checked on the version it names.
@@ -47,6 +75,28 @@ POOLS = (
         "_connections_used",
         "mariadb 1.1.14",
     ),
+    PoolTarget(
+        "asyncpg",
+        "asyncpg.pool",
+        "Pool",
+        "_holders",
+        "_holders",
+        "asyncpg 0.32.0",
+        reader=_asyncpg_holders,
+    ),
+    # The sync and the asyncio pool are two classes (neither derives from the other).
+    *(
+        PoolTarget(
+            "psycopg_pool",
+            "psycopg_pool",
+            cls,
+            "_pool",
+            None,
+            "psycopg-pool 3.3.3",
+            reader=_psycopg_pool,
+        )
+        for cls in ("ConnectionPool", "AsyncConnectionPool")
+    ),
 )
 
 OnPool = Callable[[Any, "PoolTarget", tuple[Frame, ...]], None]
@@ -64,6 +114,8 @@ def pool_connections(pool: Any, target: PoolTarget) -> tuple[list[Any], list[Any
 
     Raises DriverPoolMisfit when the attributes are not there any more."""
     try:
+        if target.reader is not None:
+            return target.reader(pool)
         idle = _attr(pool, target.idle)
         used = _attr(pool, target.used) if target.used is not None else None
     except AttributeError as exc:
@@ -79,11 +131,15 @@ class DriverPoolMisfit(RuntimeError):
 
 
 def handed_out_by(pool: Any, handouts: list[Any]) -> list[Any]:
-    """The connections `pool` handed out that were not given back, from the handouts
-    (mysql-connector's PooledMySQLConnection: ``_cnx_pool``, ``_cnx`` is None once
-    closed; checked on mysql-connector-python 26.10.0)."""
-    return [
-        cnx
-        for h in handouts
-        if getattr(h, "_cnx_pool", None) is pool and (cnx := getattr(h, "_cnx", None)) is not None
-    ]
+    """The connections `pool` handed out that were not given back, from the handouts:
+    mysql-connector's PooledMySQLConnection (``_cnx_pool``, ``_cnx`` is None once closed;
+    checked on mysql-connector-python 26.10.0), psycopg's connection out of psycopg_pool
+    (``_pool`` is the pool until given back; checked on psycopg-pool 3.3.3)."""
+    used = []
+    for h in handouts:
+        if getattr(h, "_cnx_pool", None) is pool:
+            if (cnx := getattr(h, "_cnx", None)) is not None:
+                used.append(cnx)
+        elif getattr(h, "_pool", None) is pool:
+            used.append(h)
+    return used

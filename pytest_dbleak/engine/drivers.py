@@ -234,6 +234,7 @@ _HANDOUTS = (
     ("aiomysql", "aiomysql.pool", "Pool", "_acquire", "aiomysql 0.3.2"),
     ("asyncmy", "asyncmy.pool", "Pool", "_acquire", "asyncmy 0.2.18"),
     ("mariadb", "mariadb.connectionpool", "ConnectionPool", "get_connection", "mariadb 1.1.14"),
+    *postgresql.HANDOUTS,
 )
 
 

@@ -44,6 +44,17 @@ TARGETS = (
     ("pg8000", "pg8000.core", "CoreConnection", "__init__", ("close",), "pg8000 1.31.6"),
 )
 
+# The drivers' own pools (driver_pools.POOLS) whose acquire is traced, as drivers._HANDOUTS
+# (which lists these too): where a pooled connection was handed out names the line that
+# acquired it. (package, module, class, method, checked on); the method may be async.
+HANDOUTS = (
+    # Pool.acquire() returns a context whose __aenter__ and __await__ both await _acquire.
+    ("asyncpg", "asyncpg.pool", "Pool", "_acquire", "asyncpg 0.32.0"),
+    # connection() (the context manager) gets its connection from getconn().
+    ("psycopg_pool", "psycopg_pool", "ConnectionPool", "getconn", "psycopg-pool 3.3.3"),
+    ("psycopg_pool", "psycopg_pool", "AsyncConnectionPool", "getconn", "psycopg-pool 3.3.3"),
+)
+
 # psycopg2's connection is a C type: neither its __init__ nor its close can be replaced.
 # psycopg2.connect() is a Python function that calls the module global `_connect` (the C
 # connect) at call time. Wrapping that global, rather than psycopg2.connect itself, also

@@ -144,11 +144,11 @@ class DbleakManager:
                 if self.django is not None:
                     self.django.describe(self.runtime)
             else:
-                self.runtime.tracker()  # pool events from the start, whatever the family
-                if predicted is not None:
+                if predicted is not None:  # the server boots while SQLAlchemy imports
                     self.choice.start_predicted(predicted, self.runtime.checks)
                     if self.django is not None and self.runtime.detector is not None:
                         self.django.start(self.runtime, self.runtime.checks().detector.kept)
+                self.runtime.tracker()  # pool events from the start, whatever the family
         except DbleakError as exc:
             raise pytest.UsageError(f"dbleak: {exc}") from None
         self._announce_server()

@@ -182,11 +182,13 @@ def _as_user(cmd: list[str], account: pwd.struct_passwd | None) -> list[str]:
 
 
 def _give(path: Path, account: pwd.struct_passwd | None) -> None:
-    """Hand `path` and everything under it to `account` (a no-op when not root)."""
+    """Hand `path` and everything under it to `account` (a no-op when not root). What
+    already belongs to it (a copy that kept its owner) is not walked again."""
     if account is None:
         return
     os.chown(path, account.pw_uid, account.pw_gid)
     for folder, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if os.stat(os.path.join(folder, d)).st_uid != account.pw_uid]
         for name in (*dirs, *files):
             os.chown(os.path.join(folder, name), account.pw_uid, account.pw_gid)
 
@@ -195,7 +197,8 @@ def _template_key(binary: str, account: pwd.struct_passwd | None) -> str:
     real = os.path.realpath(binary)
     st = os.stat(real)
     uid = account.pw_uid if account is not None else os.geteuid()
-    raw = f"postgres:{real}:{st.st_size}:{int(st.st_mtime)}:{uid}"
+    # The last field changes whenever initdb's arguments do: an older template is rebuilt.
+    raw = f"postgres:{real}:{st.st_size}:{int(st.st_mtime)}:{uid}:wal1"
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -241,6 +244,9 @@ def _initdb(binary: str, datadir: Path, account: pwd.struct_passwd | None) -> No
             "--locale=C.UTF-8",
             "--no-sync",
             "--no-instructions",
+            # One WAL segment of 1 MB instead of 16: the copy every session makes of the
+            # template is 23 MB instead of 39 (its WAL was 16 MB of zeroes).
+            "--wal-segsize=1",
         ],
         account,
     )
@@ -301,7 +307,7 @@ def spawn_postgres(binary: str | None, cache: Path) -> Spawned:
     try:
         _reachable_by(root.parent, account)
         datadir = root / "data"
-        shutil.copytree(template / "data", datadir)
+        _copy_datadir(template / "data", datadir)
         _give(root, account)
         port = free_port()
         cmd = _as_user(
@@ -332,6 +338,21 @@ def spawn_postgres(binary: str | None, cache: Path) -> Spawned:
 def start_postgres(binary: str | None, cache: Path, timeout: float) -> PgServer:
     """Copy the template, start postgres under its reaper, wait for a login."""
     return spawn_postgres(binary, cache).wait(timeout)
+
+
+def _copy_datadir(source: Path, target: Path) -> None:
+    """Copy the template's ~1,000 files: ``cp -a`` takes 60% of the time shutil takes
+    (one C loop, no Python per file), and keeps their owner (the server's account)."""
+    cp = shutil.which("cp")
+    if cp is not None:
+        done = subprocess.run(
+            [cp, "-a", str(source), str(target)], capture_output=True, text=True, check=False
+        )
+        if done.returncode == 0:
+            return
+        log.debug("dbleak: cp -a failed (%s); copying with shutil", done.stderr.strip())
+        shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target)
 
 
 def _reachable_by(folder: Path, account: pwd.struct_passwd | None) -> None:

@@ -124,9 +124,10 @@ def launch(settings: Settings, redactor: Redactor) -> Launch:
     """Set off the server the settings ask for; DbleakError says why it cannot be had.
 
     The process backend copies its template and sets postgres off here, so that it boots
-    while pytest goes on; the others do their work in ``wait()``. auto follows MySQL's rules: the url backend when a URL is
-    given, else docker when a daemon answers (the process backend, with a note, when the
-    daemon cannot give a server and a postgres binary is here), else the process backend.
+    while pytest goes on; the others do their work in ``wait()``. auto follows MySQL's
+    rules: the url backend when a URL is given, else docker when a daemon answers (the
+    process backend, with a note, when the daemon cannot give a server and a postgres
+    binary is here), else the process backend.
     """
     url = settings.postgresql_url
     if url:
