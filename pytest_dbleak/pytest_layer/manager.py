@@ -27,6 +27,7 @@ from pytest_dbleak.engine.results import CheckResult, Leak
 from pytest_dbleak.engine.runtime import Runtime
 from pytest_dbleak.engine.settings import Settings
 from pytest_dbleak.engine.signals import interrupts_held
+from pytest_dbleak.families.base import ServerInfo
 from pytest_dbleak.pytest_layer import _pytest_seam, family_choice, marks, session_report, verdict
 from pytest_dbleak.pytest_layer.checks import CHECK, MARKS, Checks
 from pytest_dbleak.reports import reporting
@@ -60,7 +61,7 @@ class DbleakManager:
             root=config.rootpath,
             note=self._note,
         )
-        self._header_shown = False
+        self._header_shown: ServerInfo | None = None  # the server pytest's header named
         self.checks = Checks(self.runtime, settings, self.redact)
         self.choice = family_choice.FamilyChoice(
             self.runtime,
@@ -79,7 +80,7 @@ class DbleakManager:
         self.baseline: Baseline | None = None
         self.recording = False  # --dbleak-baseline names a file that does not exist yet
         self._baseline_line = ""
-        self._announced = False  # pytest_dbleak_server was called
+        self._announced: ServerInfo | None = None  # the server pytest_dbleak_server named
         self._written: list[str] = []  # "JSON report: PATH", said at the end of the run
         self._closed = False
         self.django: DjangoSupport | None = None
@@ -151,7 +152,8 @@ class DbleakManager:
                 self.runtime.tracker()  # pool events from the start, whatever the family
         except DbleakError as exc:
             raise pytest.UsageError(f"dbleak: {exc}") from None
-        self._announce_server()
+        if self.settings.family != "auto":
+            self._announce_server()  # else once collection confirmed the prediction
 
     def _new_runtime(self, name: str) -> Runtime:
         return Runtime(
@@ -224,24 +226,24 @@ class DbleakManager:
         self._announce_server(late=True)
 
     def _announce_server(self, *, late: bool = False) -> None:
-        info = self.runtime.info
-        if info is not None and not self._announced:
-            self._announced = True
-            if (
-                late
-                and not self._header_shown
-                and self.settings.enabled
-                and not self.is_worker
-                and not self.config.getoption("no_header", False)
-            ):
-                # Started after pytest's header was written: the same line, now.
-                self._header_shown = True
-                self._note(
-                    reporting.header_line(
-                        info.backend, info.host, info.port, info.version
-                    ).removeprefix("dbleak: ")
-                )
-            self.config.hook.pytest_dbleak_server(config=self.config, server=info)
+        """Call pytest_dbleak_server for the session's server, once per server: after
+        collection, a wrong prediction's server was replaced by the one the tests need."""
+        info = self.tested_runtime.info
+        if info is None or info is self._announced:
+            return
+        self._announced = info
+        if (
+            late
+            and self._header_shown is not info
+            and self.settings.enabled
+            and not self.is_worker
+            and not self.config.getoption("no_header", False)
+        ):
+            # Started after pytest's header was written: the same line, now.
+            self._header_shown = info
+            line = reporting.header_line(info.backend, info.host, info.port, info.version)
+            self._note(line.removeprefix("dbleak: "))
+        self.config.hook.pytest_dbleak_server(config=self.config, server=info)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, Any, Any]:
@@ -298,6 +300,7 @@ class DbleakManager:
                     session=session, results=reporting.checked(self.results.values(), self.outcomes)
                 )
             self._remember_family()
+            self._announce_server()  # the xdist controller's: it never collects
             session_report.write_reports(self)
             if (
                 session.exitstatus == pytest.ExitCode.TESTS_FAILED
@@ -482,7 +485,7 @@ class DbleakManager:
         info = self.runtime.info
         if not self.settings.enabled or info is None or self.is_worker:
             return []
-        self._header_shown = True
+        self._header_shown = info
         lines = [reporting.header_line(info.backend, info.host, info.port, info.version)]
         if self.django is not None:
             lines += self.django.header()

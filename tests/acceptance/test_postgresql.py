@@ -304,3 +304,46 @@ def test_a_teardown_stuck_behind_a_leaked_postgresql_transaction_does_not_hang_t
     result.stdout.fnmatch_lines(
         ["*dbleak: stuck behind a leak*", "dbleak: ended server connection*"]
     )
+
+
+def test_a_wrongly_remembered_family_is_replaced_before_the_first_test(
+    pytester: pytest.Pytester,
+) -> None:
+    if find_postgres(None) is None:
+        pytest.skip("no postgres binary on PATH or in /usr/lib/postgresql/*/bin")
+    pytester.makepyfile(test_pg=PG_PREAMBLE + LEAK_KINDS)
+    pytester.makeconftest(
+        """
+        SERVERS = []
+
+        def pytest_dbleak_server(config, server):
+            SERVERS.append(server.version)
+
+        def pytest_unconfigure(config):
+            print("announced:", SERVERS)
+        """
+    )
+    remembered = pytester.path / ".pytest_cache" / "v" / "dbleak" / "family"
+    remembered.parent.mkdir(parents=True)
+    remembered.write_text('"mysql"')  # as a run of another suite in this folder left it
+    result = run(
+        pytester,
+        ["--dbleak-backend=process"],
+        "-s",
+        "-k",
+        "clean",
+        plugins=only_dbleak_and("cacheprovider"),
+    )
+    result.assert_outcomes(passed=len(LEAKY))
+    # pytest's header named the predicted server; the one the tests need follows it.
+    result.stdout.fnmatch_lines(
+        [
+            "dbleak: process backend, server *",
+            "collected *",
+            "dbleak: process backend, server PostgreSQL * at *",
+        ]
+    )
+    announced = [line for line in result.stdout.lines if line.startswith("announced:")]
+    assert len(announced) == 1, announced
+    assert announced[0].startswith("announced: ['PostgreSQL "), announced  # only that one
+    assert remembered.read_text() == '"postgresql"'
