@@ -29,18 +29,31 @@ class PoolTarget:
     # Where no attribute path lists them (asyncpg's holders): reads (idle, handed out)
     # itself; an AttributeError says the attributes are gone, as for a path.
     reader: Callable[[Any], tuple[list[Any], list[Any] | None]] | None = None
+    # The class whose creation is recorded in the pool's stead, where the pool takes no
+    # weak reference (asyncpg's: __slots__ without __weakref__); the reader gets that.
+    stand_in: str | None = None
+
+    @property
+    def traced(self) -> str:
+        """The class whose __init__ is traced."""
+        return self.stand_in or self.cls
 
 
-def _asyncpg_holders(pool: Any) -> tuple[list[Any], list[Any] | None]:
-    # asyncpg's Pool keeps one PoolConnectionHolder per slot (``_holders``): its ``_con`` is
-    # the connection (None before it connects and once it closed), its ``_in_use`` a
-    # future while the connection is handed out. Checked on asyncpg 0.32.0.
+def _asyncpg_holders(holder: Any) -> tuple[list[Any], list[Any] | None]:
+    # asyncpg's Pool keeps one PoolConnectionHolder per slot (``_holders``, made once, when
+    # it is first awaited): its ``_con`` is the connection (None before it connects and
+    # once it closed), its ``_in_use`` a future while the connection is handed out. Each
+    # holds its pool (``_pool``) and lives as long as it: a holder stands in for the pool,
+    # and the first of them reads for all. Checked on asyncpg 0.32.0.
+    holders = list(holder._pool._holders)  # a copy: the event loop may add to it meanwhile
     idle: list[Any] = []
     used: list[Any] = []
-    for holder in list(pool._holders):  # a copy: the event loop may add to it meanwhile
-        con = holder._con
+    if not holders or holders[0] is not holder:
+        return idle, used
+    for each in holders:
+        con = each._con
         if con is not None:
-            (used if holder._in_use is not None else idle).append(con)
+            (used if each._in_use is not None else idle).append(con)
     return idle, used
 
 
@@ -50,8 +63,8 @@ def _psycopg_pool(pool: Any) -> tuple[list[Any], list[Any] | None]:
     # idle), which handed_out_by reads - so an idle one without the attribute says it is
     # gone. Checked on psycopg-pool 3.3.3 with psycopg 3.3.9.
     idle = list(pool._pool)  # list() of a deque holds the GIL: a worker may add meanwhile
-    for conn in idle:
-        conn._pool  # noqa: B018 - read only to fail loudly when it is gone
+    if any(not hasattr(conn, "_pool") for conn in idle):
+        raise AttributeError(name="connection._pool")
     return idle, None
 
 
@@ -83,6 +96,7 @@ POOLS = (
         "_holders",
         "asyncpg 0.32.0",
         reader=_asyncpg_holders,
+        stand_in="PoolConnectionHolder",
     ),
     # The sync and the asyncio pool are two classes (neither derives from the other).
     *(

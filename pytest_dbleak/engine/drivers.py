@@ -323,12 +323,12 @@ class DriverTracer(postgresql.FunctionTracing):
         if on_pool is None:
             return
         for target in POOLS:
-            key = f"{target.module}.{target.cls}.__init__"
+            key = f"{target.module}.{target.traced}.__init__"
             if key in self._done or target.package not in sys.modules:
                 continue
             self._done.add(key)
             try:
-                cls = getattr(importlib.import_module(target.module), target.cls)
+                cls = getattr(importlib.import_module(target.module), target.traced)
                 original = cls.__init__
             except (ImportError, AttributeError) as exc:
                 log.warning(

@@ -102,7 +102,8 @@ class Opened:
 
 @dataclass(eq=False)
 class DriverPoolState:
-    """A driver's own pool (aiomysql, asyncmy, mysql-connector, MariaDB Connector)."""
+    """A driver's own pool (aiomysql, asyncmy, mysql-connector, MariaDB Connector; asyncpg,
+    psycopg_pool): see driver_pools.POOLS."""
 
     seq: int
     owned: bool  # created while a wider-scoped fixture was being set up

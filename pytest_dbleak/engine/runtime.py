@@ -122,6 +122,19 @@ class Runtime:
         self._error = None
         self.family = family
 
+    def sibling(self, family: Family) -> Runtime:
+        """A runtime of another family for this process (an xdist controller serving a
+        family its prediction missed), with the same settings and redaction."""
+        return Runtime(
+            self.settings,
+            self.redact,
+            family,
+            worker=self.worker,
+            shared=None,
+            root=self._root,
+            note=self._note,
+        )
+
     @property
     def shared_family(self) -> str | None:
         """The family of the controller's server this xdist worker was given, if any."""

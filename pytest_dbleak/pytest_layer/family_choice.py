@@ -100,13 +100,11 @@ class FamilyChoice:
         settings: Settings,
         *,
         broker_path: str | None,
-        new_runtime: Callable[[str], Runtime],
         mysql_required: Callable[[], bool],
     ) -> None:
         self.runtime = runtime
         self.settings = settings
         self._broker_path = broker_path  # an xdist worker: the controller's broker
-        self._new_runtime = new_runtime
         self._mysql_required = mysql_required  # Django's MySQL aliases are redirected
         self.broker: Broker | None = None  # the xdist controller's, for its workers
         self._served: dict[str, Runtime] = {}  # the controller's servers of other families
@@ -145,7 +143,7 @@ class FamilyChoice:
                 runtime.switch(families.get(name))
             else:
                 runtime = self._served.get(name) or self._served.setdefault(
-                    name, self._new_runtime(name)
+                    name, runtime.sibling(families.get(name))
                 )
         running = runtime.server().running
         assert running is not None

@@ -67,7 +67,6 @@ class DbleakManager:
             self.runtime,
             settings,
             broker_path=workerinput.get("dbleak_broker"),
-            new_runtime=self._new_runtime,
             mysql_required=lambda: self.django is not None and self.django.uses_mysql(),
         )
         self.results: dict[str, CheckResult] = {}
@@ -154,17 +153,6 @@ class DbleakManager:
             raise pytest.UsageError(f"dbleak: {exc}") from None
         if self.settings.family != "auto":
             self._announce_server()  # else once collection confirmed the prediction
-
-    def _new_runtime(self, name: str) -> Runtime:
-        return Runtime(
-            self.settings,
-            self.redact,
-            families.get(name),
-            worker="main",
-            shared=None,
-            root=self.config.rootpath,
-            note=self._note,
-        )
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
