@@ -48,6 +48,10 @@ def apply(
     if not result.leaks:
         return
     teardown.user_properties.append(("dbleak_leaked", result.leaked))
+    # The server's own counter of client connections, by its own name (MySQL's
+    # Threads_connected, PostgreSQL's numbackends), before and after the test.
+    counts = f"{result.before.threads_connected} -> {result.after.threads_connected}"
+    teardown.user_properties.append((f"dbleak_{result.counter}", counts))
     details = redact(reporting.section_text(result))
     text = redact((note + "\n" if note else "") + reporting.failure_text(result))
     if not result.failed or own_failure:

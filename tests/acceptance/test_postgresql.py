@@ -136,9 +136,11 @@ def test_every_leak_kind_on_postgresql_fails_at_the_users_line_and_its_clean_twi
     pytester: pytest.Pytester, pg_backend_args: list[str]
 ) -> None:
     pytester.makepyfile(test_pg=PG_PREAMBLE + LEAK_KINDS)
-    result = run(pytester, pg_backend_args, "--dbleak-report=full.json")
+    result = run(pytester, pg_backend_args, "--dbleak-report=full.json", "--junitxml=junit.xml")
 
     result.assert_outcomes(failed=len(LEAKY), passed=len(LEAKY))
+    junit = (pytester.path / "junit.xml").read_text()
+    assert junit.count('<property name="dbleak_numbackends" value="') == len(LEAKY)
     source = PG_PREAMBLE + LEAK_KINDS
     for name, (kind, marker) in LEAKY.items():
         block = failure_of(result, name)
