@@ -33,6 +33,9 @@ log = logging.getLogger("pytest_dbleak.engine.drivers")  # where driver lines co
 # asyncpg's close() is a coroutine (its wrapper awaits it); terminate() closes at once.
 TARGETS = (
     ("psycopg", "psycopg", "Connection", "__init__", ("close",), "psycopg 3.3.9"),
+    # AsyncConnection.connect() builds the connection inside its coroutine: the stack at
+    # __init__ leads to the user's await; its close() is a coroutine (awaited, then told).
+    ("psycopg", "psycopg", "AsyncConnection", "__init__", ("close",), "psycopg 3.3.9"),
     (
         "asyncpg",
         "asyncpg.connection",
@@ -67,9 +70,8 @@ HANDOUTS = (
 CONNECT_FUNCTIONS = (("psycopg2", "psycopg2", "_connect", "psycopg2-binary 2.9.13"),)
 
 # Real connections whose id is read but whose connect is not wrapped as a method:
-# psycopg's async connections (not traced: their raw connections carry no site) and
 # psycopg2's (connected through CONNECT_FUNCTIONS).
-REAL_CLASSES = ("psycopg.AsyncConnection", "psycopg2.extensions.connection")
+REAL_CLASSES = ("psycopg2.extensions.connection",)
 
 # libpq's transaction status: IDLE 0, ACTIVE 1 (a statement running: unknown), INTRANS 2,
 # INERROR 3 (in a failed transaction), UNKNOWN 4 (connection bad).

@@ -119,6 +119,32 @@ def test_clean_checkout_asyncpg(dbleak_postgresql_database):
     asyncio.run(check_out_and_return(dbleak_postgresql_database.url("asyncpg")))
 """
 
+# psycopg 3's AsyncConnection: built inside its connect coroutine; the site is the await.
+PSYCOPG_ASYNC = """
+
+import psycopg
+
+
+async def open_async(kwargs):
+    conn = await psycopg.AsyncConnection.connect(**kwargs)  # LEAK-psycopg-async
+    await conn.execute("SELECT 1")
+    return conn
+
+
+async def open_and_close_async(kwargs):
+    conn = await psycopg.AsyncConnection.connect(**kwargs)
+    await conn.execute("SELECT 1")
+    await conn.close()
+
+
+def test_leaky_psycopg_async_connection(dbleak_postgresql_database):
+    KEEP.append(asyncio.run(open_async(dbleak_postgresql_database.connect_kwargs())))
+
+
+def test_clean_psycopg_async_connection(dbleak_postgresql_database):
+    asyncio.run(open_and_close_async(dbleak_postgresql_database.connect_kwargs()))
+"""
+
 # driver name -> the module whose connect() opens a raw connection
 SYNC_DRIVERS = {"psycopg": "psycopg", "psycopg2": "psycopg2", "pg8000": "pg8000.dbapi"}
 
@@ -137,6 +163,12 @@ def suite() -> tuple[str, dict[str, tuple[str, str]]]:
         source += SYNC.format(name=name, module=module)
         leaky[f"test_leaky_raw_{name}"] = ("server_connection", f"# LEAK[raw-{name}]")
         leaky[f"test_leaky_checkout_{name}"] = ("checked_out", f"# LEAK[checkout-{name}]")
+    if _installed("psycopg"):
+        source += PSYCOPG_ASYNC
+        leaky["test_leaky_psycopg_async_connection"] = (
+            "server_connection",
+            "# LEAK-psycopg-async",
+        )
     if _installed("psycopg2"):
         source += PSYCOPG2_BOUND_EARLY
         leaky["test_leaky_raw_psycopg2_bound_early"] = (
