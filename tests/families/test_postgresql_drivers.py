@@ -190,14 +190,23 @@ def test_psycopg_3_still_reports_its_backend_pid(database: Database, events: Eve
 
 
 def test_restore_puts_psycopg2s_connect_back_and_verify_rewraps_a_removed_one() -> None:
+    # Under `pytest --dbleak` the outer run's own tracer has wrapped it already: `original`
+    # is then that wrapper, and this tracer wraps it again.
     original = psycopg2._connect
     events = Events()
     events.tracer.trace_imported()
+    assert psycopg2._connect is not original
+    events.tracer.restore()
+    assert psycopg2._connect is original
+
+    def theirs(*args: Any, **kwargs: Any) -> Any:  # a test's monkeypatch, over ours
+        return original(*args, **kwargs)
+
+    events.tracer.trace_imported()
     try:
-        assert psycopg2._connect is not original
-        psycopg2._connect = original  # a test's monkeypatch undone over ours
+        psycopg2._connect = theirs
         assert events.tracer.verify() == ["psycopg2._connect"]
-        assert psycopg2._connect is not original
+        assert psycopg2._connect is not theirs  # wrapped again, around theirs
     finally:
         events.tracer.restore()
-    assert psycopg2._connect is original
+        psycopg2._connect = original
