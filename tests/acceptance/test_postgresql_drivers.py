@@ -18,8 +18,6 @@ from tests.acceptance.helpers import FAST, ONLY_DBLEAK, failure_of, line_of, onl
 
 pytest.importorskip("psycopg", reason="the postgresql extra is not installed")
 
-from pytest_dbleak.families.postgresql.embedded import find_postgres
-
 PREAMBLE = """\
 import asyncio
 
@@ -185,11 +183,12 @@ def suite() -> tuple[str, dict[str, tuple[str, str]]]:
 
 
 def run(
-    pytester: pytest.Pytester, *extra: str, plugins: tuple[str, ...] = ONLY_DBLEAK
+    pytester: pytest.Pytester,
+    backend_args: list[str],
+    *extra: str,
+    plugins: tuple[str, ...] = ONLY_DBLEAK,
 ) -> pytest.RunResult:
-    return pytester.runpytest_subprocess(
-        "--dbleak", "--dbleak-backend=process", FAST, *plugins, *extra
-    )
+    return pytester.runpytest_subprocess("--dbleak", *backend_args, FAST, *plugins, *extra)
 
 
 def assert_each_leak_names_its_line(
@@ -206,31 +205,45 @@ def assert_each_leak_names_its_line(
         block.fnmatch_lines([f"    test_pg_drivers.py:{line} in *"])
 
 
-@pytest.fixture
-def postgres() -> None:
-    if find_postgres(None) is None:
-        pytest.skip("no postgres binary on PATH or in /usr/lib/postgresql/*/bin")
-
-
-@pytest.mark.usefixtures("postgres")
 def test_every_postgresql_driver_names_the_users_connect_line_and_its_clean_twin_passes(
-    pytester: pytest.Pytester,
+    pytester: pytest.Pytester, pg_backend_args: list[str]
 ) -> None:
     source, leaky = suite()
     pytester.makepyfile(test_pg_drivers=source)
 
-    result = run(pytester)
+    result = run(pytester, pg_backend_args)
 
     assert_each_leak_names_its_line(result, source, leaky)
 
 
-@pytest.mark.usefixtures("postgres")
 def test_every_postgresql_driver_gives_the_same_verdicts_under_xdist(
-    pytester: pytest.Pytester,
+    pytester: pytest.Pytester, pg_backend_args: list[str]
 ) -> None:
     source, leaky = suite()
     pytester.makepyfile(test_pg_drivers=source)
 
-    result = run(pytester, "-n", "2", plugins=only_dbleak_and("xdist"))
+    result = run(pytester, pg_backend_args, "-n", "2", plugins=only_dbleak_and("xdist"))
 
     assert_each_leak_names_its_line(result, source, leaky)
+
+
+def test_each_postgresql_drivers_leak_alone_gives_the_full_runs_verdict(
+    pytester: pytest.Pytester, pg_backend_args: list[str]
+) -> None:
+    source, leaky = suite()
+    pytester.makepyfile(test_pg_drivers=source)
+    for name in leaky:
+        result = run(pytester, pg_backend_args, f"test_pg_drivers.py::{name}")
+        result.assert_outcomes(failed=1)
+        assert_each_leak_names_its_line_alone(result, source, name, leaky[name])
+        twin = name.replace("test_leaky_", "test_clean_")
+        run(pytester, pg_backend_args, f"test_pg_drivers.py::{twin}").assert_outcomes(passed=1)
+
+
+def assert_each_leak_names_its_line_alone(
+    result: pytest.RunResult, source: str, name: str, expected: tuple[str, str]
+) -> None:
+    kind, marker = expected
+    line = line_of(source, marker)
+    verdict = failure_of(result, name).lines[1]
+    assert verdict == f"dbleak: 1 connection leaked (1 {kind}) at test_pg_drivers.py:{line}"
