@@ -278,11 +278,15 @@ def leaky_of(source: str) -> list[str]:
 
 
 def run(
-    pytester: pytest.Pytester, source: str, *extra: str, plugins: tuple[str, ...] = ONLY_DBLEAK
+    pytester: pytest.Pytester,
+    source: str,
+    *extra: str,
+    backend_args: tuple[str, ...] = ("--dbleak-backend=process",),
+    plugins: tuple[str, ...] = ONLY_DBLEAK,
 ) -> pytest.RunResult:
     pytester.makepyfile(test_pool=source)
     result = pytester.runpytest_subprocess(
-        "--dbleak", "--dbleak-backend=process", FAST, *plugins, *extra, timeout=120
+        "--dbleak", *backend_args, FAST, *plugins, *extra, timeout=120
     )
     result.assert_outcomes(failed=len(leaky_of(source)), passed=source.count("\ndef test_clean_"))
     return result
@@ -299,14 +303,13 @@ def assert_each_leak_names_its_line(result: pytest.RunResult, source: str, case:
         block.fnmatch_lines([what.format(kind=KIND[case]), f"    test_pool.py:{line} in *"])
 
 
-@pytest.mark.usefixtures("postgres")
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_a_postgresql_drivers_own_pool_is_a_pool_and_its_leaks_fail_at_the_users_line(
-    pytester: pytest.Pytester, case: str
+    pytester: pytest.Pytester, case: str, pg_backend_args: list[str]
 ) -> None:
     source = corpus(case)
 
-    result = run(pytester, source)
+    result = run(pytester, source, backend_args=tuple(pg_backend_args))
 
     assert_each_leak_names_its_line(result, source, case)
 
