@@ -37,6 +37,20 @@ def pg_server() -> Iterator[Any]:
 @pytest.fixture(params=["process", "url"])
 def pg_backend_args(request: pytest.FixtureRequest) -> list[str]:
     """CLI arguments that select each PostgreSQL backend in turn for a pytester run."""
+    return _pg_backend(request)
+
+
+@pytest.fixture(params=["process", "url", "docker"])
+def pg_every_backend_args(request: pytest.FixtureRequest) -> list[str]:
+    """The same, with the docker backend (its local test image) for the leak-kind matrix;
+    a forked child's client port is not seen through docker's port proxy."""
+    return _pg_backend(request)
+
+
+def _pg_backend(request: pytest.FixtureRequest) -> list[str]:
+    if request.param == "docker":
+        image = request.getfixturevalue("pg_docker_test_image")
+        return ["--dbleak-backend=docker", f"--dbleak-postgresql-image={image}"]
     if request.param == "url":
         url = pg_admin_url(request.getfixturevalue("pg_server"))
         return ["--dbleak-backend=url", f"--dbleak-postgresql-url={url}"]

@@ -133,8 +133,9 @@ def verdicts(report: Path) -> dict[str, list[str]]:
 
 
 def test_every_leak_kind_on_postgresql_fails_at_the_users_line_and_its_clean_twin_passes(
-    pytester: pytest.Pytester, pg_backend_args: list[str]
+    pytester: pytest.Pytester, pg_every_backend_args: list[str]
 ) -> None:
+    pg_backend_args = pg_every_backend_args
     pytester.makepyfile(test_pg=PG_PREAMBLE + LEAK_KINDS)
     result = run(pytester, pg_backend_args, "--dbleak-report=full.json", "--junitxml=junit.xml")
 

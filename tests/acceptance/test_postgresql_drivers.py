@@ -206,12 +206,12 @@ def assert_each_leak_names_its_line(
 
 
 def test_every_postgresql_driver_names_the_users_connect_line_and_its_clean_twin_passes(
-    pytester: pytest.Pytester, pg_backend_args: list[str]
+    pytester: pytest.Pytester, pg_every_backend_args: list[str]
 ) -> None:
     source, leaky = suite()
     pytester.makepyfile(test_pg_drivers=source)
 
-    result = run(pytester, pg_backend_args)
+    result = run(pytester, pg_every_backend_args)
 
     assert_each_leak_names_its_line(result, source, leaky)
 

@@ -116,8 +116,9 @@ def _clean(result: pytest.RunResult, report: str, pytester: pytest.Pytester, n: 
 
 
 def test_a_clean_postgresql_suite_passes_in_the_full_run_and_under_xdist(
-    clean_suite: pytest.Pytester, pg_backend_args: list[str]
+    clean_suite: pytest.Pytester, pg_every_backend_args: list[str]
 ) -> None:
+    pg_backend_args = pg_every_backend_args
     run = clean_suite.runpytest_subprocess
     full = run("--dbleak", *pg_backend_args, FAST, *ONLY_DBLEAK, "--dbleak-report=full.json")
     _clean(full, "full.json", clean_suite, len(NAMES))
