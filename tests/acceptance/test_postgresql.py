@@ -9,6 +9,7 @@ and passes its clean twin, in the full run, alone and under ``-n 2``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -350,3 +351,41 @@ def test_a_wrongly_remembered_family_is_replaced_before_the_first_test(
     assert len(announced) == 1, announced
     assert announced[0].startswith("announced: ['PostgreSQL "), announced  # only that one
     assert remembered.read_text() == '"postgresql"'
+
+
+def test_postgresql_verdicts_hold_for_every_distribution_last_failed_and_random_order(
+    pytester: pytest.Pytester, pg_backend_args: list[str]
+) -> None:
+    pytester.makepyfile(test_pg=PG_PREAMBLE + LEAK_KINDS)
+    run(pytester, pg_backend_args, "--dbleak-report=full.json")
+    full = verdicts(pytester.path / "full.json")
+    for dist in ("loadscope", "loadfile", "worksteal"):
+        run(
+            pytester,
+            pg_backend_args,
+            "-n",
+            "2",
+            "--dist",
+            dist,
+            f"--dbleak-report={dist}.json",
+            plugins=only_dbleak_and("xdist"),
+        )
+        assert verdicts(pytester.path / f"{dist}.json") == full, dist
+
+    with_cache = only_dbleak_and("cacheprovider")
+    run(pytester, pg_backend_args, plugins=with_cache)
+    run(pytester, pg_backend_args, "--lf", "--dbleak-report=lf.json", plugins=with_cache)
+    assert verdicts(pytester.path / "lf.json") == {n: k for n, k in full.items() if k}
+
+    if importlib.util.find_spec("pytest_randomly") is not None:
+        for seed in (1, 2):
+            run(
+                pytester,
+                pg_backend_args,
+                "-p",
+                "randomly",
+                f"--randomly-seed={seed}",
+                f"--dbleak-report=r{seed}.json",
+                plugins=only_dbleak_and("randomly"),
+            )
+            assert verdicts(pytester.path / f"r{seed}.json") == full, seed
