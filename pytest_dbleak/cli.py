@@ -225,10 +225,10 @@ def _stop(cache_dir: str | None) -> int:
     import os
 
     from pytest_dbleak.engine.settings import Settings
-    from pytest_dbleak.families.mysql import reuse
+    from pytest_dbleak.families import _reuse
 
     cache = Settings(cache_dir=cache_dir or os.environ.get("DBLEAK_CACHE_DIR")).template_cache
-    stopped = reuse.stop_all(cache)
+    stopped = _reuse.stop_all(cache)  # every family's
     if stopped:
         for line in stopped:
             print(f"dbleak: stopped {line}")

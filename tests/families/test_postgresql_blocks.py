@@ -314,6 +314,9 @@ def test_a_spawned_postgres_says_it_is_ready_on_the_notify_socket_and_a_cancel_l
             dbname="postgres",
         ) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
+            # Its shared memory lives in its folder: a SIGKILL (the reaper's) of a server
+            # with POSIX segments would leave them in /dev/shm for good.
+            assert conn.execute("SHOW dynamic_shared_memory_type").fetchone() == ("mmap",)
     finally:
         server.stop()
     assert not server.root.exists()

@@ -56,6 +56,10 @@ _FAST_SETTINGS = (
     "full_page_writes=off",
     "logging_collector=off",
     "max_connections=200",
+    # Dynamic shared memory as files in the datadir (pg_dynshmem), not POSIX segments in
+    # /dev/shm: the reaper kills postgres with SIGKILL, which leaves a POSIX segment behind
+    # for good; files in the folder go with it.
+    "dynamic_shared_memory_type=mmap",
 )
 _UNPRIVILEGED = "nobody"
 
@@ -294,37 +298,13 @@ class Spawned:
 
 def spawn_postgres(binary: str | None, cache: Path) -> Spawned:
     """Copy the template and start postgres under its reaper; do not wait for it."""
-    if binary is None:
-        raise DbleakError(
-            "no postgres found on PATH or in /usr/lib/postgresql/*/bin (or give --dbleak-postgres)"
-        )
+    binary = _needed(binary)
     template = ensure_template(binary, cache)
-    account = _run_as()
-    parent = session_parent()
-    root = Path(tempfile.mkdtemp(prefix="dbleak-pg-", dir=parent))
+    root = Path(tempfile.mkdtemp(prefix="dbleak-pg-", dir=session_parent()))
     reaper: subprocess.Popen[str] | None = None
     notice = ReadyNotice(root)  # before _give: the server's account must write to it
     try:
-        _reachable_by(root.parent, account)
-        datadir = root / "data"
-        _copy_datadir(template / "data", datadir)
-        _give(root, account)
-        port = free_port()
-        cmd = _as_user(
-            [
-                binary,
-                "-D",
-                str(datadir),
-                "-k",
-                str(root),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                *(arg for setting in _FAST_SETTINGS for arg in ("-c", setting)),
-            ],
-            account,
-        )
+        port, cmd = _fill(binary, template, root)
         reaper, pid = spawn_under_reaper(root, cmd, notice.env())
     except BaseException:
         notice.close()
@@ -333,6 +313,55 @@ def spawn_postgres(binary: str | None, cache: Path) -> Spawned:
             shutil.rmtree(root)
         raise
     return Spawned(root, port, reaper, pid, notice)
+
+
+def prepare_server(binary: str | None, cache: Path, prefix: str) -> tuple[Path, int, list[str]]:
+    """A server's own folder (a copy of the template, given to the server's account), a
+    free port and its command line, for whoever starts it (--dbleak-reuse's watcher)."""
+    binary = _needed(binary)
+    template = ensure_template(binary, cache)
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir=session_parent()))
+    try:
+        port, cmd = _fill(binary, template, root)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    return root, port, cmd
+
+
+def _needed(binary: str | None) -> str:
+    if binary is None:
+        raise DbleakError(
+            "no postgres found on PATH or in /usr/lib/postgresql/*/bin (or give --dbleak-postgres)"
+        )
+    return binary
+
+
+def _fill(binary: str, template: Path, root: Path) -> tuple[int, list[str]]:
+    """Copy the template's datadir into `root`, hand it to the server's account; the
+    port and the command line of a server on it."""
+    account = _run_as()
+    _reachable_by(root.parent, account)
+    datadir = root / "data"
+    _copy_datadir(template / "data", datadir)
+    _give(root, account)
+    port = free_port()
+    cmd = _as_user(
+        [
+            binary,
+            "-D",
+            str(datadir),
+            "-k",
+            str(root),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            *(arg for setting in _FAST_SETTINGS for arg in ("-c", setting)),
+        ],
+        account,
+    )
+    return port, cmd
 
 
 def start_postgres(binary: str | None, cache: Path, timeout: float) -> PgServer:

@@ -74,17 +74,18 @@ def start_url(url: str, timeout: float) -> RunningServer:
 # -- process --------------------------------------------------------------------------
 def launch_process(binary: str | None, settings: Settings) -> Launch:
     """Copy the template and set postgres off now; ``wait()`` awaits its login (it boots
-    while pytest imports SQLAlchemy and collects)."""
+    while pytest imports SQLAlchemy and collects). With --dbleak-reuse, join (or leave
+    behind) a server that outlives the session: see reuse.py."""
+    if settings.reuse:
+        from pytest_dbleak.families.postgresql import reuse
+
+        cache, timeout = settings.template_cache, settings.startup_timeout
+        return reuse.launch(binary, cache, timeout, settings.reuse_idle)
     spawned = spawn_postgres(binary, settings.template_cache)
 
     def wait() -> RunningServer:
         server = spawned.wait(settings.startup_timeout)
-        running = RunningServer("process", server.endpoint, owned=True, stop=server.stop)
-        if settings.reuse:
-            running.notes.append(
-                "--dbleak-reuse: not for PostgreSQL yet; this session's server stops with it"
-            )
-        return running
+        return RunningServer("process", server.endpoint, owned=True, stop=server.stop)
 
     return Launch(wait, spawned.cancel)
 
