@@ -1,7 +1,11 @@
 """Soak: run a clean corpus under ``pytest --dbleak`` many times, serially and with
 ``-n 2``, and report every false positive (the goal is zero).
 
-    python bench/soak.py [--runs 10] [--corpus bench/soak_corpus]
+    python bench/soak.py [--runs 10] [--family mysql|postgresql] [--corpus DIR]
+
+``--family`` picks the default corpus: ``mysql`` (the default) runs ``soak_corpus/``,
+``postgresql`` runs ``soak_corpus_pg/`` (its tests request ``dbleak_postgresql_*``, so
+the session checks a private ``postgres``). ``--corpus`` runs any other directory.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+CORPORA = {"mysql": HERE / "soak_corpus", "postgresql": HERE / "soak_corpus_pg"}
 
 
 def run_once(corpus: Path, extra: list[str], report: Path) -> tuple[int, list[str], float]:
@@ -43,7 +48,12 @@ def run_once(corpus: Path, extra: list[str], report: Path) -> tuple[int, list[st
     false_positives: list[str] = []
     if report.exists():
         data = json.loads(report.read_text())
-        false_positives = [t["nodeid"] for t in data["tests"] if t["leaks"]]
+        false_positives = [
+            f"{t['nodeid']}: "
+            + "; ".join(f"{leak['count']} {leak['kind']} ({leak['what']})" for leak in t["leaks"])
+            for t in data["tests"]
+            if t["leaks"]
+        ]
     if done.returncode not in (0,) and not false_positives:
         false_positives = [f"run failed with exit {done.returncode}: {done.stdout[-400:]}"]
     return done.returncode, false_positives, elapsed
@@ -52,8 +62,16 @@ def run_once(corpus: Path, extra: list[str], report: Path) -> tuple[int, list[st
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--corpus", type=Path, default=HERE / "soak_corpus")
+    parser.add_argument(
+        "--family",
+        choices=sorted(CORPORA),
+        default="mysql",
+        help="the corpus to run when --corpus is not given (default: mysql)",
+    )
+    parser.add_argument("--corpus", type=Path, default=None, help="a directory of clean tests")
     args = parser.parse_args()
+    if args.corpus is None:
+        args.corpus = CORPORA[args.family]
     rows = []
     total_fp = 0
     with tempfile.TemporaryDirectory() as tmp:

@@ -17,13 +17,13 @@ from typing import Any
 
 from pytest_dbleak.engine.beyond_pools import BeyondPools
 from pytest_dbleak.engine.clientsockets import client_port, client_states
-from pytest_dbleak.engine.drivers import (
+from pytest_dbleak.engine.driver_pools import (
     DriverPoolMisfit,
     PoolTarget,
     handed_out_by,
     pool_connections,
-    server_thread_id,
 )
+from pytest_dbleak.engine.drivers import server_thread_id
 from pytest_dbleak.engine.reclaim import detach, dispose, holder_running, rollback
 from pytest_dbleak.engine.results import (
     CHECKED_OUT,

@@ -5,12 +5,10 @@ connection is seen only on the server. Wrapping each driver's connect names the 
 that opened a connection no pool owns, and its close tells the detector that a
 connection still listed by the server is on its way out (as a pool's close event does).
 
-Only drivers the process has imported are traced (``trace_imported()`` looks them up in
-``sys.modules``): a driver never imported costs nothing. The methods wrapped are the
-drivers' own (or their modules' connect functions: ``_FUNCTIONS``) and are listed in
-``_TARGETS`` with the versions they were checked on; PostgreSQL's in postgresql_drivers.
-
-No pytest import.
+Only imported drivers are traced (``trace_imported()``, also called the moment one of
+``packages()`` is imported: import_watch); one never imported costs nothing. The methods
+wrapped (``_TARGETS``, ``_FUNCTIONS``) name the versions they were checked on;
+PostgreSQL's are in postgresql_drivers. No pytest import.
 """
 
 from __future__ import annotations
@@ -21,6 +19,7 @@ import inspect
 import logging
 import sqlite3
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -29,26 +28,10 @@ from typing import Any
 from pytest_dbleak.engine import postgresql_drivers as postgresql
 from pytest_dbleak.engine.driver_pools import (
     POOLS,
-    DriverPoolMisfit,
     OnPool,
     PoolTarget,
-    handed_out_by,
-    pool_connections,
 )
 from pytest_dbleak.engine.stacks import Frame, capture_stack
-
-# The drivers' own pools live in driver_pools; named here too, where callers find them.
-__all__ = [
-    "DriverPoolMisfit",
-    "DriverTracer",
-    "OnPool",
-    "PoolTarget",
-    "handed_out_by",
-    "in_transaction",
-    "is_real_connection",
-    "pool_connections",
-    "server_thread_id",
-]
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +221,12 @@ _HANDOUTS = (
 )
 
 
+def packages() -> frozenset[str]:
+    """Every driver package traced here (import_watch watches for their import)."""
+    rows = [*(t.package for t in _TARGETS), *(p.package for p in POOLS)]
+    return frozenset([*rows, *(str(row[0]) for row in (*_FUNCTIONS, *_HANDOUTS))])
+
+
 class DriverTracer(postgresql.FunctionTracing):
     """Wraps the connect and close of every imported driver; restore() undoes it."""
 
@@ -256,10 +245,21 @@ class DriverTracer(postgresql.FunctionTracing):
         self._traced_classes: set[int] = set()  # id() of every class _trace() was given
         self._patches: list[tuple[_Owner, str, Any, Any]] = []  # owner, name, original, ours
         self._forget_functions()
+        # One pass at a time, never waited for: a pass may import, and an import in another
+        # thread may call for a pass (import_watch) while holding that module's import lock.
+        self._tracing = threading.Lock()
 
     def trace_imported(self) -> None:
         if len(self._done) == len(_TARGETS) + len(_HANDOUTS) + len(POOLS) + len(_FUNCTIONS):
             return
+        if not self._tracing.acquire(blocking=False):
+            return  # another thread's pass, or this one's: the next window's looks again
+        try:
+            self._trace_imported()
+        finally:
+            self._tracing.release()
+
+    def _trace_imported(self) -> None:
         self._trace_handouts()
         self._trace_pools()
         self._trace_functions()

@@ -19,6 +19,7 @@ from pytest_dbleak.engine import _sqla_seam as seam
 if TYPE_CHECKING:
     from pytest_dbleak.engine.children import Children
     from pytest_dbleak.engine.drivers import DriverTracer
+    from pytest_dbleak.engine.import_watch import ImportWatch
     from pytest_dbleak.engine.records import PoolState
     from pytest_dbleak.engine.threads import ThreadStarts
 
@@ -36,6 +37,7 @@ class Instrumentation:
     lost: list[str]
     states: weakref.WeakKeyDictionary[Pool, PoolState]
     drivers: DriverTracer
+    import_watch: ImportWatch
     children: Children
     threads: ThreadStarts
     _lock: threading.RLock
@@ -75,6 +77,7 @@ class Instrumentation:
                 f"a throw-away pool failed: {type(exc).__name__}: {exc}".splitlines()[0]
             ) from None
         self.drivers.trace_imported()
+        self.import_watch.install()
         self.children.install(lambda: self.seq)
         self.threads.install()
 
@@ -91,6 +94,7 @@ class Instrumentation:
                 seam.remove_connect(pool, state.listener)
             except Exception as exc:  # noqa: BLE001 - a pool in any state must not stop the end
                 log.debug("dbleak: connect listener of %r: %s", pool, exc)
+        self.import_watch.uninstall()
         self.drivers.restore()
         self.children.uninstall()
         self.threads.uninstall()

@@ -16,7 +16,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from pytest_dbleak.engine.drivers import PoolTarget, server_thread_id
+from pytest_dbleak.engine.driver_pools import PoolTarget
+from pytest_dbleak.engine.drivers import server_thread_id
 from pytest_dbleak.engine.records import DriverPoolState, Opened
 from pytest_dbleak.engine.stacks import Frame
 

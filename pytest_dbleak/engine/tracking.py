@@ -31,6 +31,10 @@ from pytest_dbleak.engine.drivers import (
     is_real_connection,
     server_thread_id,
 )
+from pytest_dbleak.engine.drivers import (
+    packages as driver_packages,
+)
+from pytest_dbleak.engine.import_watch import ImportWatch
 from pytest_dbleak.engine.instrumentation import Instrumentation
 from pytest_dbleak.engine.raw_connections import RawConnections
 from pytest_dbleak.engine.records import (
@@ -83,6 +87,9 @@ class Tracker(Instrumentation):
             self.raw.handout,
             self.raw.pool_created,
         )
+        # A driver first imported between two windows (in a wider fixture that builds its
+        # pool with it) is traced at once, not from the next window on.
+        self.import_watch = ImportWatch(driver_packages(), self.drivers.trace_imported)
         self._owner_depth = 0
         self._unknown_pool: PoolState | None = None
         # The sequence number at which lost instrumentation was last put back: events

@@ -322,3 +322,57 @@ def test_under_xdist_the_same_verdicts(pytester: pytest.Pytester, case: str) -> 
     result = run(pytester, source, "-n", "2", plugins=only_dbleak_and("xdist"))
 
     assert_each_leak_names_its_line(result, source, case)
+
+
+LAZY = """\
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+KEEP = []
+
+
+@pytest.fixture(scope="session")
+def pool(dbleak_postgresql_database):
+    from psycopg_pool import ConnectionPool  # imported here, as many conftests do
+
+    pool = ConnectionPool(kwargs=dbleak_postgresql_database.connect_kwargs(), min_size=1,
+                          max_size=4, open=True)
+    pool.wait(timeout=10)
+    yield pool
+    pool.close()
+
+
+def test_nothing_yet():
+    pass
+
+
+def test_clean_the_pool_grows(pool):
+    def work(_):
+        with pool.connection() as conn:
+            conn.execute("SELECT pg_sleep(0.02)")
+
+    with ThreadPoolExecutor(max_workers=4) as ex:
+        list(ex.map(work, range(8)))
+
+
+def test_leaky_acquire(pool):
+    KEEP.append(pool.getconn())  # LEAK-lazy
+"""
+
+
+def test_a_driver_first_imported_in_a_session_fixture_is_traced_before_its_pool_is_made(
+    pytester: pytest.Pytester,
+) -> None:
+    """Its pool is known at once: its growth in a later test is not a leak (it was, when
+    drivers were looked for only at the next window), an acquire never given back is."""
+    if importlib.util.find_spec("psycopg_pool") is None:
+        pytest.skip("psycopg_pool is not installed (the postgresql extra)")
+    pytester.makepyfile(test_pool=LAZY)
+    result = pytester.runpytest_subprocess(
+        "--dbleak", "--dbleak-backend=process", FAST, *ONLY_DBLEAK, "-p", "no:randomly"
+    )
+    result.assert_outcomes(failed=1, passed=2)
+    block = failure_of(result, "test_leaky_acquire")
+    line = line_of(LAZY, "# LEAK-lazy")
+    assert block.lines[1] == f"dbleak: 1 connection leaked (1 checked_out) at test_pool.py:{line}"
