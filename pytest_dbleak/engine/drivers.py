@@ -31,6 +31,7 @@ from pytest_dbleak.engine.driver_pools import (
     OnPool,
     PoolTarget,
 )
+from pytest_dbleak.engine.import_watch import imported
 from pytest_dbleak.engine.stacks import Frame, capture_stack
 
 log = logging.getLogger(__name__)
@@ -265,7 +266,7 @@ class DriverTracer(postgresql.FunctionTracing):
         self._trace_functions()
         for target in _TARGETS:
             key = f"{target.module}.{target.cls}"
-            if key in self._done or target.package not in sys.modules:
+            if key in self._done or not imported(target.package):
                 continue
             self._done.add(key)
             try:
@@ -290,7 +291,7 @@ class DriverTracer(postgresql.FunctionTracing):
             return
         for package, module_name, cls_name, method, checked_on in _HANDOUTS:
             key = f"{module_name}.{cls_name}.{method}"
-            if key in self._done or package not in sys.modules:
+            if key in self._done or not imported(package):
                 continue
             self._done.add(key)
             try:
@@ -324,7 +325,7 @@ class DriverTracer(postgresql.FunctionTracing):
             return
         for target in POOLS:
             key = f"{target.module}.{target.traced}.__init__"
-            if key in self._done or target.package not in sys.modules:
+            if key in self._done or not imported(target.package):
                 continue
             self._done.add(key)
             try:

@@ -23,6 +23,15 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+def imported(package: str) -> bool:
+    """`package` is in ``sys.modules`` and done: while its ``__init__`` still runs (it
+    imports a driver whose import calls for a pass) its classes may not exist yet, and a
+    pass would take them for gone for good."""
+    module = sys.modules.get(package)
+    spec = getattr(module, "__spec__", None) if module is not None else None
+    return module is not None and not getattr(spec, "_initializing", False)
+
+
 class _Loader(importlib.abc.Loader):
     """The package's own loader, and a call back once its module has executed."""
 
@@ -36,6 +45,11 @@ class _Loader(importlib.abc.Loader):
 
     def exec_module(self, module: ModuleType) -> None:
         self._loader.exec_module(module)
+        # Executed: importlib clears the flag only once we return, and the pass we call
+        # for would take the package for one still being imported (see imported()).
+        spec = getattr(module, "__spec__", None)
+        if spec is not None:
+            spec._initializing = False
         try:
             self._done()
         except Exception:  # tracing must never break the user's import: said, not raised

@@ -21,6 +21,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from pytest_dbleak.engine.import_watch import imported
 from pytest_dbleak.engine.stacks import Frame, capture_stack
 
 log = logging.getLogger("pytest_dbleak.engine.drivers")  # where driver lines come from
@@ -196,7 +197,7 @@ class FunctionTracing:
     def _trace_functions(self) -> None:
         for package, module_name, name, checked_on in CONNECT_FUNCTIONS:
             key = f"{module_name}.{name}"
-            if key in self._done or package not in sys.modules:
+            if key in self._done or not imported(package):
                 continue
             self._done.add(key)
             self._trace_function(module_name, name, checked_on)
