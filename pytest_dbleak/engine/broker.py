@@ -67,6 +67,13 @@ class Broker:
                 reply = {"error": str(exc)}
             except (ValueError, OSError) as exc:
                 reply = {"error": f"bad request to the server broker: {exc}"}
+            except Exception as exc:  # the worker must hear it, not wait for its timeout
+                # A bug while starting the server: without a reply the worker would wait
+                # for its whole timeout and then blame the controller. Its first line
+                # goes to the worker; the traceback to the controller's log.
+                log.exception("dbleak: the server broker failed")
+                first = (str(exc).strip().splitlines() or [""])[0]
+                reply = {"error": f"starting the server failed: {type(exc).__name__}: {first}"}
             with contextlib.suppress(OSError):
                 stream.write(json.dumps(reply).encode() + b"\n")
                 stream.flush()

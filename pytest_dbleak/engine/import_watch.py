@@ -23,13 +23,26 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+# Packages our loader has finished executing: importlib marks a module as still being
+# initialised until exec_module returns, which is after the pass we call for.
+_executed: set[str] = set()
+
+
 def imported(package: str) -> bool:
     """`package` is in ``sys.modules`` and done: while its ``__init__`` still runs (it
     imports a driver whose import calls for a pass) its classes may not exist yet, and a
-    pass would take them for gone for good."""
+    pass would take them for gone for good.
+
+    "Still running" is read as importlib itself reads it (``__spec__._initializing``,
+    set around exec_module by importlib._bootstrap; CPython 3.9-3.13).
+    """
     module = sys.modules.get(package)
-    spec = getattr(module, "__spec__", None) if module is not None else None
-    return module is not None and not getattr(spec, "_initializing", False)
+    if module is None:
+        return False
+    if package in _executed:
+        return True
+    spec = getattr(module, "__spec__", None)
+    return not getattr(spec, "_initializing", False)
 
 
 class _Loader(importlib.abc.Loader):
@@ -44,12 +57,9 @@ class _Loader(importlib.abc.Loader):
         return create(spec) if create is not None else None
 
     def exec_module(self, module: ModuleType) -> None:
+        _executed.discard(module.__name__)  # imported again (a test's reload): not yet
         self._loader.exec_module(module)
-        # Executed: importlib clears the flag only once we return, and the pass we call
-        # for would take the package for one still being imported (see imported()).
-        spec = getattr(module, "__spec__", None)
-        if spec is not None:
-            spec._initializing = False
+        _executed.add(module.__name__)  # done, though importlib says so only once we return
         try:
             self._done()
         except Exception:  # tracing must never break the user's import: said, not raised

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from pytest_dbleak.engine.errors import DbleakError, missing_extra
 from pytest_dbleak.engine.signals import keep_out_of_forks
+from pytest_dbleak.families._process import wait_child
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ class Reaper:
         with contextlib.suppress(OSError):
             proc.stdin.close()
         try:
-            proc.wait(timeout=timeout)
+            wait_child(proc, timeout)
         except subprocess.TimeoutExpired:
             log.warning("dbleak: the reaper of container %s did not finish", self.name)
 

@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import secrets
-import select
 import shutil
 import signal
 import subprocess
@@ -48,7 +47,7 @@ from typing import IO, Any, Protocol
 
 from pytest_dbleak.engine.errors import DbleakError
 from pytest_dbleak.engine.signals import keep_out_of_forks
-from pytest_dbleak.families._process import alive
+from pytest_dbleak.families._process import alive, wait_exit
 from pytest_dbleak.families.base import Launch, RunningServer
 
 log = logging.getLogger(__name__)
@@ -189,27 +188,8 @@ def _discard(state: State) -> None:
             os.kill(state.watcher, signal.SIGKILL)
     if _ours(state.server, state.root):
         _kill_server(state.server)
-    _wait_gone(state.server, 10)
+    wait_exit(state.server, 10)
     shutil.rmtree(state.root, ignore_errors=True)
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    """Wait for another process (not our child) to exit: a pidfd turns readable then."""
-    try:
-        fd = os.pidfd_open(pid)
-    except (AttributeError, OSError):  # gone already, or no pidfd (Linux < 5.3)
-        fd = None
-    if fd is not None:
-        try:
-            select.select([fd], [], [], timeout)
-        finally:
-            os.close(fd)
-    else:
-        deadline = time.monotonic() + timeout
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    # A zombie is gone for us: its parent (the watcher, or init) reaps it.
-    return not alive(pid)
 
 
 def _hold_session(paths: _Paths) -> IO[str]:
@@ -342,7 +322,7 @@ def stop_all(cache: Path) -> list[str]:
                 continue
             if _ours(state.watcher, state.root):
                 os.kill(state.watcher, signal.SIGTERM)  # it stops the server and cleans up
-                if not _wait_gone(state.watcher, 30):
+                if not wait_exit(state.watcher, 30):
                     _discard(state)
             _discard(state)  # whatever the watcher left (or a stale state's leftovers)
             paths.state.unlink(missing_ok=True)

@@ -25,7 +25,7 @@ import pytest
 
 from pytest_dbleak.engine.errors import DbleakError
 from pytest_dbleak.engine.settings import OPTIONS
-from pytest_dbleak.families.mysql.embedded import _template_key, ensure_template, find_mysqld
+from pytest_dbleak.families.mysql.embedded import ensure_template, find_mysqld, template_key
 from tests.acceptance.helpers import FAST, ONLY_DBLEAK, PREAMBLE, all_output
 
 MARIADBD = find_mysqld(os.environ.get("DBLEAK_MYSQLD") or None)
@@ -154,7 +154,7 @@ def test_a_template_an_older_version_marked_ready_without_data_is_rebuilt(
 ) -> None:
     assert MARIADBD is not None
     cache = tmp_path / "cache"
-    poisoned = cache / f"template-{_template_key(MARIADBD)}"
+    poisoned = cache / f"template-{template_key(MARIADBD)}"
     poisoned.mkdir(parents=True)
     (poisoned / "READY").write_text("/bin/true\n")
     pytester.makepyfile(test_it=ONE_TEST)

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dbleak.engine.errors import ServerGoneError
+from pytest_dbleak.engine.errors import DbleakError, ServerGoneError
 from pytest_dbleak.families._process import (
     ReadyNotice,
+    alive,
     free_port,
     spawn_under_reaper,
     stop_reaper,
@@ -107,14 +108,39 @@ def test_a_started_mariadbd_says_it_is_ready_through_the_notify_socket(tmp_path:
     binary = find_mysqld(None)
     if binary is None:
         pytest.skip("no mariadbd or mysqld on PATH")
-    root = server_root(ensure_template(binary, CACHE))
+    template = ensure_template(binary, CACHE)
+    root = server_root(template, copy=False)
     notice = ReadyNotice(root)
-    reaper, _ = spawn_under_reaper(root, server_command(binary, root, free_port()), notice.env())
+    reaped = spawn_under_reaper(
+        root,
+        server_command(binary, root, free_port()),
+        notice.env(),
+        copy=(template / "data", root / "data"),  # the reaper copies the template
+    )
     try:
         assert notice.wait(30)
+        assert alive(reaped.pid())
+        assert (root / "data" / "mysql").is_dir()
     finally:
         notice.close()
-        stop_reaper(reaper)
+        stop_reaper(reaped.proc)
+    assert not root.exists()
+
+
+def test_a_template_the_reaper_cannot_copy_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "server"
+    root.mkdir()
+    reaped = spawn_under_reaper(
+        root, ["sleep", "60"], copy=(tmp_path / "no-such-template", root / "data")
+    )
+    with pytest.raises(DbleakError) as caught:
+        reaped.pid()
+    message = str(caught.value)
+    assert message.startswith("the server could not be started: cp: ")
+    assert "no-such-template" in message
+    assert "\n" not in message
+    stop_reaper(reaped.proc)
+    assert reaped.proc.returncode == 1
     assert not root.exists()
 
 

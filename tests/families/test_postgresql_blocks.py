@@ -322,7 +322,8 @@ def test_a_spawned_postgres_says_it_is_ready_on_the_notify_socket_and_a_cancel_l
     assert not server.root.exists()
 
     cancelled = spawn_postgres(binary, CACHE)
+    pid = cancelled.pid  # started (its reaper copied the template first)
     cancelled.cancel()
     assert not cancelled.root.exists()
     with pytest.raises(ProcessLookupError):  # the reaper killed and reaped it
-        os.kill(cancelled.pid, 0)
+        os.kill(pid, 0)

@@ -7,6 +7,7 @@ server's processlist is a test double, so that a row can appear without a server
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -45,6 +46,7 @@ class SnapshotServer:
         self.endpoint = _NoEndpoint()
         self.own_ids: set[int] = set()
         self.rows: dict[int, ProcessRow] = {}
+        self.trx: dict[int, str] = {}  # connection -> id of the transaction it has open
         self.ended: list[int] = []
 
     def connect(self, ident: int, user: str = APP_USER) -> None:
@@ -60,8 +62,16 @@ class SnapshotServer:
     def snapshot(self) -> ServerSnapshot:
         return ServerSnapshot(dict(self.rows), len(self.rows))
 
+    def set_command(self, ident: int, command: str) -> None:
+        """The connection's processlist Command (``Query`` while it runs a statement)."""
+        self.rows[ident] = dataclasses.replace(self.rows[ident], command=command)
+
     def transactions(self, ids: set[int]) -> dict[int, TrxInfo]:
-        return {}  # no client of this double ever began one
+        return {
+            ident: TrxInfo(ident, trx_id, "2026-12-06 07:00:00", "ACTIVE", 0, 0, 0)
+            for ident, trx_id in self.trx.items()
+            if ident in ids
+        }
 
     def open_transactions(self, ids: set[int]) -> dict[int, str]:
         return {}

@@ -201,6 +201,35 @@ def test_a_server_row_no_pool_owns_is_a_server_connection_leak(
     assert 12 in server.rows
 
 
+def test_a_transaction_left_open_outside_any_pool_is_the_leak_of_the_test_that_began_it(
+    detector: Detector, server: SnapshotServer
+) -> None:
+    server.connect(21)  # a raw connection of a wider-scoped fixture, idle
+    window = detector.begin(reuse=True)
+    server.trx[21] = "trx-1"  # the test began a transaction on it and left
+
+    result = detector.finish(window, "t::leaky", allow=0, settle=0)
+
+    assert kinds(result) == [("open_transaction", 1)]
+    assert result.leaks[0].connection_ids == [21]
+
+
+def test_a_transaction_open_while_its_connection_was_still_busy_is_not_the_next_tests(
+    detector: Detector, server: SnapshotServer
+) -> None:
+    server.connect(21)
+    server.set_command(21, "Query")  # the reply was read; the server has not said Sleep yet
+    server.trx[21] = "trx-1"
+    first = detector.begin(reuse=True)
+    detector.finish(first, "t::earlier", allow=0, settle=0)  # its last look: still Query
+    server.set_command(21, "Sleep")
+    window = detector.begin(reuse=True)  # the baseline is that last look
+
+    result = detector.finish(window, "t::clean_twin", allow=0, settle=0)
+
+    assert result.leaks == ()
+
+
 def test_a_window_whose_listeners_were_cleared_is_judged_on_the_server_only(
     detector: Detector, tracker: Tracker, engine: Engine
 ) -> None:

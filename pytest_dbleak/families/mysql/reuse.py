@@ -36,9 +36,9 @@ class MySQLReuse:
         return Prepared(root, port, sock, server_command(self.binary, root, port))
 
     def secure(self, prepared: Prepared, pid: int, password: str, timeout: float) -> None:
-        from pytest_dbleak.families.mysql.embedded import _wait_and_secure
+        from pytest_dbleak.families.mysql.embedded import wait_and_secure
 
-        _wait_and_secure(prepared.socket, pid, password, timeout, prepared.root / "error.log")
+        wait_and_secure(prepared.socket, pid, password, timeout, prepared.root / "error.log")
 
     def endpoint(self, state: State) -> Endpoint:
         from pytest_dbleak.families.mysql.embedded import ADMIN_USER
@@ -53,9 +53,9 @@ class MySQLReuse:
 
 def launch(binary: str | None, cache: Path, timeout: float, idle: float) -> Launch:
     """Join this user's reused server for `binary` in `cache`, or start one that stays."""
-    from pytest_dbleak.families.mysql.embedded import _template_key, ensure_template
+    from pytest_dbleak.families.mysql.embedded import ensure_template, template_key
 
     if binary is None:
         raise DbleakError("no mariadbd or mysqld found on PATH (or give --dbleak-mysqld)")
     template = ensure_template(binary, cache)
-    return _reuse.launch(MySQLReuse(binary, template, _template_key(binary)), cache, timeout, idle)
+    return _reuse.launch(MySQLReuse(binary, template, template_key(binary)), cache, timeout, idle)

@@ -35,6 +35,7 @@ from pytest_dbleak.engine.errors import DbleakError
 from pytest_dbleak.engine.signals import interrupts_held
 from pytest_dbleak.families._process import (
     ReadyNotice,
+    Reaped,
     alive,
     free_port,
     session_parent,
@@ -157,7 +158,7 @@ def _version_key(path: Path) -> tuple[int, ...]:
     return tuple(int(n) for n in re.findall(r"\d+", str(path.parent.parent)))
 
 
-def _run_as() -> pwd.struct_passwd | None:
+def run_as() -> pwd.struct_passwd | None:
     """The account the server runs as when we are root (postgres refuses root)."""
     if os.geteuid() != 0:
         return None
@@ -197,7 +198,7 @@ def _give(path: Path, account: pwd.struct_passwd | None) -> None:
             os.chown(os.path.join(folder, name), account.pw_uid, account.pw_gid)
 
 
-def _template_key(binary: str, account: pwd.struct_passwd | None) -> str:
+def template_key(binary: str, account: pwd.struct_passwd | None) -> str:
     real = os.path.realpath(binary)
     st = os.stat(real)
     uid = account.pw_uid if account is not None else os.geteuid()
@@ -211,8 +212,8 @@ def ensure_template(binary: str, cache: Path) -> Path:
     import fcntl
 
     usable_cache(cache)
-    account = _run_as()
-    template = cache / f"pg-template-{_template_key(binary, account)}"
+    account = run_as()
+    template = cache / f"pg-template-{template_key(binary, account)}"
     if (template / "READY").exists():
         return template
     with open(cache / ".lock", "w") as lock:
@@ -266,18 +267,23 @@ class Spawned:
     Split so that the server boots while pytest imports and collects.
     """
 
-    def __init__(
-        self, root: Path, port: int, reaper: subprocess.Popen[str], pid: int, notice: ReadyNotice
-    ) -> None:
-        self.root, self.port, self.pid = root, port, pid
-        self._reaper: subprocess.Popen[str] | None = reaper
+    def __init__(self, root: Path, port: int, reaped: Reaped, notice: ReadyNotice) -> None:
+        self.root, self.port = root, port
+        self._reaped = reaped
+        self._reaper: subprocess.Popen[str] | None = reaped.proc
         self._notice = notice
+
+    @property
+    def pid(self) -> int:
+        """The server's pid, once its reaper has copied the template and started it."""
+        return self._reaped.pid()
 
     def wait(self, timeout: float) -> PgServer:
         password = secrets.token_hex(16)
         local = PgEndpoint("127.0.0.1", self.port, ADMIN_ROLE, "", socket_dir=str(self.root))
         try:
-            version = _wait_and_secure(local, self.pid, password, timeout, self._notice)
+            pid = self._reaped.pid(timeout)
+            version = wait_and_secure(local, pid, password, timeout, self._notice)
         except BaseException:
             self.cancel()
             raise
@@ -286,7 +292,7 @@ class Spawned:
         endpoint = PgEndpoint(
             "127.0.0.1", self.port, ADMIN_ROLE, password, socket_dir=str(self.root)
         )
-        return PgServer(endpoint, version, self.root, self.pid, self._reaper)
+        return PgServer(endpoint, version, self.root, pid, self._reaper)
 
     def cancel(self) -> None:
         with interrupts_held():  # a second Ctrl-C must not cut the clean-up short
@@ -298,27 +304,41 @@ class Spawned:
 
 def spawn_postgres(binary: str | None, cache: Path) -> Spawned:
     """Copy the template and start postgres under its reaper; do not wait for it."""
-    binary = _needed(binary)
+    binary = needed_binary(binary)
     template = ensure_template(binary, cache)
     root = Path(tempfile.mkdtemp(prefix="dbleak-pg-", dir=session_parent()))
-    reaper: subprocess.Popen[str] | None = None
+    reaped: Reaped | None = None
     notice = ReadyNotice(root)  # before _give: the server's account must write to it
     try:
-        port, cmd = _fill(binary, template, root)
-        reaper, pid = spawn_under_reaper(root, cmd, notice.env())
+        # Its reaper copies the template while pytest goes on: ``cp -a`` keeps the owner,
+        # which must then already be the server's account. A template that is not (copied
+        # by someone else as root) is copied and handed over here first.
+        by_reaper = _owned_by(template / "data", run_as())
+        port, cmd = _fill(binary, template, root, copy=not by_reaper)
+        copy = (template / "data", root / "data") if by_reaper else None
+        reaped = spawn_under_reaper(root, cmd, notice.env(), copy=copy)
     except BaseException:
         notice.close()
-        stop_reaper(reaper)
+        stop_reaper(None if reaped is None else reaped.proc)
         with contextlib.suppress(OSError):
             shutil.rmtree(root)
         raise
-    return Spawned(root, port, reaper, pid, notice)
+    return Spawned(root, port, reaped, notice)
+
+
+def _owned_by(datadir: Path, account: pwd.struct_passwd | None) -> bool:
+    """The datadir and its control file belong to `account` (or to us, without one)."""
+    uid = os.geteuid() if account is None else account.pw_uid
+    try:
+        return all(p.stat().st_uid == uid for p in (datadir, datadir / "global" / "pg_control"))
+    except OSError:
+        return False
 
 
 def prepare_server(binary: str | None, cache: Path, prefix: str) -> tuple[Path, int, list[str]]:
     """A server's own folder (a copy of the template, given to the server's account), a
     free port and its command line, for whoever starts it (--dbleak-reuse's watcher)."""
-    binary = _needed(binary)
+    binary = needed_binary(binary)
     template = ensure_template(binary, cache)
     root = Path(tempfile.mkdtemp(prefix=prefix, dir=session_parent()))
     try:
@@ -329,7 +349,7 @@ def prepare_server(binary: str | None, cache: Path, prefix: str) -> tuple[Path, 
     return root, port, cmd
 
 
-def _needed(binary: str | None) -> str:
+def needed_binary(binary: str | None) -> str:
     if binary is None:
         raise DbleakError(
             "no postgres found on PATH or in /usr/lib/postgresql/*/bin (or give --dbleak-postgres)"
@@ -337,13 +357,15 @@ def _needed(binary: str | None) -> str:
     return binary
 
 
-def _fill(binary: str, template: Path, root: Path) -> tuple[int, list[str]]:
-    """Copy the template's datadir into `root`, hand it to the server's account; the
-    port and the command line of a server on it."""
-    account = _run_as()
+def _fill(binary: str, template: Path, root: Path, *, copy: bool = True) -> tuple[int, list[str]]:
+    """Copy the template's datadir into `root` (unless the server's reaper will: `copy`
+    false), hand it to the server's account; the port and the command line of a server
+    on it."""
+    account = run_as()
     _reachable_by(root.parent, account)
     datadir = root / "data"
-    _copy_datadir(template / "data", datadir)
+    if copy:
+        _copy_datadir(template / "data", datadir)
     _give(root, account)
     port = free_port()
     cmd = _as_user(
@@ -400,7 +422,7 @@ def _reachable_by(folder: Path, account: pwd.struct_passwd | None) -> None:
         )
 
 
-def _wait_and_secure(
+def wait_and_secure(
     local: PgEndpoint, pid: int, password: str, timeout: float, notice: ReadyNotice | None = None
 ) -> str:
     """Wait for a login over the socket, then give the admin role its TCP password. With

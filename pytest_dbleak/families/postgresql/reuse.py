@@ -35,10 +35,10 @@ class PgReuse:
         return Prepared(root, port, str(root), cmd)  # libpq's socket "host" is its folder
 
     def secure(self, prepared: Prepared, pid: int, password: str, timeout: float) -> None:
-        from pytest_dbleak.families.postgresql.embedded import _wait_and_secure
+        from pytest_dbleak.families.postgresql.embedded import wait_and_secure
 
         local = PgEndpoint("127.0.0.1", prepared.port, ADMIN_ROLE, "", socket_dir=prepared.socket)
-        _wait_and_secure(local, pid, password, timeout)
+        wait_and_secure(local, pid, password, timeout)
 
     def endpoint(self, state: State) -> PgEndpoint:
         return PgEndpoint(
@@ -52,13 +52,13 @@ class PgReuse:
 def launch(binary: str | None, cache: Path, timeout: float, idle: float) -> Launch:
     """Join this user's reused postgres for `binary` in `cache`, or start one that stays."""
     from pytest_dbleak.families.postgresql.embedded import (
-        _needed,
-        _run_as,
-        _template_key,
         ensure_template,
+        needed_binary,
+        run_as,
+        template_key,
     )
 
-    binary = _needed(binary)
+    binary = needed_binary(binary)
     ensure_template(binary, cache)  # before the state lock: an initdb takes seconds
-    key = "pg-" + _template_key(binary, _run_as())
+    key = "pg-" + template_key(binary, run_as())
     return _reuse.launch(PgReuse(binary, cache, key), cache, timeout, idle)
