@@ -39,10 +39,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _inner_runs_keep_their_order(monkeypatch: pytest.MonkeyPatch) -> None:
-    """pytest-randomly is installed for the order tests, which turn it on with
-    ``-p randomly``; every other inner pytest run keeps the order its assertions read."""
+def _inner_runs_as_if_run_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inner pytest runs keep the order their assertions read (pytest-randomly is
+    installed for the order tests, which turn it on with ``-p randomly``) and are no
+    xdist workers, whatever the outer run is."""
     monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:randomly")
+    # Under an outer `-n 2`, this process is an xdist worker: an inner run must not
+    # inherit that (pytest-benchmark then warns about xdist first on every inner run).
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(scope="session")

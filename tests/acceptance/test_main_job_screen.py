@@ -25,7 +25,12 @@ WIDTH = 100
 
 @pytest.fixture(scope="module")
 def main_job() -> list[str]:
-    env = {k: v for k, v in os.environ.items() if k not in BEHAVIOUR_SETTINGS}
+    # Not an xdist worker's environment either, when the outer run is one.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in BEHAVIOUR_SETTINGS and not k.startswith("PYTEST_XDIST_")
+    }
     env.pop("PYTEST_ADDOPTS", None)
     env.update(COLUMNS=str(WIDTH), PY_COLORS="0")
     env.pop("CI", None)  # pytest does not truncate under CI: a newcomer's terminal does
