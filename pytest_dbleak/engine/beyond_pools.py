@@ -42,15 +42,15 @@ class BeyondPools:
         self.owned_trx: set[tuple[int, str]] = set()  # (thread id, trx id) fixtures began
 
     # -- transactions on connections no pool holds ----------------------------------
-    def _untracked_idle(self, snap: ServerSnapshot, *, idle: bool = True) -> set[int]:
-        """Idle connections (with `idle` false: all of them) of the session's user that
+    def _untracked(self, snap: ServerSnapshot, *, idle_only: bool = True) -> set[int]:
+        """Idle connections (with `idle_only` false: all of them) of the session's user that
         no tracked pool holds."""
         pooled = self.tracker.by_thread_id
         return {
             r.id
             for r in snap.rows.values()
             if (self.users is None or r.user in self.users)
-            and (r.command == "Sleep" or not idle)
+            and (r.command == "Sleep" or not idle_only)
             and (r.id not in pooled or pooled[r.id].collected)
         }
 
@@ -63,7 +63,7 @@ class BeyondPools:
         begun during the next test, and a clean test would be blamed for it (seen under
         load on a docker server).
         """
-        ids = self._untracked_idle(snap, idle=False)
+        ids = self._untracked(snap, idle_only=False)
         if not ids:
             return {}  # nothing but tracked pools: no query
         infos = self.monitor.transactions(ids)
@@ -71,7 +71,7 @@ class BeyondPools:
 
     def note_owned_transactions(self, snap: ServerSnapshot) -> None:
         """After a wider-scoped fixture's setup: the transactions it began are its own."""
-        infos = self.monitor.transactions(self._untracked_idle(snap))
+        infos = self.monitor.transactions(self._untracked(snap, idle_only=False))
         self.owned_trx |= {(ident, info.trx_id) for ident, info in infos.items()}
 
     def transaction_leaks(
@@ -88,7 +88,7 @@ class BeyondPools:
         elapsed = time.monotonic() - w.started + 1
         candidates = {
             ident
-            for ident in self._untracked_idle(snap)
+            for ident in self._untracked(snap)
             if ident not in covered
             and snap.rows[ident].time <= elapsed
             and (ident in w.server.rows or ident in owned_ids)

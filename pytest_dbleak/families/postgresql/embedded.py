@@ -270,7 +270,6 @@ class Spawned:
     def __init__(self, root: Path, port: int, reaped: Reaped, notice: ReadyNotice) -> None:
         self.root, self.port = root, port
         self._reaped = reaped
-        self._reaper: subprocess.Popen[str] | None = reaped.proc
         self._notice = notice
 
     @property
@@ -292,12 +291,12 @@ class Spawned:
         endpoint = PgEndpoint(
             "127.0.0.1", self.port, ADMIN_ROLE, password, socket_dir=str(self.root)
         )
-        return PgServer(endpoint, version, self.root, pid, self._reaper)
+        return PgServer(endpoint, version, self.root, pid, self._reaped.proc)
 
     def cancel(self) -> None:
         with interrupts_held():  # a second Ctrl-C must not cut the clean-up short
             self._notice.close()
-            stop_reaper(self._reaper)
+            stop_reaper(self._reaped.proc)
             with contextlib.suppress(OSError):
                 shutil.rmtree(self.root)
 
