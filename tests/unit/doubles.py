@@ -47,6 +47,7 @@ class SnapshotServer:
         self.own_ids: set[int] = set()
         self.rows: dict[int, ProcessRow] = {}
         self.trx: dict[int, str] = {}  # connection -> id of the transaction it has open
+        self._settling: dict[int, int] = {}  # connection -> looks before it shows Sleep
         self.ended: list[int] = []
 
     def connect(self, ident: int, user: str = APP_USER) -> None:
@@ -60,11 +61,24 @@ class SnapshotServer:
 
     # -- what a check reads --------------------------------------------------------------
     def snapshot(self) -> ServerSnapshot:
-        return ServerSnapshot(dict(self.rows), len(self.rows))
+        taken = ServerSnapshot(dict(self.rows), len(self.rows))
+        for ident, looks in list(self._settling.items()):
+            if looks <= 1:
+                del self._settling[ident]
+                self.set_command(ident, "Sleep")
+            else:
+                self._settling[ident] = looks - 1
+        return taken
 
     def set_command(self, ident: int, command: str) -> None:
         """The connection's processlist Command (``Query`` while it runs a statement)."""
         self.rows[ident] = dataclasses.replace(self.rows[ident], command=command)
+
+    def busy_for(self, ident: int, looks: int) -> None:
+        """The connection shows ``Query`` for the next `looks` snapshots, then ``Sleep``
+        (a statement whose reply the client has read, the server still finishing it)."""
+        self.set_command(ident, "Query")
+        self._settling[ident] = looks
 
     def transactions(self, ids: set[int]) -> dict[int, TrxInfo]:
         return {

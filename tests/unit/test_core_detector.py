@@ -230,6 +230,36 @@ def test_a_transaction_open_while_its_connection_was_still_busy_is_not_the_next_
     assert result.leaks == ()
 
 
+def test_a_transaction_left_open_as_the_server_finishes_its_last_reply_is_still_the_tests(
+    detector: Detector, server: SnapshotServer
+) -> None:
+    server.connect(21)
+    window = detector.begin(reuse=True)
+    server.trx[21] = "trx-1"  # began by the test, which returned at once:
+    server.busy_for(21, looks=1)  # the end's look still shows its last statement
+
+    result = detector.finish(window, "t::leaky", allow=0, settle=0)
+
+    assert kinds(result) == [("open_transaction", 1)]
+    assert result.leaks[0].processlist[0]["command"] == "Sleep"  # the second look's row
+
+
+def test_a_transaction_whose_connection_stays_busy_is_nobodys_leak(
+    detector: Detector, server: SnapshotServer
+) -> None:
+    server.connect(21)
+    window = detector.begin(reuse=True)
+    server.trx[21] = "trx-1"
+    server.busy_for(21, looks=10_000)  # a statement still running when the test ends
+
+    leaky = detector.finish(window, "t::running", allow=0, settle=0)
+    server.set_command(21, "Sleep")
+    after = detector.finish(detector.begin(reuse=True), "t::next", allow=0, settle=0)
+
+    assert leaky.leaks == ()  # not idle: nothing left open yet
+    assert after.leaks == ()  # and not the next test's either
+
+
 def test_a_window_whose_listeners_were_cleared_is_judged_on_the_server_only(
     detector: Detector, tracker: Tracker, engine: Engine
 ) -> None:
