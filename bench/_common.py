@@ -317,3 +317,81 @@ class Deadline:
 
 
 PYTEST = (sys.executable, "-m", "pytest")
+
+
+# -- one-test sessions, phase by phase ------------------------------------------------
+# A conftest that writes the wall-clock time of each phase of a one-test session to
+# $BENCH_PHASES (wall clock, so that the parent's start and end times line up with them).
+# The plugin's collection_finish hook (where it starts the server when it had to wait for
+# the tests) runs before this conftest's, so collection ends at the last modifyitems hook
+# and that hook's time shows up before the first test starts ("test_started").
+PHASES_CONFTEST = """\
+import json
+import os
+import time
+
+import pytest
+
+_T = {}
+
+
+def _mark(name):
+    _T.setdefault(name, time.time())
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    _mark("configured")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session):
+    _mark("session_started")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session, config, items):
+    _mark("collected")
+
+
+def pytest_runtest_logstart(nodeid, location):
+    _mark("test_started")
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    _mark("tested")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_sessionfinish(session):
+    try:
+        return (yield)
+    finally:
+        _mark("session_finished")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_unconfigure(config):
+    try:
+        return (yield)
+    finally:
+        _mark("unconfigured")
+        path = os.environ.get("BENCH_PHASES")
+        if path:
+            with open(path, "w") as f:
+                json.dump(_T, f)
+"""
+
+
+def phase_spans(
+    marks: dict[str, float], phases: Sequence[tuple[str, str]], started: float, wall: float
+) -> dict[str, float]:
+    """How long each of `phases` took, from the marks a PHASES_CONFTEST session wrote;
+    a phase not marked folds into the next one that is."""
+    marks = {**marks, "exit": started + wall}
+    previous, spans = started, {}
+    for key, _ in phases:
+        if key in marks:
+            spans[key] = marks[key] - previous
+            previous = marks[key]
+    return spans

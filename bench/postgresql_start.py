@@ -96,68 +96,6 @@ def test_select_1():
     engine.dispose()
 """
 
-# Timestamps of the session's phases, written to $BENCH_PHASES (wall clock, so that the
-# parent's start and end times line up with them). The plugin's collection_finish hook
-# (where it starts the server when it had to wait for the tests) runs before this
-# conftest's, so collection ends at the last modifyitems hook and that hook's time shows
-# up before the first test starts.
-PHASES_CONFTEST = """\
-import json
-import os
-import time
-
-import pytest
-
-_T = {}
-
-
-def _mark(name):
-    _T.setdefault(name, time.time())
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_configure(config):
-    _mark("configured")
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_sessionstart(session):
-    _mark("session_started")
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(session, config, items):
-    _mark("collected")
-
-
-def pytest_runtest_logstart(nodeid, location):
-    _mark("test_started")
-
-
-def pytest_runtest_logfinish(nodeid, location):
-    _mark("tested")
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_sessionfinish(session):
-    try:
-        return (yield)
-    finally:
-        _mark("session_finished")
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_unconfigure(config):
-    try:
-        return (yield)
-    finally:
-        _mark("unconfigured")
-        path = os.environ.get("BENCH_PHASES")
-        if path:
-            with open(path, "w") as f:
-                json.dump(_T, f)
-"""
-
 PHASES = (
     ("configured", "interpreter start, imports, plugins, config"),
     ("session_started", "pytest_sessionstart (dbleak, family remembered: server starts)"),
@@ -206,7 +144,7 @@ def write_projects(work: c.Workdir, pg_ctl: Path) -> dict[str, Path]:
     for d in dirs.values():
         d.mkdir()
         (d / "pytest.ini").write_text("[pytest]\n")
-        (d / "conftest.py").write_text(PHASES_CONFTEST)
+        (d / "conftest.py").write_text(c.PHASES_CONFTEST)
     (dirs["floor"] / "test_one.py").write_text(FLOOR_TEST)
     (dirs["ours"] / "test_one.py").write_text(OURS_TEST)
     (dirs["ours-cached"] / "test_one.py").write_text(OURS_TEST)
@@ -306,13 +244,7 @@ def main() -> int:
             failures.setdefault(name, []).append(out.strip().splitlines()[-1][:200])
             return None
         marks = json.loads(phases_file.read_text()) if phases_file.exists() else {}
-        marks["exit"] = t0 + wall
-        previous, spans = t0, {}
-        for key, _ in PHASES:
-            if key in marks:
-                spans[key] = marks[key] - previous
-                previous = marks[key]
-        return wall, spans
+        return wall, c.phase_spans(marks, PHASES, t0, wall)
 
     print("# One-test PostgreSQL session: pytest-dbleak vs pytest-postgresql\n")
     print(

@@ -74,59 +74,6 @@ def test_nothing():
     assert sa.text("SELECT 1") is not None and pymysql.connect
 """
 
-# Timestamps of the session's phases, written to $BENCH_PHASES (wall clock, so that the
-# parent's start and end times line up with them).
-PHASES_CONFTEST = """\
-import json
-import os
-import time
-
-import pytest
-
-_T = {}
-
-
-def _mark(name):
-    _T[name] = time.time()
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_configure(config):
-    _mark("configured")
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_sessionstart(session):
-    _mark("session_started")
-
-
-def pytest_collection_finish(session):
-    _mark("collected")
-
-
-def pytest_runtest_logfinish(nodeid, location):
-    _mark("tested")
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_sessionfinish(session):
-    try:
-        return (yield)
-    finally:
-        _mark("session_finished")
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_unconfigure(config):
-    try:
-        return (yield)
-    finally:
-        _mark("unconfigured")
-        path = os.environ.get("BENCH_PHASES")
-        if path:
-            with open(path, "w") as f:
-                json.dump(_T, f)
-"""
 # What-if (bench only, applied by monkeypatching; the plugin files are not changed):
 # the readiness login without building an SSL context, and a 1 MiB ibtmp1 instead of
 # the 12 MiB that mariadbd physically writes at every start. Loaded with -p.
@@ -149,6 +96,7 @@ PHASES = (
     ("configured", "interpreter start, imports, plugins, config"),
     ("session_started", "pytest_sessionstart (ours: server + session database)"),
     ("collected", "collection (imports the test module)"),
+    ("test_started", "collection_finish (ours, family not remembered: server starts)"),
     ("tested", "the test: setup, call, teardown (pytest-mysql: install + start here)"),
     ("session_finished", "pytest_sessionfinish (ours: drop database, stop server)"),
     ("unconfigured", "pytest_unconfigure (ours: a second gc.collect() in close())"),
@@ -169,7 +117,7 @@ def write_projects(work: c.Workdir) -> dict[str, Path]:
     for d in dirs.values():
         d.mkdir()
         (d / "pytest.ini").write_text("[pytest]\n")
-        (d / "conftest.py").write_text(PHASES_CONFTEST)
+        (d / "conftest.py").write_text(c.PHASES_CONFTEST)
     (dirs["ours"] / "test_one.py").write_text(OURS_TEST)
     (dirs["ours"] / "bench_whatif.py").write_text(WHATIF_PLUGIN)
     (dirs["baseline"] / "test_one.py").write_text(BASELINE_TEST)
@@ -314,13 +262,7 @@ def main() -> int:
             print(f"FAILED: {name}: {exc}", file=sys.stderr)
             return None
         marks = json.loads(phases_file.read_text()) if phases_file.exists() else {}
-        marks["exit"] = t0 + wall
-        previous, spans = t0, {}
-        for key, _ in PHASES:
-            if key in marks:
-                spans[key] = marks[key] - previous
-                previous = marks[key]
-        return wall, spans
+        return wall, c.phase_spans(marks, PHASES, t0, wall)
 
     print("# One-test session: pytest-dbleak vs pytest-mysql\n")
     print(c.machine_table([("work dir", str(work.path))]))
