@@ -124,7 +124,7 @@ class Comparison:
                     self._leak(
                         OPEN_TRANSACTION,
                         1,
-                        _conn_what(conn, "idle in a pool inside a transaction"),
+                        _conn_what(conn, _POOL_TRX),
                         last.stack if last else conn.stack,
                         last.thread if last else None,
                     ),
@@ -404,18 +404,28 @@ class Comparison:
         return leak
 
     def describe_transactions(self, leaks: list[Leak]) -> None:
-        # Only on the failure path: INNODB_TRX adds when each open transaction began.
+        """Only on the failure path: when each open transaction began, on the leak's
+        server rows; and for a transaction left open in a pool, what it holds (row locks,
+        rows modified, the tables it keeps locked where the server tells) on its line."""
         ids = {i for leak in leaks for i in leak.connection_ids}
         try:
-            started = self.monitor.open_transactions(ids)
+            found = self.monitor.transactions(ids)
         except Exception:  # noqa: BLE001 - a description must never turn into an error
             return
         for leak in leaks:
             for row in leak.processlist:
-                row["trx_started"] = started.get(row["id"])
+                info = found.get(row["id"])
+                row["trx_started"] = info.started if info is not None else None
+            if leak.kind == OPEN_TRANSACTION and _POOL_TRX in leak.what:
+                infos = [found[i] for i in leak.connection_ids if i in found]
+                if len(infos) == 1:
+                    leak.what = leak.what.replace(_POOL_TRX, f"{_POOL_TRX} ({infos[0].describe()})")
 
     def counts(self, snap: ServerSnapshot, checked_out: int) -> Counts:
         return Counts(len(snap.ids_of(self.users)), snap.threads_connected, checked_out)
+
+
+_POOL_TRX = "idle in a pool inside a transaction"
 
 
 def _evident(conn: ConnState, snap: ServerSnapshot) -> bool:

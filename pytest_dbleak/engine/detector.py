@@ -138,9 +138,12 @@ class Detector:
         # A connection nobody references any more but a reference cycle: a collection
         # gives it back now, rather than some later test's. The young generations first
         # (what the test just made lives there, and they cost microseconds); the full
-        # collection, which costs a large process a tenth of a second, only for a
-        # suspicion that outlived them.
-        for generation in (1, 2):
+        # collection, which costs a large process a tenth of a second or more (every
+        # known leak of a baseline run paid it), only for a suspicion that outlived them
+        # and only when a collection during the window may have aged what the test made.
+        # (Read before our own collection, which counts as one.)
+        generations = (1,) if window.made_only_young() else (1, 2)
+        for generation in generations:
             if not (settle > 0 and any(compare.gc_may_return(leak) for leak in look.own())):
                 break
             rechecked = True

@@ -150,8 +150,12 @@ def test_every_leak_kind_on_postgresql_fails_at_the_users_line_and_its_clean_twi
             f"dbleak: 1 connection leaked (1 {kind}) at test_pg.py:{line_of(source, marker)}"
         ), block.str()
         block.fnmatch_lines(["*- dbleak -*", "numbackends: * before, * after"])
+    # What the transaction holds, on its line: the row it updated, the table it locks.
     failure_of(result, "test_leaky_transaction").fnmatch_lines(
-        ["*idle in a pool inside a transaction*"]
+        [
+            "*idle in a pool inside a transaction (began ????-??-?? ??:??:??*"
+            "1 row modified, locks on public.items)*"
+        ]
     )
     report = json.loads((pytester.path / "full.json").read_text())
     assert report["server"]["family"] == "postgresql"

@@ -87,9 +87,6 @@ class SnapshotServer:
             if ident in ids
         }
 
-    def open_transactions(self, ids: set[int]) -> dict[int, str]:
-        return {}
-
     def waiting_statements(self, bound: float) -> list[Waiting]:
         return []
 

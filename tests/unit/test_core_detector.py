@@ -23,6 +23,7 @@ from sqlalchemy.pool import Pool, QueuePool
 from pytest_dbleak.engine.detector import Detector
 from pytest_dbleak.engine.results import CheckResult
 from pytest_dbleak.engine.tracking import Tracker
+from pytest_dbleak.engine.window import GENERATIONAL_GC
 from tests.unit.doubles import APP_USER, SnapshotServer, next_line
 
 HERE = "tests/unit/test_core_detector.py"
@@ -158,6 +159,68 @@ def test_a_pool_the_garbage_collector_took_is_an_engine_never_disposed(
     assert "reclaimed by the garbage collector without dispose()" in leak.what
     assert leak.site is not None
     assert (leak.site.file, leak.site.line) == (HERE, line)
+
+
+@pytest.fixture
+def only_explicit_collections() -> Iterator[None]:
+    """No automatic collection during the test: which generations a window's objects
+    reach is then up to the test alone."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    yield
+    if was_enabled:
+        gc.enable()
+
+
+def full_collections() -> int:
+    return gc.get_stats()[2]["collections"]
+
+
+class Cycle:
+    """A connection held by nothing but a reference cycle once dropped."""
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self.conn = conn
+        self.me = self
+
+
+@pytest.mark.skipif(not GENERATIONAL_GC, reason="needs CPython's generational collector")
+@pytest.mark.no_dbleak  # the session's own gate would see the same dropped connections
+@pytest.mark.usefixtures("only_explicit_collections")
+def test_a_connection_in_a_young_cycle_is_given_back_without_a_full_collection(
+    detector: Detector, engine: Engine
+) -> None:
+    window = detector.begin(reuse=True)
+    line = next_line()
+    Cycle(engine.connect())
+    kept = engine.connect()  # a plain leak: no collection can give it back
+    full = full_collections()
+
+    result = detector.finish(window, "t::young_cycle", allow=0, settle=0.05)
+
+    assert sorted(kinds(result)) == [("checked_out", 1), ("gc_return", 1)]
+    gc_leak = next(leak for leak in result.leaks if leak.kind == "gc_return")
+    assert gc_leak.site is not None
+    assert gc_leak.site.line == line
+    # Nothing the window made can be in the oldest generation: no full collection ran.
+    assert full_collections() == full
+    kept.close()
+
+
+@pytest.mark.no_dbleak  # the session's own gate would see the same dropped connection
+@pytest.mark.usefixtures("only_explicit_collections")
+def test_a_connection_in_a_cycle_a_collection_aged_still_is_a_gc_return(
+    detector: Detector, engine: Engine
+) -> None:
+    window = detector.begin(reuse=True)
+    cycle = Cycle(engine.connect())
+    gc.collect(1)  # the cycle, still referenced, moves to the oldest generation
+    del cycle
+
+    result = detector.finish(window, "t::aged_cycle", allow=0, settle=0.05)
+
+    assert kinds(result) == [("gc_return", 1)]
+    assert engine.pool.checkedout() == 0
 
 
 @pytest.mark.parametrize(("allow", "failed"), [(1, True), (2, False), (3, False)])

@@ -8,6 +8,7 @@ waits for a real login.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import logging
 import os
@@ -180,6 +181,23 @@ def template_key(binary: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
+# MariaDB's METADATA_LOCK_INFO plugin lists the metadata locks each connection holds, so
+# that a leaked transaction's description names the tables it keeps locked (MySQL's
+# performance_schema.metadata_locks tells without it). Debian and MariaDB's own builds
+# ship it, unloaded, in the plugin folder beside the binary's; MySQL has no such file.
+_LOCK_INFO_PLUGIN = "metadata_lock_info.so"
+
+
+@functools.cache
+def lock_info_flags(binary: str) -> tuple[str, ...]:
+    """The flags that load METADATA_LOCK_INFO into `binary`, where its plugin is found."""
+    base = Path(os.path.realpath(binary)).parent.parent
+    for folder in (base / "lib" / "mysql" / "plugin", base / "lib" / "plugin"):
+        if (folder / _LOCK_INFO_PLUGIN).is_file():
+            return (f"--plugin-dir={folder}", f"--plugin-load-add={_LOCK_INFO_PLUGIN}")
+    return ()
+
+
 def _user_flags() -> list[str]:
     # mysqld refuses to run as root unless told to.
     return ["--user=root"] if os.geteuid() == 0 else []
@@ -309,6 +327,7 @@ def server_command(binary: str, root: Path, port: int) -> list[str]:
         *_user_flags(),
         *_INNODB_FILES,
         *_FAST_FLAGS,
+        *lock_info_flags(binary),
     ]
 
 

@@ -67,13 +67,16 @@ _THREAD = re.compile(r"(?:MySQL|MariaDB) thread id (\d+)")
 _LOCKS = re.compile(
     r"(\d+) lock struct\(s\), heap size \d+, (\d+) row lock\(s\)(?:, undo log entries (\d+))?"
 )
+# MariaDB's plugin first: MariaDB has performance_schema.metadata_locks too, but with the
+# performance schema off (its default) the table answers with no rows rather than an error.
+# The plugin's table exists only where the plugin is loaded; MySQL has none.
 _MDL_QUERIES = (
+    "SELECT THREAD_ID, TABLE_SCHEMA, TABLE_NAME FROM information_schema.METADATA_LOCK_INFO "
+    "WHERE TABLE_NAME <> '' AND THREAD_ID IN ({marks})",
     "SELECT t.PROCESSLIST_ID, m.OBJECT_SCHEMA, m.OBJECT_NAME "
     "FROM performance_schema.metadata_locks m "
     "JOIN performance_schema.threads t ON t.THREAD_ID = m.OWNER_THREAD_ID "
     "WHERE m.OBJECT_TYPE = 'TABLE' AND t.PROCESSLIST_ID IN ({marks})",
-    "SELECT THREAD_ID, TABLE_SCHEMA, TABLE_NAME FROM information_schema.METADATA_LOCK_INFO "
-    "WHERE TABLE_NAME <> '' AND THREAD_ID IN ({marks})",
 )
 
 
@@ -264,10 +267,6 @@ class Monitor:
     def end_connection(self, ident: int) -> None:
         self.query(f"KILL CONNECTION {int(ident)}")
 
-    def open_transactions(self, ids: set[int]) -> dict[int, str]:
-        """When the open InnoDB transaction of each connection in `ids` began."""
-        return {ident: trx.started for ident, trx in self.transactions(ids).items()}
-
     def transactions(self, ids: set[int]) -> dict[int, TrxInfo]:
         """The open InnoDB transaction of each connection in `ids`, as of now.
 
@@ -312,7 +311,10 @@ class Monitor:
                 trx,
                 started=started,
                 tables_locked=int(row[2] or 0) if row else trx.tables_locked,
-                rows_modified=int(row[3] or 0) if row else trx.rows_modified,
+                # The status counts undo entries as of now; the cache may be older.
+                rows_modified=max(int(row[3] or 0), trx.rows_modified)
+                if row
+                else trx.rows_modified,
                 tables=tuple(tables.get(ident, ())),
             )
         return found

@@ -214,10 +214,6 @@ class PgMonitor:
         # numbackends counts the plugin's own connections too, as Threads_connected does.
         return ServerSnapshot(rows, len(rows) + len(self.own_ids), "numbackends")
 
-    def open_transactions(self, ids: set[int]) -> dict[int, str]:
-        """When the open transaction of each backend in `ids` began."""
-        return {ident: trx.started for ident, trx in self.transactions(ids).items()}
-
     def transactions(self, ids: set[int]) -> dict[int, TrxInfo]:
         """The open transaction of each backend in `ids`, as of now."""
         if not ids:
