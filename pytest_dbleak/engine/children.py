@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_dbleak.engine.clientsockets import tcp_sockets
+from pytest_dbleak.engine.clientsockets import Client, client_of, tcp_sockets
 from pytest_dbleak.engine.results import FORK_SHARED
 from pytest_dbleak.engine.signals import interrupt_deferred
 from pytest_dbleak.engine.stacks import Frame, capture_stack
@@ -208,10 +208,10 @@ class Children:
     def owner_of(self, host: str, server_port: int) -> int | None:
         """The child process (of any depth) that holds the server connection whose
         processlist Host is `host`; None for this process or when it cannot be told."""
-        port = client_port(host)
-        if port is None:
+        client = client_of(host)
+        if client is None:
             return None
-        return owner_pid(port, server_port, descendants(self.parent_pid))
+        return owner_pid(client, server_port, descendants(self.parent_pid))
 
     def opened_by_child(self, thread_id: int) -> ChildEvent | None:
         return next(
@@ -250,10 +250,10 @@ def _after_fork_in_child() -> None:
 
 
 # -- which process owns a server connection (Linux) ---------------------------------------
-def owner_pid(client_port: int, server_port: int, among: list[int]) -> int | None:
-    """Which of the processes `among` holds the TCP socket with local port `client_port`
-    and remote port `server_port`; None where /proc does not tell."""
-    inode = _socket_inode(client_port, server_port)
+def owner_pid(client: Client, server_port: int, among: list[int]) -> int | None:
+    """Which of the processes `among` holds the TCP socket of `client` (its local end)
+    whose remote port is `server_port`; None where /proc does not tell."""
+    inode = _socket_inode(client, server_port)
     if inode is None:
         return None
     target = f"socket:[{inode}]"
@@ -267,10 +267,10 @@ def owner_pid(client_port: int, server_port: int, among: list[int]) -> int | Non
     return None
 
 
-def _socket_inode(client_port: int, server_port: int) -> int | None:
-    for lport, rport, _state, inode in tcp_sockets():
-        if lport == client_port and rport == server_port and inode != 0:
-            return inode
+def _socket_inode(client: Client, server_port: int) -> int | None:
+    for sock in tcp_sockets():
+        if sock.inode != 0 and client.matches(sock, server_port):
+            return sock.inode
     return None
 
 
@@ -302,9 +302,3 @@ def _ppid(pid: int) -> int | None:
     # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
     fields = stat.rsplit(")", 1)[-1].split()
     return int(fields[1]) if len(fields) > 1 else None
-
-
-def client_port(host: str) -> int | None:
-    """The client's TCP port from a processlist Host (``127.0.0.1:54348``)."""
-    head, sep, port = host.rpartition(":")
-    return int(port) if sep and head and port.isdigit() else None

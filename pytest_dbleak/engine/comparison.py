@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_dbleak.engine.beyond_pools import BeyondPools
-from pytest_dbleak.engine.clientsockets import client_port, client_states
+from pytest_dbleak.engine.clientsockets import client_of, client_states
 from pytest_dbleak.engine.driver_pools import (
     DriverPoolMisfit,
     PoolTarget,
@@ -373,11 +373,11 @@ class Comparison:
         endpoint = self.monitor.endpoint
         if not ids or not endpoint.is_local:
             return set(), set()
-        ports = {i: client_port(snap.rows[i].host) for i in ids}
-        states = client_states({p for p in ports.values() if p is not None}, endpoint.port)
+        clients = {i: client_of(snap.rows[i].host) for i in ids}
+        states = client_states({c for c in clients.values() if c is not None}, endpoint.port)
         closing, client_open = set(), set()
-        for ident, port in ports.items():
-            state = states.get(port) if port is not None else None
+        for ident, client in clients.items():
+            state = states.get(client) if client is not None else None
             if state is False:
                 closing.add(ident)
             elif state is True:

@@ -7,22 +7,27 @@ import socket
 
 import pytest
 
-from pytest_dbleak.engine.children import Children, _ppid, client_port, owner_pid
+from pytest_dbleak.engine.children import Children, _ppid, owner_pid
+from pytest_dbleak.engine.clientsockets import Client, client_of
 from pytest_dbleak.families.mysql.monitor import TrxInfo
 
 
 @pytest.mark.parametrize(
-    ("host", "port"),
+    ("host", "client"),
     [
-        ("127.0.0.1:54348", 54348),
-        ("[::1]:40000", 40000),
+        ("127.0.0.1:54348", Client("127.0.0.1", 54348)),
+        ("[::1]:40000", Client("::1", 40000)),
+        ("::1:40000", Client("::1", 40000)),  # PostgreSQL's host(client_addr) || ':' || port
+        ("::ffff:127.0.0.1:40000", Client("127.0.0.1", 40000)),
+        ("172.17.0.1:57286", Client("172.17.0.1", 57286)),  # behind Docker's port proxy
+        ("localhost:40000", Client(None, 40000)),  # a name: the port alone tells
         ("localhost", None),
         ("", None),
         ("db.example:x", None),
     ],
 )
-def test_the_client_port_comes_from_the_processlist_host(host: str, port: int | None) -> None:
-    assert client_port(host) == port
+def test_the_client_comes_from_the_processlist_host(host: str, client: Client | None) -> None:
+    assert client_of(host) == client
 
 
 def test_the_parent_of_this_process_is_read_from_proc() -> None:
@@ -41,8 +46,12 @@ def test_a_tcp_socket_is_traced_to_the_process_that_holds_it() -> None:
             accepted, _ = server.accept()
             with accepted:
                 port = client.getsockname()[1]
-                assert owner_pid(port, server_port, [os.getpid()]) == os.getpid()
-                assert owner_pid(port, server_port + 1, [os.getpid()]) is None
+                mine = Client("127.0.0.1", port)
+                assert owner_pid(mine, server_port, [os.getpid()]) == os.getpid()
+                assert owner_pid(mine, server_port + 1, [os.getpid()]) is None
+                # The same port from another address is another socket.
+                assert owner_pid(Client("172.17.0.1", port), server_port, [os.getpid()]) is None
+                assert owner_pid(Client(None, port), server_port, [os.getpid()]) == os.getpid()
 
 
 def test_a_child_report_round_trips_and_a_torn_line_is_skipped() -> None:

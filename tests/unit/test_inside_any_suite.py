@@ -14,7 +14,7 @@ from sqlalchemy import event
 from sqlalchemy.pool import Pool, QueuePool
 
 from pytest_dbleak.engine import _sqla_seam as seam
-from pytest_dbleak.engine.clientsockets import client_port, client_states
+from pytest_dbleak.engine.clientsockets import Client, client_of, client_states
 from pytest_dbleak.engine.drivers import in_transaction, is_real_connection, server_thread_id
 from pytest_dbleak.engine.tracking import Tracker
 
@@ -100,11 +100,15 @@ def test_a_client_socket_is_established_while_open_and_closing_once_let_go() -> 
     accepted, _ = server.accept()
     local = client.getsockname()[1]
     try:
-        assert client_port(f"127.0.0.1:{local}") == local
-        assert client_port("localhost") is None
-        assert client_states({local}, port) == {local: True}
+        mine = client_of(f"127.0.0.1:{local}")
+        assert mine == Client("127.0.0.1", local)
+        # A port proxy's outgoing connection can carry the number of a port of ours:
+        # the server lists the proxy's address, and our socket is not its client.
+        proxied = Client("172.17.0.1", local)
+        assert client_states({mine, proxied}, port) == {mine: True}
         client.close()  # the peer has not closed yet: the client end is closing
-        assert client_states({local}, port) == {local: False}
+        assert client_states({mine, proxied}, port) == {mine: False}
+        assert client_states({Client(None, local)}, port) == {Client(None, local): False}
     finally:
         accepted.close()
         server.close()
