@@ -11,7 +11,14 @@ from fnmatch import fnmatch
 
 import pytest
 
-from tests.acceptance.helpers import FAST, ONLY_DBLEAK, PREAMBLE, failure_of, line_of
+from tests.acceptance.helpers import (
+    FAST,
+    MODULE_ENGINE,
+    ONLY_DBLEAK,
+    PREAMBLE,
+    failure_of,
+    line_of,
+)
 
 
 def run(pytester: pytest.Pytester, backend_args: list[str], **modules: str) -> pytest.RunResult:
@@ -359,3 +366,55 @@ def test_a_connection_given_back_only_by_the_garbage_collector_fails_the_test(
         "connection * of QueuePool was checked out here and dropped without close()",
         f"    test_gc.py:{line} in test_leaky_connection_given_back_by_the_garbage_collector",
     )
+
+
+CYCLE = (
+    MODULE_ENGINE
+    + """
+
+class Holder:
+    def __init__(self, conn):
+        self.conn = conn
+        self.me = self  # a reference cycle: only the garbage collector frees it
+
+
+def test_leaky_connection_left_in_a_reference_cycle(engine):
+    Holder(engine.connect())  # LEAK-cycle
+
+
+def test_leaky_connection_in_a_cycle_a_collection_moved_to_the_oldest_generation(engine):
+    holder = Holder(engine.connect())  # LEAK-aged
+    gc.collect(1)  # still referenced: the cycle survives into the oldest generation
+    del holder
+
+
+def test_clean_connection_closed_before_its_cycle_is_dropped(engine):
+    holder = Holder(engine.connect())
+    holder.conn.close()
+    del holder
+"""
+)
+
+
+def test_a_connection_only_a_reference_cycle_held_is_given_back_and_fails_its_test(
+    pytester: pytest.Pytester, backend_args: list[str]
+) -> None:
+    result = run(pytester, backend_args, test_cycle=CYCLE)
+
+    result.assert_outcomes(failed=2, passed=1)
+    source = PREAMBLE + CYCLE
+    for name, marker in (
+        ("test_leaky_connection_left_in_a_reference_cycle", "# LEAK-cycle"),
+        (
+            "test_leaky_connection_in_a_cycle_a_collection_moved_to_the_oldest_generation",
+            "# LEAK-aged",
+        ),
+    ):
+        line = line_of(source, marker)
+        assert_leak_reported(
+            result,
+            name,
+            f"dbleak: 1 connection leaked (1 gc_return) at test_cycle.py:{line}",
+            "connection returned only by the garbage collector, never by close(): *",
+            f"    test_cycle.py:{line} in {name}",
+        )
