@@ -141,10 +141,13 @@ class Detector:
         # collection, which costs a large process a tenth of a second or more (every
         # known leak of a baseline run paid it), only for a suspicion that outlived them
         # and only when a collection during the window may have aged what the test made.
-        # (Read before our own collection, which counts as one.)
-        generations = (1,) if window.made_only_young() else (1, 2)
-        for generation in generations:
+        young = True
+        for generation in (1, 2):
             if not (settle > 0 and any(compare.gc_may_return(leak) for leak in look.own())):
+                break
+            if generation == 1:
+                young = window.made_only_young()  # before our own collection counts as one
+            elif young:
                 break
             rechecked = True
             gc.collect(generation)
